@@ -1,0 +1,55 @@
+# Moorage: `make run` starts the daemon and shows it, `make test` runs lint, types and the whole test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+GEN := src/moorage/api/_gen
+
+.PHONY: deps run stop test lint typecheck pytest protos docs bench clean
+
+deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/debian-packages.txt scripts/install-deps
+	VENV=$(VENV) scripts/install-deps
+	touch $@
+
+## The main job: start the daemon on the default socket and show `moorage info`.
+run: deps
+	scripts/quickstart
+
+stop:
+	scripts/quickstart --stop
+
+## Everything CI checks: lint, types, tests. pytest's exit 5 (no test ran) fails too.
+test: deps lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/api/_gen (committed).
+protos: deps
+	rm -rf $(GEN)/runtime
+	mkdir -p $(GEN)/runtime/v1
+	PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iproto \
+	    --python_out=$(GEN) --grpc_python_out=$(GEN) --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) \
+	    proto/runtime/v1/api.proto
+	touch $(GEN)/runtime/__init__.py $(GEN)/runtime/v1/__init__.py
+	sed -i -e 's/^from runtime\.v1 import/from moorage.api._gen.runtime.v1 import/' \
+	    -e 's/\bruntime\.v1\.api_pb2\b/moorage.api._gen.runtime.v1.api_pb2/g' \
+	    $(GEN)/runtime/v1/api_pb2_grpc.py $(GEN)/runtime/v1/api_pb2_grpc.pyi
+
+## Rewrite the README's configuration reference from the config declarations.
+docs: deps
+	$(PY) scripts/update-readme-config
+
+bench: deps
+	$(PY) bench/startup.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

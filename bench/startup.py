@@ -1,0 +1,86 @@
+"""Benchmark: daemon cold start to first answer, idle memory, and the latency of the RPCs the kubelet polls.
+
+Run by hand (`make bench`); figures go in README.md. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from moorage.cli.client import CriClient
+
+STARTS = 10
+CALLS = 2000
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start(tmp: Path) -> tuple[subprocess.Popen[bytes], float]:
+    sock = tmp / "m.sock"
+    argv = [sys.executable, "-m", "moorage.cli.main", "serve", "--root", str(tmp / "root"), "--state",
+            str(tmp / "state"), "--socket", str(sock), "--log-level", "warning"]  # fmt: skip
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    with CriClient(f"unix://{sock}", timeout=1) as client:
+        while True:
+            try:
+                client.version()
+                return proc, time.perf_counter() - began
+            except grpc.RpcError:
+                time.sleep(0.002)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def main() -> None:
+    starts: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="moorage-bench-") as name:
+        tmp = Path(name)
+        for _ in range(STARTS):
+            proc, took = start(tmp)
+            starts.append(took)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+        proc, _ = start(tmp)
+        try:
+            with CriClient(f"unix://{tmp / 'm.sock'}") as client:
+                for label, call in (("Version", client.version), ("Status", client.status),
+                                    ("RuntimeConfig", client.runtime_config)):  # fmt: skip
+                    times = []
+                    for _ in range(CALLS):
+                        t = time.perf_counter()
+                        call()
+                        times.append((time.perf_counter() - t) * 1e3)
+                    print(
+                        f"{label:14} p50 {percentile(times, 0.5):.3f} ms  p99 {percentile(times, 0.99):.3f} ms "
+                        f"({CALLS} calls)"
+                    )
+            print(f"{'idle RSS':14} {rss_kib(proc.pid) / 1024:.1f} MiB")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    print(
+        f"{'cold start':14} median {statistics.median(starts) * 1e3:.0f} ms, max {max(starts) * 1e3:.0f} ms "
+        f"(exec to first Version answer, {STARTS} starts, {os.cpu_count()} cores)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""CRI RuntimeService: one short method per RPC, delegating to :mod:`moorage.runtime`.
+
+RPCs not listed here answer UNIMPLEMENTED (see :mod:`moorage.api.handlers`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+import moorage
+from moorage.api import validate
+from moorage.api.cri import pb
+from moorage.config import Config
+from moorage.errors import NotFound, Unimplemented
+from moorage.runtime import conditions
+from moorage.runtime.pod_cidr import PodCidr
+from moorage.store.db import Store
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+CGROUP_DRIVERS = {"systemd": pb.CgroupDriver.SYSTEMD, "cgroupfs": pb.CgroupDriver.CGROUPFS}
+
+
+class RuntimeService:
+    def __init__(self, config: Callable[[], Config], store: Store, pod_cidr: PodCidr) -> None:
+        self._config = config
+        self._store = store
+        self._pod_cidr = pod_cidr
+
+    async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
+        return pb.VersionResponse(
+            version="0.1.0",  # the kubelet's CRI API version field: fixed by the protocol, not our release
+            runtime_name="moorage",
+            runtime_version=moorage.__version__,
+            runtime_api_version="v1",
+        )
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        config = self._config()
+        conds = [conditions.runtime_condition(config), conditions.network_condition(config)]
+        response = pb.StatusResponse(
+            status=pb.RuntimeStatus(
+                conditions=[
+                    pb.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message) for c in conds
+                ]
+            ),
+            runtime_handlers=[
+                pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures())
+                for name in ("", *config.runtime.handlers)  # "" is the default handler, as the kubelet asks
+            ],
+            features=pb.RuntimeFeatures(),
+        )
+        if request.verbose:
+            response.info.update(
+                {
+                    "config": json.dumps(config.to_dict()),
+                    "podCIDR": json.dumps(list(self._pod_cidr.value)),
+                    "version": json.dumps(moorage.__version__),
+                }
+            )
+        return response
+
+    async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Context) -> pb.RuntimeConfigResponse:
+        driver = CGROUP_DRIVERS[self._config().cgroup_driver]
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    async def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: Context
+    ) -> pb.UpdateRuntimeConfigResponse:
+        await self._pod_cidr.update(request.runtime_config.network_config.pod_cidr)
+        return pb.UpdateRuntimeConfigResponse()
+
+    # Pods and containers: requests are validated now; running them comes with the pods issue. ----------
+
+    async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Context) -> pb.RunPodSandboxResponse:
+        validate.present(request, "config", "RunPodSandboxRequest")
+        validate.present(request.config, "metadata", "config")
+        meta = request.config.metadata
+        validate.name(meta.name, "config.metadata.name")
+        validate.name(meta.namespace, "config.metadata.namespace")
+        validate.name(meta.uid, "config.metadata.uid")
+        raise Unimplemented("RuntimeService.RunPodSandbox is not implemented by moorage yet")
+
+    async def PodSandboxStatus(
+        self, request: pb.PodSandboxStatusRequest, context: Context
+    ) -> pb.PodSandboxStatusResponse:
+        await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        raise Unimplemented("RuntimeService.PodSandboxStatus is not implemented by moorage yet")
+
+    async def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: Context) -> pb.StopPodSandboxResponse:
+        # api.proto: stopping a sandbox that does not exist (any more) is not an error.
+        if await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id") is None:
+            return pb.StopPodSandboxResponse()
+        raise Unimplemented("RuntimeService.StopPodSandbox is not implemented by moorage yet")
+
+    async def RemovePodSandbox(
+        self, request: pb.RemovePodSandboxRequest, context: Context
+    ) -> pb.RemovePodSandboxResponse:
+        # api.proto: removing a sandbox that does not exist is not an error.
+        if await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id") is None:
+            return pb.RemovePodSandboxResponse()
+        raise Unimplemented("RuntimeService.RemovePodSandbox is not implemented by moorage yet")
+
+    async def CreateContainer(self, request: pb.CreateContainerRequest, context: Context) -> pb.CreateContainerResponse:
+        validate.object_id(request.pod_sandbox_id, "pod_sandbox_id")
+        validate.present(request, "config", "CreateContainerRequest")
+        validate.present(request.config, "metadata", "config")
+        validate.name(request.config.metadata.name, "config.metadata.name")
+        await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        raise Unimplemented("RuntimeService.CreateContainer is not implemented by moorage yet")
+
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Context) -> pb.ContainerStatusResponse:
+        await self._existing("containers", request.container_id, "container_id")
+        raise Unimplemented("RuntimeService.ContainerStatus is not implemented by moorage yet")
+
+    async def StopContainer(self, request: pb.StopContainerRequest, context: Context) -> pb.StopContainerResponse:
+        if await self._maybe("containers", request.container_id, "container_id") is None:
+            return pb.StopContainerResponse()
+        raise Unimplemented("RuntimeService.StopContainer is not implemented by moorage yet")
+
+    async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Context) -> pb.RemoveContainerResponse:
+        if await self._maybe("containers", request.container_id, "container_id") is None:
+            return pb.RemoveContainerResponse()
+        raise Unimplemented("RuntimeService.RemoveContainer is not implemented by moorage yet")
+
+    # ------------------------------------------------------------------------------------------------------
+
+    async def _maybe(self, table: Any, ref: str, field: str) -> str | None:
+        return await self._store.resolve_id(table, validate.object_id(ref, field))
+
+    async def _existing(self, table: Any, ref: str, field: str) -> str:
+        found = await self._maybe(table, ref, field)
+        if found is None:
+            kind = "pod sandbox" if table == "sandboxes" else "container"
+            raise NotFound(f"{kind} {ref!r} not found ({field})")
+        return found

@@ -1,0 +1,43 @@
+"""Checks of CRI requests at the API edge: each failure is INVALID_ARGUMENT naming the field.
+
+Names and ids end up in file paths, cgroup names and log lines, so a NUL byte or a path separator in one
+is refused here, before anything below the edge sees it.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from moorage.errors import InvalidArgument
+
+MAX_NAME = 253
+
+
+def present(message: Message, field: str, where: str) -> None:
+    """``message.field`` (a sub-message) must be set."""
+    if not message.HasField(field):
+        raise InvalidArgument(f"{where}.{field} is required")
+
+
+def name(value: str, field: str) -> str:
+    """A CRI metadata name, namespace or uid."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if "\0" in value:
+        raise InvalidArgument(f"{field} {value!r} contains a NUL byte")
+    if "/" in value:
+        raise InvalidArgument(f"{field} {value!r} contains a path separator '/'")
+    if value in (".", ".."):
+        raise InvalidArgument(f"{field} must not be {value!r}")
+    if len(value) > MAX_NAME:
+        raise InvalidArgument(f"{field} is {len(value)} characters long; at most {MAX_NAME} are allowed")
+    return value
+
+
+def object_id(value: str, field: str) -> str:
+    """A pod or container id as the client gave it (full or a prefix)."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if "\0" in value or "/" in value:
+        raise InvalidArgument(f"{field} {value!r} is not a valid id (NUL byte or '/')")
+    return value

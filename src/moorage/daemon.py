@@ -1,0 +1,128 @@
+"""The composition root: builds every part from the config, recovers state, serves, and shuts down.
+
+Start-up order: lock the root (one daemon per root), open and migrate the store, load what it holds, then
+bind the socket, so no request is served before recovery is done. SIGTERM and SIGINT stop serving
+gracefully; SIGHUP re-reads the config file, applies what can change live (logging) and names the keys that
+need a restart. State lives in the store, so neither a reload nor a restart loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from moorage import config as config_mod
+from moorage.api import server
+from moorage.api.image_service import ImageService
+from moorage.api.runtime_service import RuntimeService
+from moorage.config import Config
+from moorage.errors import ConfigError, StartupError
+from moorage.observe import daemon_log, metrics
+from moorage.runtime.pod_cidr import PodCidr
+from moorage.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+RELOADABLE = ("log.level", "log.format")
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None, overrides: Mapping[str, Any]) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._overrides = dict(overrides)
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        root, state, socket = Path(self.config.root), Path(self.config.state), Path(self.config.socket)
+        _make_dir(root, 0o700)
+        _make_dir(state, 0o711)
+        lock_fd = _lock_root(root)
+        store = Store(root)
+        try:
+            await store.open()
+            pod_cidr = PodCidr(store)
+            await pod_cidr.load()
+            runtime = RuntimeService(lambda: self.config, store, pod_cidr)
+            grpc_server = await server.start(socket, runtime, ImageService())
+            self._serve_metrics()
+            self._install_signal_handlers()
+            log.info(
+                "serving",
+                socket=str(socket),
+                root=str(root),
+                state=str(state),
+                pid=os.getpid(),
+                cgroup_driver=self.config.cgroup_driver,
+            )
+            await self._stop.wait()
+            log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
+            await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
+        finally:
+            await store.close()
+            os.close(lock_fd)
+        log.info("stopped")
+
+    def _serve_metrics(self) -> None:
+        if self.config.metrics.address:
+            host, port = metrics.serve(self.config.metrics.address)
+            log.info("metrics served", address=f"{host}:{port}")
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; a bad file is logged and the running config kept."""
+        try:
+            new = config_mod.load(self._config_path, self._overrides)
+        except ConfigError as exc:
+            log.error("config reload refused; keeping the running config", error=str(exc))
+            return
+        old_keys = {k: v for k, v, _ in config_mod.iter_keys(self.config)}
+        new_keys = {k: v for k, v, _ in config_mod.iter_keys(new)}
+        changed = sorted(k for k in new_keys if new_keys[k] != old_keys[k])
+        restart = [k for k in changed if k not in RELOADABLE]
+        live = {k: new_keys[k] for k in RELOADABLE}
+        self.config = config_mod.with_values(self.config, live, source=self._config_path or "defaults")
+        daemon_log.configure(self.config.log.level, self.config.log.format)
+        log.info("config reloaded", applied=[k for k in changed if k in RELOADABLE], need_restart=restart)
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create {path}: {exc.strerror}") from exc
+
+
+def _lock_root(root: Path) -> int:
+    """Hold an exclusive lock on the root for the daemon's life; a second daemon on it is refused."""
+    path = root / "moorage.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"root {root} is in use by another moorage daemon (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def serve(config_path: str | None, overrides: Mapping[str, Any]) -> None:
+    """``moorage serve``: load the config, configure logging and run until stopped."""
+    config = config_mod.load(config_path, overrides)
+    daemon_log.configure(config.log.level, config.log.format)
+    asyncio.run(Daemon(config, config_path, overrides).run())

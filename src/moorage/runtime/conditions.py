@@ -1,0 +1,64 @@
+"""RuntimeReady and NetworkReady: what Status tells the kubelet about this node's runtime.
+
+The kubelet keeps a node NotReady while either is false and shows the reason and message to the operator,
+so each names what is missing and where moorage looked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from moorage.config import Config
+
+RUNTIME_READY = "RuntimeReady"
+NETWORK_READY = "NetworkReady"
+CNI_CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+
+
+def find_binary(path_or_name: str) -> str | None:
+    """An absolute path if it is an executable file, else the name looked up in PATH."""
+    if os.path.isabs(path_or_name):
+        return path_or_name if os.path.isfile(path_or_name) and os.access(path_or_name, os.X_OK) else None
+    return shutil.which(path_or_name)
+
+
+def runtime_condition(config: Config) -> Condition:
+    handler = config.runtime.default_handler
+    wanted = {
+        f"runtime.handlers.{handler}.path": config.runtime.handlers[handler].path,
+        "runtime.conmon": config.runtime.conmon,
+    }
+    missing = [f"{value} ({name})" for name, value in wanted.items() if find_binary(value) is None]
+    if missing:
+        return Condition(
+            RUNTIME_READY, False, "RuntimeBinaryMissing", "not found or not executable: " + ", ".join(missing)
+        )
+    return Condition(RUNTIME_READY, True)
+
+
+def network_condition(config: Config) -> Condition:
+    conf_dir = config.cni.conf_dir
+    try:
+        names = sorted(e.name for e in os.scandir(conf_dir) if e.name.endswith(CNI_CONFIG_SUFFIXES))
+    except FileNotFoundError:
+        names = []
+    except OSError as exc:
+        return Condition(NETWORK_READY, False, "NetworkPluginNotReady", f"cannot read {conf_dir}: {exc.strerror}")
+    if not names:
+        return Condition(
+            NETWORK_READY,
+            False,
+            "NetworkPluginNotReady",
+            f"no CNI network config (*.conflist, *.conf, *.json) in {conf_dir} (cni.conf_dir)",
+        )
+    return Condition(NETWORK_READY, True)
