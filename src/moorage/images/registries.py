@@ -1,0 +1,208 @@
+"""containers-registries.conf(5), version 2: where an image is pulled from (pure: parsing and matching).
+
+The file CRI-O, podman and skopeo share, so a node set up for them needs nothing new::
+
+    unqualified-search-registries = ["docker.io", "quay.io"]
+
+    [[registry]]
+    prefix = "docker.io"                 # which references this entry applies to (default: location)
+    location = "docker.io"               # where they really live (rewrites the prefix)
+    insecure = false                     # plain HTTP / unverified TLS allowed
+    blocked = false                      # refuse to pull
+    mirror-by-digest-only = false        # mirrors only for references by digest
+
+    [[registry.mirror]]                  # tried in order, before location
+    location = "mirror.example.com/dockerhub"
+    insecure = false
+    pull-from-mirror = "all"             # all | digest-only | tag-only
+
+A prefix matches a reference whose name equals it or continues it after ``/``, ``:`` or ``@``; the longest
+matching prefix wins. ``*.example.com`` matches every subdomain of example.com. A reference no entry matches
+is pulled from its own registry, securely.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moorage.errors import ConfigError, FailedPrecondition
+from moorage.images.reference import Reference, parse
+
+PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
+SHORT_NAME_MODES = ("enforcing", "permissive", "disabled")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    location: str
+    insecure: bool = False
+    pull_from_mirror: str = "all"
+
+
+@dataclass(frozen=True)
+class Registry:
+    prefix: str
+    location: str
+    insecure: bool = False
+    blocked: bool = False
+    mirror_by_digest_only: bool = False
+    mirrors: tuple[Mirror, ...] = ()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place to try: the reference rewritten for it, and whether plain HTTP is allowed there."""
+
+    reference: Reference
+    insecure: bool
+    mirror: bool
+
+
+@dataclass(frozen=True)
+class RegistriesConf:
+    registries: tuple[Registry, ...] = ()
+    unqualified_search_registries: tuple[str, ...] = ()
+    short_name_mode: str = "enforcing"
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def find(self, ref: Reference) -> Registry | None:
+        """The entry with the longest prefix matching ``ref``, if any."""
+        best: Registry | None = None
+        best_len = -1
+        for registry in self.registries:
+            length = _match_length(registry.prefix, ref)
+            if length > best_len:
+                best, best_len = registry, length
+        return best
+
+    def endpoints(self, ref: Reference) -> list[Endpoint]:
+        """Where to pull ``ref`` from, in order: the applicable mirrors, then the primary location."""
+        registry = self.find(ref)
+        if registry is None:
+            return [Endpoint(ref, insecure=False, mirror=False)]
+        if registry.blocked:
+            raise FailedPrecondition(f"registry {registry.prefix!r} is blocked in registries.conf; cannot pull {ref}")
+        out = []
+        by_digest = bool(ref.digest)
+        if by_digest or not registry.mirror_by_digest_only:
+            for m in registry.mirrors:
+                if (m.pull_from_mirror == "digest-only" and not by_digest) or (
+                    m.pull_from_mirror == "tag-only" and by_digest
+                ):
+                    continue
+                out.append(Endpoint(_rewrite(ref, registry.prefix, m.location), m.insecure, mirror=True))
+        out.append(Endpoint(_rewrite(ref, registry.prefix, registry.location), registry.insecure, mirror=False))
+        return out
+
+    def insecure(self, domain: str) -> bool:
+        registry = self.find(Reference(domain, "x"))
+        return bool(registry and registry.insecure)
+
+
+def _match_length(prefix: str, ref: Reference) -> int:
+    """How specific a match ``prefix`` is for ``ref`` (its length), or -1 when it does not match."""
+    if prefix.startswith("*."):
+        suffix = prefix[1:]
+        return len(prefix) if ref.domain.endswith(suffix) and ref.domain != suffix.lstrip(".") else -1
+    text = str(ref)
+    if text == prefix or (text.startswith(prefix) and text[len(prefix)] in "/:@"):
+        return len(prefix)
+    return -1
+
+
+def _rewrite(ref: Reference, prefix: str, location: str) -> Reference:
+    if prefix.startswith("*.") or prefix == location:
+        return ref
+    rest = str(ref)[len(prefix) :]
+    return parse(location + rest)
+
+
+def load(path: str | Path) -> RegistriesConf:
+    """Read a registries.conf; a missing file means no settings. Errors name the file and the key."""
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except FileNotFoundError:
+        return RegistriesConf()
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read registries config: {exc}") from exc
+    return parse_table(table, str(path))
+
+
+def parse_table(table: dict[str, Any], source: str) -> RegistriesConf:
+    known = {"unqualified-search-registries", "registry", "short-name-mode", "aliases", "credential-helpers"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{source}: {key}: unknown key (registries.conf v2; v1 [registries.search] is not read)")
+    search = _strings(table.get("unqualified-search-registries", []), source, "unqualified-search-registries")
+    mode = table.get("short-name-mode", "enforcing")
+    if mode not in SHORT_NAME_MODES:
+        raise ConfigError(f"{source}: short-name-mode: must be one of {', '.join(SHORT_NAME_MODES)}; got {mode!r}")
+    aliases = table.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise ConfigError(f"{source}: aliases: expected a table of strings")
+    entries = table.get("registry", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: registry: expected [[registry]] tables")
+    registries = tuple(_registry(entry, source, i) for i, entry in enumerate(entries))
+    return RegistriesConf(registries, tuple(search), mode, dict(aliases))
+
+
+def _registry(entry: Any, source: str, index: int) -> Registry:
+    where = f"{source}: registry[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    allowed = {"prefix", "location", "insecure", "blocked", "mirror-by-digest-only", "mirror"}
+    for key in entry:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key")
+    location = _string(entry.get("location", ""), where, "location")
+    prefix = _string(entry.get("prefix", location), where, "prefix")
+    if not prefix:
+        raise ConfigError(f"{where}: needs a prefix or a location")
+    if prefix.startswith("*.") and location:
+        raise ConfigError(f"{where}: a wildcard prefix {prefix!r} cannot have a location")
+    mirrors = []
+    for j, m in enumerate(entry.get("mirror", [])):
+        mwhere = f"{where}.mirror[{j}]"
+        if not isinstance(m, dict):
+            raise ConfigError(f"{mwhere}: expected a table")
+        for key in m:
+            if key not in {"location", "insecure", "pull-from-mirror"}:
+                raise ConfigError(f"{mwhere}.{key}: unknown key")
+        pull = m.get("pull-from-mirror", "all")
+        if pull not in PULL_FROM_MIRROR:
+            raise ConfigError(f"{mwhere}.pull-from-mirror: must be one of {', '.join(PULL_FROM_MIRROR)}; got {pull!r}")
+        mlocation = _string(m.get("location", ""), mwhere, "location")
+        if not mlocation:
+            raise ConfigError(f"{mwhere}.location: required")
+        mirrors.append(Mirror(mlocation, _bool(m.get("insecure", False), mwhere, "insecure"), pull))
+    return Registry(
+        prefix=prefix,
+        location=location or prefix,
+        insecure=_bool(entry.get("insecure", False), where, "insecure"),
+        blocked=_bool(entry.get("blocked", False), where, "blocked"),
+        mirror_by_digest_only=_bool(entry.get("mirror-by-digest-only", False), where, "mirror-by-digest-only"),
+        mirrors=tuple(mirrors),
+    )
+
+
+def _string(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _strings(value: Any, source: str, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key}: expected a list of strings")
+    return value
