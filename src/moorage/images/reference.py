@@ -48,12 +48,10 @@ class Reference:
         return f"{self.domain}/{self.path}"
 
     def __str__(self) -> str:
-        text = self.name
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
+        return self.name + self._suffix()
+
+    def _suffix(self) -> str:
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
     @property
     def repo_tag(self) -> str:
@@ -65,17 +63,10 @@ class Reference:
 
     def familiar(self) -> str:
         """The short form people type: ``busybox:latest``, ``quay.io/x/y:1``."""
-        path = self.path
-        if self.domain == DEFAULT_DOMAIN:
-            path = path.removeprefix(f"{OFFICIAL_PREFIX}/") if path.count("/") == 1 else path
-            text = path
-        else:
-            text = self.name
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
+        if self.domain != DEFAULT_DOMAIN:
+            return str(self)
+        path = self.path.removeprefix(f"{OFFICIAL_PREFIX}/") if self.path.count("/") == 1 else self.path
+        return path + self._suffix()
 
 
 def is_qualified(text: str) -> bool:
