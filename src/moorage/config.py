@@ -96,6 +96,17 @@ def dns_label(value: str) -> str | None:
     return f"must be a DNS-1123 label (lower-case letters, digits and '-', at most 63), got {value!r}"
 
 
+def at_least(minimum: int) -> Check:
+    def check(value: int) -> str | None:
+        return None if value >= minimum else f"must be at least {minimum}, got {value}"
+
+    return check
+
+
+def absolute_paths(values: tuple[str, ...]) -> str | None:
+    return next((problem for v in values if (problem := absolute_path(v))), None)
+
+
 # --- the declarations ----------------------------------------------------------------------------------------
 
 
@@ -131,6 +142,25 @@ class RuntimeSection:
     )
     conmon: str = key(
         "conmon", "The conmon container monitor: an absolute path, or a name looked up in PATH.", non_empty
+    )
+
+
+@dataclass(frozen=True)
+class ImageSection:
+    auth_files: tuple[str, ...] = key(
+        ["/run/containers/0/auth.json", "/etc/containers/auth.json", "/root/.docker/config.json"],
+        "Registry credential files in the docker config.json / containers-auth.json format, searched in order "
+        "when a pull request carries no credentials of its own.",
+        absolute_paths,
+    )
+    max_concurrent_downloads: int = key(3, "Layers downloaded at once per pull.", at_least(1))
+    pull_progress_timeout: int = key(
+        300,
+        "Seconds a pull may go without receiving a byte before it is cancelled with an error; 0 never cancels.",
+        at_least(0),
+    )
+    pull_retries: int = key(
+        4, "Attempts per registry request after a 429, a 5xx or a dropped connection, with backoff.", at_least(1)
     )
 
 
@@ -191,6 +221,7 @@ class Config:
         absolute_path,
     )
     log: LogSection = field(default_factory=LogSection)
+    image: ImageSection = field(default_factory=ImageSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     cni: CniSection = field(default_factory=CniSection)
     streaming: StreamingSection = field(default_factory=StreamingSection)

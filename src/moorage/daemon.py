@@ -20,10 +20,12 @@ import structlog
 
 from moorage import config as config_mod
 from moorage.api import server
+from moorage.api.admin import AdminService
 from moorage.api.image_service import ImageService
 from moorage.api.runtime_service import RuntimeService
 from moorage.config import Config
 from moorage.errors import ConfigError, StartupError
+from moorage.images.service import ImageManager
 from moorage.observe import daemon_log, metrics
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.store.db import Store
@@ -47,12 +49,16 @@ class Daemon:
         _make_dir(state, 0o711)
         lock_fd = _lock_root(root)
         store = Store(root)
+        images: ImageManager | None = None
         try:
             await store.open()
             pod_cidr = PodCidr(store)
             await pod_cidr.load()
+            images = ImageManager(root, store, lambda: self.config)
+            await images.repair()
             runtime = RuntimeService(lambda: self.config, store, pod_cidr)
-            grpc_server = await server.start(socket, runtime, ImageService())
+            admin = AdminService(images)
+            grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             self._serve_metrics()
             self._install_signal_handlers()
             log.info(
@@ -67,6 +73,8 @@ class Daemon:
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
             await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
         finally:
+            if images is not None:
+                await images.close()
             await store.close()
             os.close(lock_fd)
         log.info("stopped")

@@ -12,7 +12,12 @@ maps to (``grpc_code``), so the translation to gRPC happens in exactly one place
     ├── Unimplemented                UNIMPLEMENTED  an RPC or option moorage does not serve (yet)
     ├── Unavailable                  UNAVAILABLE  not ready, or a dependency is down
     ├── DeadlineExceeded             DEADLINE_EXCEEDED
-    └── ResourceExhausted            RESOURCE_EXHAUSTED
+    ├── ResourceExhausted            RESOURCE_EXHAUSTED
+    ├── Unauthenticated              UNAUTHENTICATED  a registry refused the credentials (or their absence)
+    ├── PermissionDenied             PERMISSION_DENIED  a registry refused access with valid credentials
+    ├── InvalidImage                 INVALID_ARGUMENT  the image named is unusable: schema1, no manifest for
+    │                                              this platform, a malicious or malformed layer
+    └── DataLoss                     DATA_LOSS    content that does not match its digest or size
 
 Errors that never reach gRPC (a bad config file, a socket already served by another daemon) are
 :class:`ConfigError` and :class:`StartupError`; the CLI prints them and exits non-zero.
@@ -63,6 +68,22 @@ class DeadlineExceeded(MoorageError):
 
 class ResourceExhausted(MoorageError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(MoorageError):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(MoorageError):
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class InvalidImage(InvalidArgument):
+    """The image a request names exists but cannot be used: the request was well formed, its target is not."""
+
+
+class DataLoss(MoorageError):
+    grpc_code = grpc.StatusCode.DATA_LOSS
 
 
 class ConfigError(Exception):

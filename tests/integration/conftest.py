@@ -4,7 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.daemon import DaemonProcess
+from tests.fixtures import images as fixtures
+from tests.fixtures.registry import Registry
+from tests.integration.daemon import DaemonProcess, PushedImage
 
 
 @pytest.fixture
@@ -26,3 +28,30 @@ def unstarted() -> Iterator[DaemonProcess]:
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    """A real docker-registry without auth on 127.0.0.1, shared by a test module."""
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def node(registry: Registry) -> Iterator[DaemonProcess]:
+    """A running daemon that trusts the module's registry (plain HTTP allowed to it)."""
+    d = DaemonProcess()
+    try:
+        d.trust_registry(registry.host)
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def busybox(registry: Registry) -> PushedImage:
+    """The busybox test image, pushed once per module as ``<registry>/test/busybox:1``."""
+    img = fixtures.image([fixtures.busybox_layer()], config={"Cmd": ["/bin/sh"], "User": "1000"})
+    digest = fixtures.push(registry, "test/busybox", "1", img)
+    return PushedImage(f"{registry.host}/test/busybox:1", img, digest)

@@ -9,13 +9,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from moorage.cli.client import CriClient
+from tests.fixtures.images import Image
 
 START_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """An image a test pushed: the name to pull it by, what was built, and the digest the registry holds."""
+
+    name: str
+    image: Image
+    digest: str
 
 
 class DaemonProcess:
@@ -29,13 +40,24 @@ class DaemonProcess:
         self.cni_dir = self.dir / "cni"
         self.config_path = self.dir / "config.toml"
         self.log_path = self.dir / "daemon.log"
+        self.registries_conf = self.dir / "registries.conf"
+        self.auth_file = self.dir / "auth.json"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_level: str | None = "debug"  # passed as --log-level; None: the config file decides
         self.write_config(config_text)
 
-    def write_config(self, extra: str) -> None:
-        """The test's config: its temp CNI dir (keeps the host's /etc/cni out) plus ``extra`` TOML."""
-        self.config_path.write_text(f'{extra}\n[cni]\nconf_dir = "{self.cni_dir}"\n')
+    def write_config(self, extra: str, image: str = "") -> None:
+        """The test's config: ``extra`` TOML, plus temp paths that keep the host's /etc/cni, registries.conf
+        and credential files out, plus ``image`` lines for the [image] table."""
+        self.config_path.write_text(
+            f'registries_conf = "{self.registries_conf}"\n{extra}\n'
+            f'[cni]\nconf_dir = "{self.cni_dir}"\n'
+            f'[image]\nauth_files = ["{self.auth_file}"]\n{image}\n'
+        )
+
+    def trust_registry(self, host: str, extra: str = "") -> None:
+        """registries.conf marking ``host`` (a test registry on 127.0.0.1) insecure: plain HTTP allowed."""
+        self.registries_conf.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n{extra}')
 
     @property
     def endpoint(self) -> str:

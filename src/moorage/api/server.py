@@ -52,7 +52,9 @@ def claim_socket_path(path: Path) -> None:
     raise StartupError(f"another process is already serving on {path}; stop it or choose another socket path")
 
 
-async def start(path: Path, runtime: RuntimeService, images: ImageService) -> grpc.aio.Server:
+async def start(
+    path: Path, runtime: RuntimeService, images: ImageService, extra: tuple[grpc.GenericRpcHandler, ...] = ()
+) -> grpc.aio.Server:
     claim_socket_path(path)
     server = grpc.aio.server(
         options=[
@@ -60,7 +62,9 @@ async def start(path: Path, runtime: RuntimeService, images: ImageService) -> gr
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ],
     )
-    server.add_generic_rpc_handlers((service_handler(RUNTIME_SERVICE, runtime), service_handler(IMAGE_SERVICE, images)))
+    server.add_generic_rpc_handlers(
+        (service_handler(RUNTIME_SERVICE, runtime), service_handler(IMAGE_SERVICE, images), *extra)
+    )
     # Create the socket with the right mode from the first moment rather than chmod-ing it after.
     old_umask = os.umask(0o777 & ~SOCKET_MODE)
     try:

@@ -41,3 +41,12 @@ def object_id(value: str, field: str) -> str:
     if "\0" in value or "/" in value:
         raise InvalidArgument(f"{field} {value!r} is not a valid id (NUL byte or '/')")
     return value
+
+
+def required(value: str, field: str) -> str:
+    """A string field that must be non-empty and free of NUL bytes (image names, paths)."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if "\0" in value:
+        raise InvalidArgument(f"{field} {value!r} contains a NUL byte")
+    return value

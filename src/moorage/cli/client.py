@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 
 from moorage.api.cri import pb, pb_grpc
 
 DEFAULT_ENDPOINT = "unix:///run/moorage/moorage.sock"
+ADMIN_SERVICE = "moorage.v1.Images"  # moorage.api.admin.SERVICE; the client does not import the daemon
 
 
 def channel_target(endpoint: str) -> str:
@@ -54,3 +57,48 @@ class CriClient:
             runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=cidr))
         )
         self.runtime.UpdateRuntimeConfig(request, timeout=self.timeout)
+
+    # --- images ---------------------------------------------------------------------------------------------
+
+    def pull_image(self, image: str, auth: pb.AuthConfig | None = None, timeout: float | None = None) -> str:
+        request = pb.PullImageRequest(image=pb.ImageSpec(image=image), auth=auth)
+        return self.images.PullImage(request, timeout=timeout).image_ref
+
+    def image_status(self, image: str, verbose: bool = False) -> pb.ImageStatusResponse:
+        request = pb.ImageStatusRequest(image=pb.ImageSpec(image=image), verbose=verbose)
+        return self.images.ImageStatus(request, timeout=self.timeout)
+
+    def list_images(self, image: str = "") -> list[pb.Image]:
+        request = pb.ListImagesRequest(filter=pb.ImageFilter(image=pb.ImageSpec(image=image)) if image else None)
+        return list(self.images.ListImages(request, timeout=self.timeout).images)
+
+    def remove_image(self, image: str) -> None:
+        self.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image)), timeout=self.timeout)
+
+    def image_fs_info(self) -> pb.ImageFsInfoResponse:
+        return self.images.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=self.timeout)
+
+    # --- moorage's own RPCs (see moorage.api.admin) ---------------------------------------------------------
+
+    def pull_with_progress(self, image: str, username: str = "", password: str = "") -> Iterator[dict[str, Any]]:
+        """Pull, yielding progress snapshots and finally ``{"image_id": ...}``."""
+        call = self._channel.unary_stream(
+            f"/{ADMIN_SERVICE}/Pull", request_serializer=_encode, response_deserializer=_decode
+        )
+        yield from call({"image": image, "username": username, "password": password})
+
+    def import_archive(self, path: str, timeout: float | None = None) -> dict[str, Any]:
+        call = self._channel.unary_unary(
+            f"/{ADMIN_SERVICE}/Import", request_serializer=_encode, response_deserializer=_decode
+        )
+        result: dict[str, Any] = call({"path": path}, timeout=timeout)
+        return result
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode()
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(data)
+    return message

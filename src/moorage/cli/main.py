@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 import click
@@ -11,6 +13,7 @@ from google.protobuf import json_format
 
 from moorage import config as config_mod
 from moorage.cli.client import DEFAULT_ENDPOINT, CriClient
+from moorage.cli.progress import PullDisplay, human_bytes
 from moorage.errors import ConfigError, StartupError, StoreError
 
 
@@ -116,6 +119,117 @@ def info(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(out, indent=2))
 
 
+@cli.command()
+@click.argument("image")
+@click.option("--creds", help="USER:PASSWORD for the registry (else the daemon's credential files).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the image id.")
+@click.pass_obj
+def pull(obj: dict[str, Any], image: str, creds: str | None, quiet: bool) -> None:
+    """Pull IMAGE, showing each layer's progress, as docker pull does."""
+    username, _, password = (creds or "").partition(":")
+    display = PullDisplay(sys.stdout, sys.stdout.isatty())
+    result: dict[str, Any] = {}
+    with _client(obj) as client:
+        try:
+            for message in client.pull_with_progress(image, username, password):
+                if "progress" in message and not quiet:
+                    display.update(message["progress"])
+                result = message
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from exc
+    if quiet:
+        click.echo(result.get("image_id", ""))
+        return
+    for name in result.get("repo_digests", []):
+        click.echo(f"Digest: {name.partition('@')[2]}")
+    click.echo(f"Image is up to date for {result.get('image_id', '')}")
+
+
+@cli.command()
+@click.argument("image", required=False, default="")
+@click.option("--quiet", "-q", is_flag=True, help="Only image ids.")
+@click.option("--digests", is_flag=True, help="Show repo digests.")
+@click.option("--no-trunc", is_flag=True, help="Full image ids.")
+@click.pass_obj
+def images(obj: dict[str, Any], image: str, quiet: bool, digests: bool, no_trunc: bool) -> None:
+    """List images (those IMAGE names, if given), as crictl images does."""
+    with _client(obj) as client:
+        found = _call(lambda: client.list_images(image))
+    if quiet:
+        for img in found:
+            click.echo(img.id)
+        return
+    rows = [["IMAGE", "TAG", *(["DIGEST"] if digests else []), "IMAGE ID", "SIZE"]]
+    for img in found:
+        image_id = img.id if no_trunc else img.id.removeprefix("sha256:")[:13]
+        digest = img.repo_digests[0].partition("@")[2][:20] if img.repo_digests else "<none>"
+        tags = list(img.repo_tags) or [f"{(list(img.repo_digests) or ['<none>@'])[0].partition('@')[0]}:<none>"]
+        for tag in tags:
+            repo, _, version = tag.rpartition(":")
+            rows.append([repo, version, *([digest] if digests else []), image_id, human_bytes(img.size)])
+    _table(rows)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.pass_obj
+def rmi(obj: dict[str, Any], images: tuple[str, ...]) -> None:
+    """Remove IMAGES (by id, tag or digest) with all their names, as crictl rmi does."""
+    with _client(obj) as client:
+        for image in images:
+            status = _call(lambda i=image: client.image_status(i))
+            _call(lambda i=image: client.remove_image(i))
+            names = list(status.image.repo_tags) + list(status.image.repo_digests) if status.HasField("image") else []
+            for name in names or [image]:
+                click.echo(f"Deleted: {name}")
+
+
+@cli.group("image")
+def image_group() -> None:
+    """Inspect, import and account for images."""
+
+
+@image_group.command("inspect")
+@click.argument("image")
+@click.pass_obj
+def image_inspect(obj: dict[str, Any], image: str) -> None:
+    """Show IMAGE's status and config as JSON, as crictl inspecti does."""
+    with _client(obj) as client:
+        response = _call(lambda: client.image_status(image, verbose=True))
+    if not response.HasField("image"):
+        raise click.ClickException(f"no such image: {image}")
+    out: dict[str, Any] = {"status": json_format.MessageToDict(response.image)}
+    for name, value in response.info.items():
+        out[name] = json.loads(value)
+    click.echo(json.dumps(out, indent=2))
+
+
+@image_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def image_import(obj: dict[str, Any], file: str) -> None:
+    """Load the images of FILE (docker save or OCI archive) into the store, for nodes without registries."""
+    with _client(obj) as client:
+        result = _call(lambda: client.import_archive(os.path.abspath(file)))
+    for img in result["images"]:
+        click.echo(f"Loaded image {img['image_id']} {' '.join(img['repo_tags'])}".rstrip())
+
+
+@image_group.command("fsinfo")
+@click.pass_obj
+def image_fsinfo(obj: dict[str, Any]) -> None:
+    """Show the image filesystem's usage as JSON, as crictl imagefsinfo does."""
+    with _client(obj) as client:
+        response = _call(client.image_fs_info)
+    click.echo(json.dumps(json_format.MessageToDict(response), indent=2))
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
 def _client(obj: dict[str, Any]) -> CriClient:
     try:
         return CriClient(obj["endpoint"], obj["timeout"])
@@ -127,9 +241,13 @@ def _call(fn: Any) -> Any:
     try:
         return fn()
     except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        raise click.ClickException(f"{code}: {details}") from exc
+        raise _rpc_error(exc) from exc
+
+
+def _rpc_error(exc: grpc.RpcError) -> click.ClickException:
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return click.ClickException(f"{code}: {details}")
 
 
 def main() -> None:

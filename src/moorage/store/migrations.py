@@ -16,6 +16,9 @@ The schema as of the last migration::
       ▲
       │ image_id
     image_names name PK (repo tag or repo digest) │ image_id FK
+    image_layers image_id FK │ position │ chain_id │ diff_id │ digest │ size │ media_type   (PK image_id, position)
+    image_blobs  image_id FK │ digest          the content-store blobs an image keeps alive (PK both)
+    snapshots    chain_id PK │ size │ inodes │ created_at      committed layer directories and their usage
 
     settings    key PK │ value JSON       node-wide values the kubelet set, e.g. the pod CIDR
 """
@@ -85,8 +88,40 @@ def _v1_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2_image_layers(db: sqlite3.Connection) -> None:
+    _execute_all(
+        db,
+        """
+        CREATE TABLE image_layers (
+            image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            position    INTEGER NOT NULL,
+            chain_id    TEXT NOT NULL,
+            diff_id     TEXT NOT NULL,
+            digest      TEXT NOT NULL,
+            size        INTEGER NOT NULL,
+            media_type  TEXT NOT NULL,
+            PRIMARY KEY (image_id, position)
+        );
+        CREATE INDEX image_layers_by_chain ON image_layers(chain_id);
+        CREATE TABLE image_blobs (
+            image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            digest    TEXT NOT NULL,
+            PRIMARY KEY (image_id, digest)
+        );
+        CREATE INDEX image_blobs_by_digest ON image_blobs(digest);
+        CREATE TABLE snapshots (
+            chain_id    TEXT PRIMARY KEY,
+            size        INTEGER NOT NULL,
+            inodes      INTEGER NOT NULL,
+            created_at  INTEGER NOT NULL
+        )
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "pods, containers, images, image names and node settings", _v1_initial),
+    Migration(2, "image layers, the blobs images keep, snapshot usage", _v2_image_layers),
 )
 
 LATEST = MIGRATIONS[-1].version

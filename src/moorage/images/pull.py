@@ -1,0 +1,189 @@
+"""One pull: which references and endpoints to try, and fetching an image from the first that has it.
+
+A short name (``busybox``) is tried under each of registries.conf's unqualified-search-registries in order
+(docker.io when none are set, as the kubelet and containerd expect), or rewritten by an alias. Each
+reference is tried at its mirrors first, then at its own registry. A failed pull names every endpoint it
+tried and why each failed, and raises the error class of the last one (the registry itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from moorage.config import Config
+from moorage.errors import InvalidImage, MoorageError
+from moorage.images import auth, registries
+from moorage.images import manifest as mf
+from moorage.images.auth import Credentials
+from moorage.images.catalog import ImageRecord, Layer
+from moorage.images.layers import LayerStore, Lease
+from moorage.images.progress import Progress
+from moorage.images.reference import DEFAULT_DOMAIN, Reference, is_qualified, parse
+from moorage.images.registry import HttpClients, RegistryClient
+from moorage.images.snapshots import chain_ids
+
+log = structlog.get_logger(__name__)
+
+DOCKER_HUB_HOST = "registry-1.docker.io"
+
+
+def candidates(text: str, conf: registries.RegistriesConf) -> list[Reference]:
+    """The fully qualified references a name may mean, in the order to try them."""
+    if is_qualified(text):
+        return [parse(text)]
+    name = text.partition("@")[0]
+    bare = name.partition(":")[0]  # a short name has no registry, so ':' can only start its tag
+    alias = conf.aliases.get(bare)
+    if alias is not None:
+        return [parse(alias + text[len(bare) :])]
+    if conf.unqualified_search_registries:
+        return [parse(text, default_domain=domain) for domain in conf.unqualified_search_registries]
+    return [parse(text)]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a pull learned before downloading layers."""
+
+    reference: Reference
+    top_digest: str
+    manifest: mf.Manifest
+    manifest_digest: str
+    documents: dict[str, bytes]
+    config: mf.ImageConfig
+    config_bytes: bytes
+
+
+class Puller:
+    def __init__(self, layers: LayerStore, http: HttpClients, config: Callable[[], Config]) -> None:
+        self.layers = layers
+        self.http = http
+        self.config = config
+
+    async def pull(self, text: str, credentials: Credentials, progress: Progress) -> ImageRecord:
+        conf = registries.load(self.config().registries_conf)
+        failures: list[tuple[str, MoorageError]] = []
+        for ref in candidates(text, conf):
+            try:
+                endpoints = conf.endpoints(ref)
+            except MoorageError as exc:
+                failures.append((ref.domain, exc))
+                continue
+            for endpoint in endpoints:
+                label = f"{'mirror ' if endpoint.mirror else ''}{endpoint.reference.domain}"
+                try:
+                    return await self._pull_from(ref, endpoint, credentials, progress)
+                except MoorageError as exc:
+                    log.warning("pull failed at endpoint", endpoint=label, error=exc.message)
+                    failures.append((label, exc))
+        last = failures[-1][1]
+        if len(failures) == 1:
+            raise type(last)(f"pulling {text}: {failures[0][0]}: {last.message}")
+        tried = "; ".join(f"{label}: {exc.message}" for label, exc in failures)
+        raise type(last)(f"pulling {text} failed at every endpoint tried: {tried}")
+
+    async def _pull_from(
+        self, ref: Reference, endpoint: registries.Endpoint, credentials: Credentials, progress: Progress
+    ) -> ImageRecord:
+        target = endpoint.reference
+        image_config = self.config().image
+        client = RegistryClient(
+            self.http,
+            DOCKER_HUB_HOST if target.domain == DEFAULT_DOMAIN else target.domain,
+            target.path,
+            insecure=endpoint.insecure,
+            credentials=credentials or auth.from_files(image_config.auth_files, target),
+            retries=image_config.pull_retries,
+        )
+        with self.layers.lease() as lease:
+            fetched = await self._fetch_metadata(client, ref, target, lease)
+            layers = await self._fetch_layers(client, fetched, progress, lease, image_config.max_concurrent_downloads)
+            record = ImageRecord(
+                id=fetched.manifest.config.digest,
+                manifest_digest=fetched.manifest_digest,
+                size=len(fetched.documents[fetched.manifest_digest])
+                + fetched.manifest.config.size
+                + sum(d.size for d in fetched.manifest.layers),
+                config=fetched.config_bytes,
+                names=tuple(n for n in (ref.repo_tag, f"{ref.name}@{fetched.top_digest}") if n),
+                layers=layers,
+            )
+            kept = {*fetched.documents, record.id, *(la.digest for la in layers if self.layers.content.has(la.digest))}
+            await self.layers.catalog.save(record, kept)
+        log.info("image pulled", reference=str(ref), image_id=record.id, endpoint=target.domain, size=record.size)
+        return record
+
+    async def _fetch_metadata(self, client: RegistryClient, ref: Reference, target: Reference, lease: Lease) -> Fetched:
+        top = await client.manifest(target.digest or target.tag)
+        parsed = mf.parse(top.body, top.media_type, str(ref))
+        documents = {top.digest: top.body}
+        manifest_digest = top.digest
+        if isinstance(parsed, mf.Index):
+            chosen = mf.select_platform(parsed, mf.node_platform(), str(ref))
+            inner = await client.manifest(chosen.digest)
+            parsed = mf.parse(inner.body, inner.media_type, f"{ref}@{chosen.digest}")
+            if isinstance(parsed, mf.Index):
+                raise InvalidImage(f"{ref}: index entry {chosen.digest} is another index, not an image manifest")
+            documents[inner.digest] = inner.body
+            manifest_digest = inner.digest
+        config_bytes = await client.small_blob(parsed.config.digest, parsed.config.size)
+        config = mf.parse_config(config_bytes, str(ref))
+        if len(config.diff_ids) != len(parsed.layers):
+            raise InvalidImage(
+                f"{ref}: manifest lists {len(parsed.layers)} layers but its config {len(config.diff_ids)} diff ids"
+            )
+        lease.add(*documents, parsed.config.digest, *(d.digest for d in parsed.layers), *chain_ids(config.diff_ids))
+        for digest, body in documents.items():
+            await asyncio.to_thread(self.layers.content.put, body, digest)
+        await asyncio.to_thread(self.layers.content.put, config_bytes, parsed.config.digest)
+        return Fetched(ref, top.digest, parsed, manifest_digest, documents, config, config_bytes)
+
+    async def _fetch_layers(
+        self, client: RegistryClient, fetched: Fetched, progress: Progress, lease: Lease, concurrency: int
+    ) -> tuple[Layer, ...]:
+        chains = chain_ids(fetched.config.diff_ids)
+        slots = asyncio.Semaphore(concurrency)
+        descriptors = fetched.manifest.layers
+
+        async def one(index: int) -> None:
+            desc, chain_id = descriptors[index], chains[index]
+            if self.layers.snapshots.exists(chain_id):
+                progress.layer(desc.digest, desc.size, "exists")
+                return
+            progress.layer(desc.digest, desc.size)
+            async with slots:
+                blob = await self.layers.blob(
+                    desc.digest,
+                    desc.size,
+                    lambda ingest: client.download(desc.digest, ingest, lambda n: progress.add_bytes(desc.digest, n)),
+                )
+            await self.layers.snapshot(chain_id, fetched.config.diff_ids[index], blob, progress, desc.digest)
+            progress.set_state(desc.digest, "complete")
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(len(descriptors)):
+                    group.create_task(one(index))
+        except BaseExceptionGroup as group_error:
+            raise _first_moorage_error(group_error) from None
+        return tuple(
+            Layer(chains[i], fetched.config.diff_ids[i], d.digest, d.size, d.media_type)
+            for i, d in enumerate(descriptors)
+        )
+
+
+def _first_moorage_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed set of layer tasks: a MoorageError when there is one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return next((e for e in leaves if isinstance(e, MoorageError)), leaves[0])
