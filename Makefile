@@ -50,6 +50,8 @@ docs: deps
 
 bench: deps
 	$(PY) bench/startup.py
+	PYTHONPATH=. $(PY) bench/unpack.py
+	PYTHONPATH=. $(PY) bench/pull.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -340,3 +340,18 @@ def test_two_pulls_of_one_image_share_the_download(node: DaemonProcess, registry
         blob_gets = [p for p in proxy.paths("GET") if "/blobs/" in p]
     assert results == [img.config_digest] * 3
     assert sorted(blob_gets) == sorted(set(blob_gets)), "a blob was downloaded twice"
+
+
+def test_schema1_images_are_refused_with_the_reason(unstarted: DaemonProcess) -> None:
+    with Registry(schema1=True) as old:
+        layer = fixtures.busybox_layer()
+        fixtures.push_blob(old, "test/ancient", layer.blob)
+        body = fixtures.schema1_manifest("test/ancient", "1", [layer])
+        fixtures.push_raw_manifest(old, "test/ancient", "1", body, fixtures.SCHEMA1_SIGNED)
+        unstarted.trust_registry(old.host)
+        unstarted.start()
+        with unstarted.client() as client:
+            err = rpc_error(lambda: client.pull_image(f"{old.host}/test/ancient:1"))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Docker schema1 image, which moorage does not pull" in err.details
+    assert_store_empty(unstarted)

@@ -21,9 +21,8 @@ from moorage.images.archive import (
     MAX_JSON_SIZE,
     Archive,
     ArchiveLayer,
-    Platform,
-    node_platform,
 )
+from moorage.images.manifest import Platform, node_platform
 
 NAME = "example.com/busybox:1"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

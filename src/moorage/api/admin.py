@@ -64,9 +64,7 @@ class AdminService:
         try:
             if progress is not None:
                 async for snapshot in progress.watch():
-                    if snapshot["finished"]:
-                        break
-                    yield {"progress": snapshot}
+                    yield {"progress": snapshot}  # the last one is the finished pull's, every layer done
             record = await pull
         finally:
             if not pull.done():
