@@ -133,3 +133,132 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, message: str) -> None
         registries.load(path)
     assert str(err.value).startswith(str(path))
     assert message in str(err.value)
+
+
+MAIN = """
+unqualified-search-registries = ["docker.io"]
+short-name-mode = "permissive"
+
+[aliases]
+"busybox" = "docker.io/library/busybox"
+"pause" = "registry.k8s.io/pause"
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "old-mirror.example.com/hub"
+
+[[registry]]
+location = "quay.io"
+"""
+
+
+def with_dropins(tmp_path: Path, **dropins: str) -> Path:
+    """A registries.conf (MAIN) plus drop-ins named by keyword (``a="..."`` is registries.conf.d/a.conf)."""
+    directory = tmp_path / "registries.conf.d"
+    directory.mkdir(parents=True)
+    path = tmp_path / "registries.conf"
+    path.write_text(MAIN)
+    for name, text in dropins.items():
+        (directory / f"{name}.conf").write_text(text)
+    return path
+
+
+def test_dropin_replaces_the_top_level_keys_it_sets(tmp_path: Path) -> None:
+    conf = registries.load(with_dropins(tmp_path, a='unqualified-search-registries = ["quay.io", "ghcr.io"]\n'))
+    assert conf.unqualified_search_registries == ("quay.io", "ghcr.io")
+    assert conf.short_name_mode == "permissive"  # not set in the drop-in: kept
+    conf = registries.load(with_dropins(tmp_path / "2", a="short-name-mode = 'disabled'\n"))
+    assert conf.unqualified_search_registries == ("docker.io",)
+    assert conf.short_name_mode == "disabled"
+    conf = registries.load(with_dropins(tmp_path / "3", a="unqualified-search-registries = []\n"))
+    assert conf.unqualified_search_registries == ()
+
+
+def test_dropin_registry_replaces_the_one_with_its_prefix(tmp_path: Path) -> None:
+    dropin = '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n'
+    dropin += '[[registry.mirror]]\nlocation = "new-mirror.example.com/hub"\n'
+    conf = registries.load(with_dropins(tmp_path, a=dropin))
+    assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io"]
+    assert where(conf, "busybox") == [
+        ("new-mirror.example.com/hub/library/busybox:latest", False, True),
+        ("docker.io/library/busybox:latest", False, False),
+    ]
+
+
+def test_dropin_prefix_defaults_to_location(tmp_path: Path) -> None:
+    conf = registries.load(with_dropins(tmp_path, a='[[registry]]\nlocation = "quay.io"\nblocked = true\n'))
+    assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io"]
+    with pytest.raises(FailedPrecondition, match="blocked"):
+        conf.endpoints(parse("quay.io/app"))
+
+
+def test_dropin_registry_with_a_new_prefix_is_added(tmp_path: Path) -> None:
+    conf = registries.load(with_dropins(tmp_path, a='[[registry]]\nlocation = "localhost:5000"\ninsecure = true\n'))
+    assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io", "localhost:5000"]
+    assert conf.insecure("localhost:5000")
+    assert where(conf, "busybox")[0] == ("old-mirror.example.com/hub/library/busybox:latest", False, True)
+
+
+def test_dropin_aliases_merge_key_by_key(tmp_path: Path) -> None:
+    dropin = '[aliases]\n"pause" = "mirror.example.com/pause"\n"nginx" = "docker.io/library/nginx"\n'
+    conf = registries.load(with_dropins(tmp_path, a=dropin))
+    assert conf.aliases == {
+        "busybox": "docker.io/library/busybox",
+        "pause": "mirror.example.com/pause",
+        "nginx": "docker.io/library/nginx",
+    }
+
+
+def test_dropins_apply_in_lexical_order_and_only_conf_files(tmp_path: Path) -> None:
+    path = with_dropins(
+        tmp_path,
+        b='unqualified-search-registries = ["b.io"]\n',
+        a='unqualified-search-registries = ["a.io"]\nshort-name-mode = "enforcing"\n',
+        **{"10-first": "short-name-mode = 'disabled'\n"},
+    )
+    (tmp_path / "registries.conf.d" / "z.conf.bak").write_text("not toml [\n")
+    (tmp_path / "registries.conf.d" / "sub.conf").mkdir()
+    conf = registries.load(path)
+    assert conf.unqualified_search_registries == ("b.io",)
+    assert conf.short_name_mode == "enforcing"  # a.conf after 10-first.conf
+
+
+def test_dropins_apply_without_a_main_file(tmp_path: Path) -> None:
+    path = with_dropins(tmp_path, a='unqualified-search-registries = ["quay.io"]\n')
+    path.unlink()
+    assert registries.load(path) == registries.RegistriesConf(unqualified_search_registries=("quay.io",))
+
+
+def test_missing_dropin_directory_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "registries.conf"
+    path.write_text(MAIN)
+    conf = registries.load(path)
+    assert conf.unqualified_search_registries == ("docker.io",)
+    assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[registry]]\nlocation = 'a.io'\ninsecure = 'yes'\n", "registry[0].insecure: expected true or false"),
+        ("short-name-mode = 'lax'\n", "short-name-mode: must be one of"),
+        ("x = [\n", "cannot read registries config"),
+    ],
+)
+def test_bad_dropin_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = with_dropins(tmp_path, a="short-name-mode = 'disabled'\n", b=text)
+    with pytest.raises(ConfigError) as err:
+        registries.load(path)
+    assert str(err.value).startswith(str(tmp_path / "registries.conf.d" / "b.conf") + ":")
+    assert message in str(err.value)
+
+
+def test_dropin_path_that_is_not_a_directory_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "registries.conf"
+    path.write_text(MAIN)
+    (tmp_path / "registries.conf.d").write_text("")
+    with pytest.raises(ConfigError, match="cannot read registries drop-in directory"):
+        registries.load(path)

@@ -19,10 +19,18 @@ The file CRI-O, podman and skopeo share, so a node set up for them needs nothing
 A prefix matches a reference whose name equals it or continues it after ``/``, ``:`` or ``@``; the longest
 matching prefix wins. ``*.example.com`` matches every subdomain of example.com. A reference no entry matches
 is pulled from its own registry, securely.
+
+After the main file, every ``*.conf`` file in the ``registries.conf.d/`` directory beside it is read in lexical
+order (containers-registries.conf.d(5)); each is a whole v2 file laid over what came before:
+
+- a top-level key it sets (``unqualified-search-registries``, ``short-name-mode``) replaces the earlier value;
+- a ``[[registry]]`` entry replaces, in place, the earlier entry with the same prefix; other entries are appended;
+- ``[aliases]`` merge key by key.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,15 +129,68 @@ def _rewrite(ref: Reference, prefix: str, location: str) -> Reference:
 
 
 def load(path: str | Path) -> RegistriesConf:
-    """Read a registries.conf; a missing file means no settings. Errors name the file and the key."""
+    """Read a registries.conf, then the drop-ins in ``registries.conf.d/`` beside it.
+
+    A missing file or directory means no settings. Errors name the file and the key.
+    """
+    path = Path(path)
+    table = _read(path)
+    conf = RegistriesConf() if table is None else parse_table(table, str(path))
+    for dropin in _dropins(path.parent / "registries.conf.d"):
+        table = _read(dropin)
+        if table is not None:
+            conf = _overlay(conf, parse_table(table, str(dropin)), set(table))
+    return conf
+
+
+def _read(path: Path) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as fh:
-            table = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        return RegistriesConf()
+        return None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read registries config: {exc}") from exc
-    return parse_table(table, str(path))
+
+
+def _dropins(directory: Path) -> list[Path]:
+    """The ``*.conf`` files in ``directory`` in lexical order; other files and subdirectories are ignored."""
+    try:
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if e.name.endswith(".conf") and e.is_file()]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot read registries drop-in directory: {exc}") from exc
+    return [directory / name for name in sorted(names)]
+
+
+def _overlay(base: RegistriesConf, layer: RegistriesConf, keys: set[str]) -> RegistriesConf:
+    """``layer`` (parsed from a table with top-level ``keys``) laid over ``base``."""
+    search = layer if "unqualified-search-registries" in keys else base
+    return RegistriesConf(
+        registries=_merge_registries(base.registries, layer.registries),
+        unqualified_search_registries=search.unqualified_search_registries,
+        short_name_mode=layer.short_name_mode if "short-name-mode" in keys else base.short_name_mode,
+        aliases={**base.aliases, **layer.aliases},
+    )
+
+
+def _merge_registries(base: tuple[Registry, ...], layer: tuple[Registry, ...]) -> tuple[Registry, ...]:
+    """``layer``'s entries take the place of ``base``'s with the same prefix; entries with new prefixes go last."""
+    incoming: dict[str, list[Registry]] = {}
+    for registry in layer:
+        incoming.setdefault(registry.prefix, []).append(registry)
+    replaced = set(incoming)
+    out: list[Registry] = []
+    for registry in base:
+        if registry.prefix not in replaced:
+            out.append(registry)
+        elif registry.prefix in incoming:
+            out.extend(incoming.pop(registry.prefix))
+    for group in incoming.values():
+        out.extend(group)
+    return tuple(out)
 
 
 def parse_table(table: dict[str, Any], source: str) -> RegistriesConf:
