@@ -9,6 +9,7 @@ tried and why each failed, and raises the error class of the last one (the regis
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -156,11 +157,14 @@ class Puller:
                 return
             progress.layer(desc.digest, desc.size)
             async with slots:
+                started = time.monotonic()
                 blob = await self.layers.blob(
                     desc.digest,
                     desc.size,
                     lambda ingest: client.download(desc.digest, ingest, lambda n: progress.add_bytes(desc.digest, n)),
                 )
+                seconds = time.monotonic() - started
+            log.info("layer fetched", layer=desc.digest, bytes=desc.size, seconds=round(seconds, 3))
             await self.layers.snapshot(chain_id, fetched.config.diff_ids[index], blob, progress, desc.digest)
             progress.set_state(desc.digest, "complete")
 
