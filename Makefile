@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest protos docs bench clean
+.PHONY: deps run stop test lint typecheck pytest protos docs bench pause clean
 
 deps: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ bench: deps
 	$(PY) bench/startup.py
 	PYTHONPATH=. $(PY) bench/unpack.py
 	PYTHONPATH=. $(PY) bench/pull.py
+
+pause: build/pause/pause
+
+build/pause/pause: src/moorage/runtime/pause/pause.c scripts/build-pause
+	scripts/build-pause $@
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
