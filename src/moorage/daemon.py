@@ -28,6 +28,7 @@ from moorage.errors import ConfigError, StartupError
 from moorage.images.service import ImageManager
 from moorage.observe import daemon_log, metrics
 from moorage.runtime.pod_cidr import PodCidr
+from moorage.runtime.sandboxes import Sandboxes
 from moorage.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -56,7 +57,9 @@ class Daemon:
             await pod_cidr.load()
             images = ImageManager(root, store, lambda: self.config)
             await images.repair()
-            runtime = RuntimeService(lambda: self.config, store, pod_cidr)
+            sandboxes = Sandboxes(store, lambda: self.config)
+            await sandboxes.recover()
+            runtime = RuntimeService(lambda: self.config, store, pod_cidr, sandboxes)
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             self._serve_metrics()

@@ -111,4 +111,25 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def mounts(self) -> list[str]:
+        """Mount points under the daemon's temp dir (pinned namespaces, pod /dev/shm, ...)."""
+        return mounts_under(self.dir)
+
+
+def mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory) + "/"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix):
+            points.append(point)
+    return points
+
+
+def unmount_under(directory: Path) -> None:
+    """Detach whatever a test's daemon left mounted in its temp dir, deepest first."""
+    for point in sorted(mounts_under(directory), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)

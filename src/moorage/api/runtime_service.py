@@ -6,7 +6,8 @@ RPCs not listed here answer UNIMPLEMENTED (see :mod:`moorage.api.handlers`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -18,6 +19,8 @@ from moorage.config import Config
 from moorage.errors import NotFound, Unimplemented
 from moorage.runtime import conditions
 from moorage.runtime.pod_cidr import PodCidr
+from moorage.runtime.sandboxes import Sandboxes
+from moorage.state.models import READY, SandboxRecord
 from moorage.store.db import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -25,11 +28,35 @@ Context = grpc.aio.ServicerContext[Any, Any]
 CGROUP_DRIVERS = {"systemd": pb.CgroupDriver.SYSTEMD, "cgroupfs": pb.CgroupDriver.CGROUPFS}
 
 
+STREAM_BATCH = 100
+
+
+def pod_status(record: SandboxRecord) -> pb.PodSandboxStatus:
+    config = pb.PodSandboxConfig.FromString(record.config)
+    return pb.PodSandboxStatus(
+        id=record.id,
+        metadata=config.metadata,
+        state=pb.PodSandboxState.SANDBOX_READY if record.state == READY else pb.PodSandboxState.SANDBOX_NOTREADY,
+        created_at=record.created_at,
+        network=pb.PodSandboxNetworkStatus(
+            ip=record.status.ips[0] if record.status.ips else "",
+            additional_ips=[pb.PodIP(ip=ip) for ip in record.status.ips[1:]],
+        ),
+        linux=pb.LinuxPodSandboxStatus(
+            namespaces=pb.Namespace(options=config.linux.security_context.namespace_options)
+        ),
+        labels=config.labels,
+        annotations=config.annotations,
+        runtime_handler=record.status.runtime_handler,
+    )
+
+
 class RuntimeService:
-    def __init__(self, config: Callable[[], Config], store: Store, pod_cidr: PodCidr) -> None:
+    def __init__(self, config: Callable[[], Config], store: Store, pod_cidr: PodCidr, sandboxes: Sandboxes) -> None:
         self._config = config
         self._store = store
         self._pod_cidr = pod_cidr
+        self._sandboxes = sandboxes
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -83,27 +110,70 @@ class RuntimeService:
         validate.name(meta.name, "config.metadata.name")
         validate.name(meta.namespace, "config.metadata.namespace")
         validate.name(meta.uid, "config.metadata.uid")
-        raise Unimplemented("RuntimeService.RunPodSandbox is not implemented by moorage yet")
+        sandbox_id = await self._sandboxes.run(request.config, request.runtime_handler)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     async def PodSandboxStatus(
         self, request: pb.PodSandboxStatusRequest, context: Context
     ) -> pb.PodSandboxStatusResponse:
-        await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
-        raise Unimplemented("RuntimeService.PodSandboxStatus is not implemented by moorage yet")
+        sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        record = await self._sandboxes.get(sandbox_id)
+        response = pb.PodSandboxStatusResponse(status=pod_status(record), timestamp=time.time_ns())
+        if request.verbose:
+            response.info["info"] = json.dumps(
+                {"state": record.state, "name": record.name, **record.status.__dict__}, sort_keys=True
+            )
+        return response
+
+    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Context) -> pb.ListPodSandboxResponse:
+        return pb.ListPodSandboxResponse(items=await self._pods(request.filter if request.HasField("filter") else None))
+
+    async def StreamPodSandboxes(
+        self, request: pb.StreamPodSandboxesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
+        items = await self._pods(request.filter if request.HasField("filter") else None)
+        for start in range(0, len(items), STREAM_BATCH):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + STREAM_BATCH])
 
     async def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: Context) -> pb.StopPodSandboxResponse:
         # api.proto: stopping a sandbox that does not exist (any more) is not an error.
-        if await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id") is None:
-            return pb.StopPodSandboxResponse()
-        raise Unimplemented("RuntimeService.StopPodSandbox is not implemented by moorage yet")
+        sandbox_id = await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        if sandbox_id is not None:
+            await self._sandboxes.stop(sandbox_id)
+        return pb.StopPodSandboxResponse()
 
     async def RemovePodSandbox(
         self, request: pb.RemovePodSandboxRequest, context: Context
     ) -> pb.RemovePodSandboxResponse:
-        # api.proto: removing a sandbox that does not exist is not an error.
-        if await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id") is None:
-            return pb.RemovePodSandboxResponse()
-        raise Unimplemented("RuntimeService.RemovePodSandbox is not implemented by moorage yet")
+        # api.proto: removing a sandbox that does not exist is not an error; a running one is stopped first.
+        sandbox_id = await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        if sandbox_id is not None:
+            await self._sandboxes.remove(sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def _pods(self, spec: pb.PodSandboxFilter | None) -> list[pb.PodSandbox]:
+        out = []
+        for record in await self._sandboxes.all():
+            status = pod_status(record)
+            if spec is not None:
+                if spec.id and not record.id.startswith(spec.id):
+                    continue
+                if spec.HasField("state") and status.state != spec.state.state:
+                    continue
+                if any(status.labels.get(k) != v for k, v in spec.label_selector.items()):
+                    continue
+            out.append(
+                pb.PodSandbox(
+                    id=record.id,
+                    metadata=status.metadata,
+                    state=status.state,
+                    created_at=record.created_at,
+                    labels=status.labels,
+                    annotations=status.annotations,
+                    runtime_handler=status.runtime_handler,
+                )
+            )
+        return out
 
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Context) -> pb.CreateContainerResponse:
         validate.object_id(request.pod_sandbox_id, "pod_sandbox_id")

@@ -1,0 +1,195 @@
+"""Pod sandboxes: Run, Stop, Remove, Status and List, and their recovery after a crash.
+
+A pod is made without any process of its own (infra-less, as CRI-O's pinns does it): its network, IPC and
+UTS namespaces are created and pinned with bind mounts, its hostname and namespaced sysctls are set inside
+them, and its /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm are written under
+``<state>/pods/<id>``. hostNetwork and hostIPC pods use the node's namespaces. A pod sharing one PID
+namespace between its containers needs a process to hold it (the pause container); that mode is refused
+until containers land.
+
+Persist first: the pod is stored as CREATING before anything is made and moves to READY once all of it
+exists. A failure undoes what was made and removes the record; a crash leaves a CREATING record that
+:meth:`Sandboxes.recover` undoes at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from moorage.api.cri import pb
+from moorage.config import Config
+from moorage.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from moorage.node import namespaces, podfiles
+from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
+from moorage.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+NODE_HOSTS = Path("/etc/hosts")
+NODE_RESOLV = Path("/etc/resolv.conf")
+OCI_KIND = {"net": "network", "ipc": "ipc", "uts": "uts"}
+
+
+class Sandboxes:
+    def __init__(self, store: Store, config: Callable[[], Config]) -> None:
+        self.store = store
+        self.config = config
+        self.node_hosts = NODE_HOSTS
+        self.node_resolv = NODE_RESOLV
+
+    def pod_dir(self, sandbox_id: str) -> Path:
+        return Path(self.config().state) / "pods" / sandbox_id
+
+    # --- Run ------------------------------------------------------------------------------------------------
+
+    async def run(self, config: pb.PodSandboxConfig, runtime_handler: str) -> str:
+        handler = runtime_handler or self.config().runtime.default_handler
+        if handler not in self.config().runtime.handlers:
+            known = ", ".join(sorted(self.config().runtime.handlers))
+            raise InvalidArgument(f"runtime_handler {handler!r} is not configured (runtime.handlers has {known})")
+        modes = config.linux.security_context.namespace_options
+        if modes.pid == pb.NamespaceMode.POD:
+            raise Unimplemented("a pod sharing one PID namespace (shareProcessNamespace) needs the pause container")
+        meta = config.metadata
+        record = SandboxRecord(
+            id=secrets.token_hex(32),
+            name=pod_name(meta.name, meta.namespace, meta.uid, meta.attempt),
+            state=CREATING,
+            created_at=time.time_ns(),
+            config=config.SerializeToString(),
+            status=SandboxStatus(runtime_handler=handler, pid_mode=pb.NamespaceMode.Name(modes.pid)),
+        )
+        await self._insert(record)
+        try:
+            status = await asyncio.to_thread(self._make, record, config)
+            await self._save(record.moved(READY, **status.__dict__))
+        except BaseException:
+            await asyncio.shield(self._undo(record.id))
+            raise
+        log.info("pod sandbox ready", sandbox=record.id, pod=record.name, handler=handler)
+        return record.id
+
+    def _make(self, record: SandboxRecord, config: pb.PodSandboxConfig) -> SandboxStatus:
+        """Everything a pod has on the node (synchronous: mounts and short subprocesses)."""
+        modes = config.linux.security_context.namespace_options
+        host_network = modes.network == pb.NamespaceMode.NODE
+        host_ipc = modes.ipc == pb.NamespaceMode.NODE
+        kinds: set[namespaces.Kind] = set()
+        if not host_network:
+            kinds |= {"net", "uts"}  # a pod on the node's network keeps the node's hostname too
+        if not host_ipc:
+            kinds.add("ipc")
+        hostname = config.hostname or (os.uname().nodename if host_network else config.metadata.name)
+        directory = self.pod_dir(record.id)
+        directory.mkdir(parents=True, mode=0o711)
+        pinned = (
+            namespaces.pin(
+                kinds,
+                directory / "ns",
+                hostname=hostname if "uts" in kinds else None,
+                sysctls=dict(config.linux.sysctls),
+            )
+            if kinds
+            else {}
+        )
+        dns = config.dns_config
+        files = {
+            "/etc/hostname": podfiles.write_hostname(directory, hostname),
+            "/etc/hosts": podfiles.write_hosts(
+                directory, hostname, node_hosts=self.node_hosts if host_network else None
+            ),
+            "/etc/resolv.conf": podfiles.write_resolv_conf(
+                directory, list(dns.servers), list(dns.searches), list(dns.options), self.node_resolv
+            ),
+            "/dev/shm": Path("/dev/shm") if host_ipc else podfiles.mount_shm(directory),
+        }
+        return dataclasses.replace(
+            record.status,
+            namespaces={OCI_KIND[k]: str(p) for k, p in pinned.items()},
+            files={k: str(v) for k, v in files.items()},
+        )
+
+    # --- Stop and Remove ------------------------------------------------------------------------------------
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Release what a stopped pod no longer needs; stopping again is a no-op (api.proto)."""
+        record = await self.get(sandbox_id)
+        if record.state == NOTREADY and record.status.stopped_at:
+            return
+        await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "shm")
+        await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
+        log.info("pod sandbox stopped", sandbox=sandbox_id)
+
+    async def remove(self, sandbox_id: str) -> None:
+        await self._undo(sandbox_id)
+        log.info("pod sandbox removed", sandbox=sandbox_id)
+
+    async def _undo(self, sandbox_id: str) -> None:
+        """Take down whatever of the pod exists, then forget it. Safe on a half-made or half-removed pod."""
+        directory = self.pod_dir(sandbox_id)
+        ns_dir = directory / "ns"
+        if ns_dir.exists():
+            await asyncio.to_thread(namespaces.unpin, list(ns_dir.iterdir()))
+        await asyncio.to_thread(podfiles.remove, directory)
+        await self.store.write(lambda db: db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
+
+    async def recover(self) -> None:
+        """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot)."""
+        for record in await self.all():
+            if record.state == CREATING:
+                log.warning("removing a pod sandbox a crash interrupted while it was made", sandbox=record.id)
+                await self._undo(record.id)
+            elif record.state == READY and not all(
+                namespaces.is_pinned(Path(p)) for p in record.status.namespaces.values()
+            ):
+                log.warning("pod sandbox lost its namespaces (node rebooted?); it is not ready", sandbox=record.id)
+                await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
+
+    # --- records --------------------------------------------------------------------------------------------
+
+    async def get(self, sandbox_id: str) -> SandboxRecord:
+        rows = await self.store.read(lambda db: _select(db, "WHERE id = ?", (sandbox_id,)))
+        if not rows:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        return rows[0]
+
+    async def all(self) -> list[SandboxRecord]:
+        return await self.store.read(lambda db: _select(db, "", ()))
+
+    async def _insert(self, record: SandboxRecord) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            holder = db.execute("SELECT id FROM sandboxes WHERE name = ?", (record.name,)).fetchone()
+            if holder:
+                raise AlreadyExists(f"pod sandbox name {record.name!r} is already reserved for {holder[0]}")
+            db.execute(
+                "INSERT INTO sandboxes(id, name, state, created_at, config, status) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, record.name, record.state, record.created_at, record.config, record.status.to_json()),
+            )
+
+        await self.store.write(write)
+
+    async def _save(self, record: SandboxRecord) -> None:
+        await self.store.write(
+            lambda db: db.execute(
+                "UPDATE sandboxes SET state = ?, status = ? WHERE id = ?",
+                (record.state, record.status.to_json(), record.id),
+            )
+        )
+
+
+def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[SandboxRecord]:
+    rows = db.execute(
+        f"SELECT id, name, state, created_at, config, status FROM sandboxes {where} ORDER BY created_at", args
+    )
+    return [
+        SandboxRecord(r[0], r[1], r[2], int(r[3]), bytes(r[4]), SandboxStatus.from_json(r[5])) for r in rows.fetchall()
+    ]

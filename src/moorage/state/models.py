@@ -1,0 +1,76 @@
+"""Pod sandbox records: what the store keeps of a pod, and the transitions a pod may make (pure, no I/O).
+
+A pod's life::
+
+    CREATING ──ready──▶ READY ──stop──▶ NOTREADY ──remove──▶ (gone)
+        │                                    ▲
+        └────── failed / crashed mid-way ────┘ (cleaned up at the next start, then removed)
+
+CREATING exists only in the store, between the first write and the moment every resource is made; a pod
+found CREATING at start-up was interrupted by a crash, and recovery undoes it. The kubelet sees CREATING
+and NOTREADY both as SANDBOX_NOTREADY.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from moorage.errors import FailedPrecondition
+
+CREATING, READY, NOTREADY = "CREATING", "READY", "NOTREADY"
+
+TRANSITIONS = {
+    CREATING: {READY, NOTREADY},
+    READY: {NOTREADY},
+    NOTREADY: {NOTREADY},
+}
+
+_NAME_PART = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def pod_name(name: str, namespace: str, uid: str, attempt: int) -> str:
+    """The unique name a pod attempt is reserved under, in the kubelet's own ``k8s_POD_...`` form."""
+    return f"k8s_POD_{name}_{namespace}_{uid}_{attempt}"
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    """The mutable part of a pod, kept as JSON in the store."""
+
+    namespaces: dict[str, str] = field(default_factory=dict)
+    """OCI namespace type → pinned file ("network", "ipc", "uts"); absent types are the node's."""
+    pid_mode: str = "CONTAINER"
+    files: dict[str, str] = field(default_factory=dict)
+    """Container path → host file: /etc/hostname, /etc/hosts, /etc/resolv.conf, /dev/shm."""
+    runtime_handler: str = ""
+    ips: list[str] = field(default_factory=list)
+    stopped_at: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxStatus:
+        doc: dict[str, Any] = json.loads(text or "{}")
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    id: str
+    name: str
+    state: str
+    created_at: int
+    config: bytes
+    """The serialized runtime.v1.PodSandboxConfig, byte for byte as the kubelet sent it."""
+    status: SandboxStatus
+
+    def moved(self, state: str, **changes: Any) -> SandboxRecord:
+        """This record in ``state``; FailedPrecondition if the pod may not go there from where it is."""
+        if state not in TRANSITIONS[self.state]:
+            raise FailedPrecondition(f"pod sandbox {self.id} is {self.state} and cannot become {state}")
+        return replace(self, state=state, status=replace(self.status, **changes))
