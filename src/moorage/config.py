@@ -143,6 +143,11 @@ class RuntimeSection:
     conmon: str = key(
         "conmon", "The conmon container monitor: an absolute path, or a name looked up in PATH.", non_empty
     )
+    seccomp_profile_root: str = key(
+        "/var/lib/kubelet/seccomp",
+        "Where Localhost seccomp profiles named by pods are found (the kubelet's <root-dir>/seccomp).",
+        absolute_path,
+    )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from moorage.config import Config
 from moorage.errors import ConfigError, StartupError
 from moorage.images.service import ImageManager
 from moorage.observe import daemon_log, metrics
+from moorage.runtime.containers import Containers
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.store.db import Store
@@ -58,10 +59,13 @@ class Daemon:
             images = ImageManager(root, store, lambda: self.config)
             await images.repair()
             sandboxes = Sandboxes(store, lambda: self.config)
+            containers = Containers(store, lambda: self.config, images, sandboxes)
+            await containers.recover()
             await sandboxes.recover()
-            runtime = RuntimeService(lambda: self.config, store, pod_cidr, sandboxes)
+            runtime = RuntimeService(lambda: self.config, store, pod_cidr, sandboxes, containers)
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
+            monitor = asyncio.create_task(containers.monitor(), name="exit-monitor")
             self._serve_metrics()
             self._install_signal_handlers()
             log.info(
@@ -75,6 +79,7 @@ class Daemon:
             await self._stop.wait()
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
             await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
+            monitor.cancel()
         finally:
             if images is not None:
                 await images.close()

@@ -16,11 +16,20 @@ import moorage
 from moorage.api import validate
 from moorage.api.cri import pb
 from moorage.config import Config
-from moorage.errors import NotFound, Unimplemented
+from moorage.errors import NotFound
 from moorage.runtime import conditions
+from moorage.runtime.containers import Containers
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
-from moorage.state.models import READY, SandboxRecord
+from moorage.state.models import (
+    CONTAINER_CREATED,
+    CONTAINER_CREATING,
+    CONTAINER_EXITED,
+    CONTAINER_RUNNING,
+    READY,
+    ContainerRecord,
+    SandboxRecord,
+)
 from moorage.store.db import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -51,12 +60,51 @@ def pod_status(record: SandboxRecord) -> pb.PodSandboxStatus:
     )
 
 
+CONTAINER_STATES = {
+    CONTAINER_CREATING: pb.ContainerState.CONTAINER_UNKNOWN,
+    CONTAINER_CREATED: pb.ContainerState.CONTAINER_CREATED,
+    CONTAINER_RUNNING: pb.ContainerState.CONTAINER_RUNNING,
+    CONTAINER_EXITED: pb.ContainerState.CONTAINER_EXITED,
+}
+
+
+def container_status(record: ContainerRecord) -> pb.ContainerStatus:
+    config = pb.ContainerConfig.FromString(record.config)
+    st = record.status
+    return pb.ContainerStatus(
+        id=record.id,
+        metadata=config.metadata,
+        state=CONTAINER_STATES[record.state],
+        created_at=record.created_at,
+        started_at=st.started_at,
+        finished_at=st.finished_at,
+        exit_code=st.exit_code,
+        image=pb.ImageSpec(image=st.image, annotations=config.image.annotations),
+        image_ref=record.image_id,  # the image id, as Kubernetes 1.36 requires (= Image.id)
+        image_id=record.image_id,
+        reason=st.reason,
+        message=st.message,
+        labels=config.labels,
+        annotations=config.annotations,
+        mounts=config.mounts,
+        log_path=st.log_path,
+    )
+
+
 class RuntimeService:
-    def __init__(self, config: Callable[[], Config], store: Store, pod_cidr: PodCidr, sandboxes: Sandboxes) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: Store,
+        pod_cidr: PodCidr,
+        sandboxes: Sandboxes,
+        containers: Containers,
+    ) -> None:
         self._config = config
         self._store = store
         self._pod_cidr = pod_cidr
         self._sandboxes = sandboxes
+        self._containers = containers
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -139,6 +187,8 @@ class RuntimeService:
         # api.proto: stopping a sandbox that does not exist (any more) is not an error.
         sandbox_id = await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         if sandbox_id is not None:
+            for container in await self._containers.all(sandbox_id):
+                await self._containers.stop(container.id, 0)
             await self._sandboxes.stop(sandbox_id)
         return pb.StopPodSandboxResponse()
 
@@ -148,6 +198,8 @@ class RuntimeService:
         # api.proto: removing a sandbox that does not exist is not an error; a running one is stopped first.
         sandbox_id = await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         if sandbox_id is not None:
+            for container in await self._containers.all(sandbox_id):
+                await self._containers.remove(container.id)
             await self._sandboxes.remove(sandbox_id)
         return pb.RemovePodSandboxResponse()
 
@@ -180,22 +232,74 @@ class RuntimeService:
         validate.present(request, "config", "CreateContainerRequest")
         validate.present(request.config, "metadata", "config")
         validate.name(request.config.metadata.name, "config.metadata.name")
-        await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
-        raise Unimplemented("RuntimeService.CreateContainer is not implemented by moorage yet")
+        validate.required(request.config.image.image, "config.image.image")
+        sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        container_id = await self._containers.create(sandbox_id, request.config, request.sandbox_config)
+        return pb.CreateContainerResponse(container_id=container_id)
 
-    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Context) -> pb.ContainerStatusResponse:
-        await self._existing("containers", request.container_id, "container_id")
-        raise Unimplemented("RuntimeService.ContainerStatus is not implemented by moorage yet")
+    async def StartContainer(self, request: pb.StartContainerRequest, context: Context) -> pb.StartContainerResponse:
+        await self._containers.start(await self._existing("containers", request.container_id, "container_id"))
+        return pb.StartContainerResponse()
 
     async def StopContainer(self, request: pb.StopContainerRequest, context: Context) -> pb.StopContainerResponse:
-        if await self._maybe("containers", request.container_id, "container_id") is None:
-            return pb.StopContainerResponse()
-        raise Unimplemented("RuntimeService.StopContainer is not implemented by moorage yet")
+        # api.proto: stopping a container that is gone or already stopped is not an error.
+        container_id = await self._maybe("containers", request.container_id, "container_id")
+        if container_id is not None:
+            await self._containers.stop(container_id, max(request.timeout, 0))
+        return pb.StopContainerResponse()
 
     async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Context) -> pb.RemoveContainerResponse:
-        if await self._maybe("containers", request.container_id, "container_id") is None:
-            return pb.RemoveContainerResponse()
-        raise Unimplemented("RuntimeService.RemoveContainer is not implemented by moorage yet")
+        # api.proto: removing a container that does not exist is not an error; a running one is killed.
+        container_id = await self._maybe("containers", request.container_id, "container_id")
+        if container_id is not None:
+            await self._containers.remove(container_id)
+        return pb.RemoveContainerResponse()
+
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Context) -> pb.ContainerStatusResponse:
+        record = await self._containers.get(await self._existing("containers", request.container_id, "container_id"))
+        response = pb.ContainerStatusResponse(status=container_status(record))
+        if request.verbose:
+            response.info["info"] = json.dumps({"state": record.state, **record.status.__dict__}, sort_keys=True)
+        return response
+
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Context) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(
+            containers=await self._list_containers(request.filter if request.HasField("filter") else None)
+        )
+
+    async def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: Context
+    ) -> AsyncIterator[pb.StreamContainersResponse]:
+        items = await self._list_containers(request.filter if request.HasField("filter") else None)
+        for start in range(0, len(items), STREAM_BATCH):
+            yield pb.StreamContainersResponse(containers=items[start : start + STREAM_BATCH])
+
+    async def _list_containers(self, spec: pb.ContainerFilter | None) -> list[pb.Container]:
+        out = []
+        for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
+            status = container_status(record)
+            if spec is not None:
+                if spec.id and not record.id.startswith(spec.id):
+                    continue
+                if spec.HasField("state") and status.state != spec.state.state:
+                    continue
+                if any(status.labels.get(k) != v for k, v in spec.label_selector.items()):
+                    continue
+            out.append(
+                pb.Container(
+                    id=record.id,
+                    pod_sandbox_id=record.sandbox_id,
+                    metadata=status.metadata,
+                    image=status.image,
+                    image_ref=record.image_id,
+                    state=status.state,
+                    created_at=record.created_at,
+                    labels=status.labels,
+                    annotations=status.annotations,
+                    image_id=record.image_id,
+                )
+            )
+        return out
 
     # ------------------------------------------------------------------------------------------------------
 

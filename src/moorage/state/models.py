@@ -74,3 +74,64 @@ class SandboxRecord:
         if state not in TRANSITIONS[self.state]:
             raise FailedPrecondition(f"pod sandbox {self.id} is {self.state} and cannot become {state}")
         return replace(self, state=state, status=replace(self.status, **changes))
+
+
+# --- containers -----------------------------------------------------------------------------------------------
+#
+#   CREATING ──created──▶ CREATED ──start──▶ RUNNING ──exit──▶ EXITED ──remove──▶ (gone)
+#       │                    └──────── killed before start ─────▲
+#       └── failed / crashed mid-way: undone ──▶ (gone)
+
+CONTAINER_CREATING, CONTAINER_CREATED, CONTAINER_RUNNING, CONTAINER_EXITED = "CREATING", "CREATED", "RUNNING", "EXITED"
+
+CONTAINER_TRANSITIONS = {
+    CONTAINER_CREATING: {CONTAINER_CREATED},
+    CONTAINER_CREATED: {CONTAINER_RUNNING, CONTAINER_EXITED},
+    CONTAINER_RUNNING: {CONTAINER_EXITED},
+    CONTAINER_EXITED: set[str](),
+}
+
+
+def container_name(name: str, attempt: int, pod: str, namespace: str, uid: str) -> str:
+    """The unique name of a container attempt, in the kubelet's ``k8s_<container>_<pod>_...`` form."""
+    return f"k8s_{name}_{pod}_{namespace}_{uid}_{attempt}"
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    pid: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    log_path: str = ""
+    image: str = ""
+    """The image as the CreateContainer request named it."""
+    stop_signal: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ContainerStatus:
+        doc: dict[str, Any] = json.loads(text or "{}")
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    id: str
+    sandbox_id: str
+    name: str
+    state: str
+    created_at: int
+    image_id: str
+    config: bytes
+    """The serialized runtime.v1.ContainerConfig, as the kubelet sent it."""
+    status: ContainerStatus
+
+    def moved(self, state: str, **changes: Any) -> ContainerRecord:
+        if state not in CONTAINER_TRANSITIONS[self.state]:
+            raise FailedPrecondition(f"container {self.id} is {self.state} and cannot become {state}")
+        return replace(self, state=state, status=replace(self.status, **changes))

@@ -1,0 +1,353 @@
+"""Containers: Create, Start, Stop (signal, then SIGKILL), Remove, and the exit monitor.
+
+Each container runs under its own conmon (CRI-O's model): conmon holds its stdio, writes the CRI log file
+and records the exit code, so containers keep running and logging while moorage restarts. Moorage learns of
+exits from conmon's exit files (:meth:`Containers.monitor`), also for exits that happened while it was down.
+
+Persist first: a container is stored as CREATING before its root filesystem and its conmon are made, and
+becomes CREATED once the runtime holds it; a failure undoes what was made, a crash is undone at the next
+start (:meth:`Containers.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from moorage.api.cri import pb
+from moorage.config import Config
+from moorage.errors import AlreadyExists, FailedPrecondition, NotFound
+from moorage.images.catalog import ImageRecord, config_json
+from moorage.images.service import ImageManager
+from moorage.runtime import conmon, writable
+from moorage.runtime.conditions import find_binary
+from moorage.runtime.oci import OciRuntime
+from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling
+from moorage.state.models import (
+    CONTAINER_CREATED,
+    CONTAINER_CREATING,
+    CONTAINER_EXITED,
+    CONTAINER_RUNNING,
+    READY,
+    ContainerRecord,
+    ContainerStatus,
+    SandboxRecord,
+    container_name,
+)
+from moorage.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+MONITOR_INTERVAL = 0.2
+KILL_WAIT_SECONDS = 10.0
+
+
+class Containers:
+    def __init__(self, store: Store, config: Callable[[], Config], images: ImageManager, sandboxes: Sandboxes) -> None:
+        self.store = store
+        self.config = config
+        self.images = images
+        self.sandboxes = sandboxes
+        self.state = Path(config().state)
+        self.root = Path(config().root)
+        self._exited: dict[str, asyncio.Event] = {}
+
+    # --- paths and runtimes ---------------------------------------------------------------------------------
+
+    def bundle(self, container_id: str) -> Path:
+        return self.state / "bundles" / container_id
+
+    def layer_dir(self, container_id: str) -> Path:
+        return self.root / "containers" / container_id
+
+    def conmon_paths(self, container_id: str) -> conmon.ConmonPaths:
+        return conmon.ConmonPaths(self.state, container_id)
+
+    def runtime(self, handler: str) -> OciRuntime:
+        name = handler or self.config().runtime.default_handler
+        return OciRuntime(self.config().runtime.handlers[name].path, self.state / "runtime" / name)
+
+    # --- Create ---------------------------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
+        sandbox = await self.sandboxes.get(sandbox_id)
+        if sandbox.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready ({sandbox.state})")
+        image = await self.images.find(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} is not on the node; pull it first (config.image.image)")
+        pod = sandbox_config if sandbox_config.HasField("metadata") else pb.PodSandboxConfig.FromString(sandbox.config)
+        meta = pod.metadata
+        image_doc = config_json(image)
+        runtime_config = image_doc.get("config") if isinstance(image_doc.get("config"), dict) else {}
+        record = ContainerRecord(
+            id=secrets.token_hex(32),
+            sandbox_id=sandbox_id,
+            name=container_name(config.metadata.name, config.metadata.attempt, meta.name, meta.namespace, meta.uid),
+            state=CONTAINER_CREATING,
+            created_at=time.time_ns(),
+            image_id=image.id,
+            config=config.SerializeToString(),
+            status=ContainerStatus(
+                log_path=str(Path(pod.log_directory) / config.log_path) if pod.log_directory and config.log_path
+                else "",
+                image=config.image.image,
+                stop_signal=str(runtime_config.get("StopSignal") or "") if isinstance(runtime_config, dict) else "",
+            ),
+        )  # fmt: skip
+        await self._insert(record)
+        try:
+            pid = await self._make(record, config, pod, sandbox, image)
+            await self._save(record.moved(CONTAINER_CREATED, pid=pid))
+        except BaseException:
+            await asyncio.shield(self._undo(record.id, sandbox.status.runtime_handler))
+            raise
+        log.info("container created", container=record.id, name=record.name, pid=pid)
+        return record.id
+
+    async def _make(
+        self,
+        record: ContainerRecord,
+        config: pb.ContainerConfig,
+        pod: pb.PodSandboxConfig,
+        sandbox: SandboxRecord,
+        image: ImageRecord,
+    ) -> int:
+        bundle = self.bundle(record.id)
+        rootfs = bundle / "rootfs"
+        bundle.mkdir(parents=True, mode=0o700)
+        chain = [layer.chain_id for layer in image.layers]
+        await asyncio.to_thread(
+            writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs
+        )
+        image_doc = config_json(image)
+        namespaces = dict(sandbox.status.namespaces)
+        pid_modes = (
+            pod.linux.security_context.namespace_options.pid,
+            config.linux.security_context.namespace_options.pid,
+        )
+        if pb.NamespaceMode.NODE not in pid_modes:
+            namespaces["pid"] = ""  # a PID namespace of the container's own
+        parent = pod.linux.cgroup_parent or "/moorage"
+        spec = build(
+            SpecInputs(
+                container=config,
+                sandbox=pod,
+                image_config=image_doc.get("config") or {},  # type: ignore[arg-type]
+                rootfs=rootfs,
+                namespaces=namespaces,
+                cgroups_path=f"{parent.rstrip('/')}/{record.id}",
+                hostname=Path(sandbox.status.files["/etc/hostname"]).read_text().strip(),
+                pod_files={k: Path(v) for k, v in sandbox.status.files.items()},
+                oom_score_adj_floor=_own_oom_score_adj(),
+                seccomp_root=Path(self.config().runtime.seccomp_profile_root),
+                available_capabilities=current_capabilities(),
+                nofile_ceiling=nofile_ceiling(),
+            )
+        )
+        (bundle / "config.json").write_text(json.dumps(spec))
+        log_path = Path(record.status.log_path) if record.status.log_path else bundle / "container.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        return await conmon.create_container(
+            find_binary(self.config().runtime.conmon) or self.config().runtime.conmon,
+            self.runtime(sandbox.status.runtime_handler),
+            cid=record.id,
+            name=record.name,
+            bundle=bundle,
+            state_dir=self.state,
+            log_path=log_path,
+            terminal=config.tty,
+            stdin=config.stdin,
+        )
+
+    # --- Start, Stop, Remove --------------------------------------------------------------------------------
+
+    async def start(self, container_id: str) -> None:
+        record = await self.get(container_id)
+        if record.state != CONTAINER_CREATED:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not CREATED; it cannot start")
+        runtime = await self._runtime_of(record)
+        started = time.time_ns()
+        await runtime.start(container_id)
+        await self._save(record.moved(CONTAINER_RUNNING, started_at=started))
+        log.info("container started", container=container_id)
+
+    async def stop(self, container_id: str, timeout: int) -> None:
+        """The image's STOPSIGNAL (default SIGTERM), then SIGKILL after ``timeout`` seconds; a stopped
+        container is left as it is (api.proto)."""
+        record = await self.get(container_id)
+        if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            return
+        runtime = await self._runtime_of(record)
+        exit_file = self.conmon_paths(container_id).exit_file
+        if timeout > 0:
+            await _signal(runtime, container_id, _parse_signal(record.status.stop_signal))
+            if await _wait_for(exit_file, timeout):
+                await self._record_exit(container_id)
+                return
+        await _signal(runtime, container_id, signal.SIGKILL)
+        if not await _wait_for(exit_file, KILL_WAIT_SECONDS):
+            raise FailedPrecondition(f"container {container_id} did not exit {KILL_WAIT_SECONDS} s after SIGKILL")
+        await self._record_exit(container_id)
+
+    async def remove(self, container_id: str) -> None:
+        record = await self.get(container_id)
+        if record.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            await self.stop(container_id, 0)
+        sandbox = await self.sandboxes.get(record.sandbox_id)
+        await self._undo(container_id, sandbox.status.runtime_handler)
+        log.info("container removed", container=container_id)
+
+    async def _undo(self, container_id: str, handler: str) -> None:
+        runtime = self.runtime(handler)
+        with contextlib.suppress(NotFound):
+            await runtime.delete(container_id, force=True)
+        await asyncio.to_thread(writable.remove, self.layer_dir(container_id), self.bundle(container_id) / "rootfs")
+        paths = self.conmon_paths(container_id)
+        for path in (paths.exit_file,):
+            path.unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, paths.container_dir, True)
+        await asyncio.to_thread(shutil.rmtree, self.bundle(container_id), True)
+        await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
+
+    # --- exits ----------------------------------------------------------------------------------------------
+
+    async def monitor(self) -> None:
+        """Record every exit conmon reports, for as long as the daemon runs."""
+        exits = self.conmon_paths("x").exits_dir
+        while True:
+            if exits.is_dir():
+                for name in os.listdir(exits):
+                    try:
+                        await self._record_exit(name)
+                    except NotFound:
+                        continue
+            await asyncio.sleep(MONITOR_INTERVAL)
+
+    async def _record_exit(self, container_id: str) -> None:
+        record = await self.get(container_id)
+        if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            return
+        paths = self.conmon_paths(container_id)
+        code = conmon.read_exit(paths.exits_dir, container_id)
+        if code is None:
+            return
+        finished = max(paths.exit_file.stat().st_mtime_ns, record.status.started_at)  # mtimes are coarse
+        oom = (paths.container_dir / "oom").exists()
+        reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+        await self._save(record.moved(CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason))
+        log.info("container exited", container=container_id, exit_code=code, reason=reason)
+
+    async def recover(self) -> None:
+        for record in await self.all():
+            if record.state == CONTAINER_CREATING:
+                sandbox = await self.sandboxes.get(record.sandbox_id)
+                log.warning("removing a container a crash interrupted while it was made", container=record.id)
+                await self._undo(record.id, sandbox.status.runtime_handler)
+            else:
+                await self._record_exit(record.id)
+
+    # --- records --------------------------------------------------------------------------------------------
+
+    async def get(self, container_id: str) -> ContainerRecord:
+        rows = await self.store.read(lambda db: _select(db, "WHERE id = ?", (container_id,)))
+        if not rows:
+            raise NotFound(f"container {container_id!r} not found")
+        return rows[0]
+
+    async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
+        if sandbox_id:
+            return await self.store.read(lambda db: _select(db, "WHERE sandbox_id = ?", (sandbox_id,)))
+        return await self.store.read(lambda db: _select(db, "", ()))
+
+    async def _runtime_of(self, record: ContainerRecord) -> OciRuntime:
+        sandbox = await self.sandboxes.get(record.sandbox_id)
+        return self.runtime(sandbox.status.runtime_handler)
+
+    async def _insert(self, record: ContainerRecord) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            holder = db.execute("SELECT id FROM containers WHERE name = ?", (record.name,)).fetchone()
+            if holder:
+                raise AlreadyExists(f"container name {record.name!r} is already reserved for {holder[0]}")
+            db.execute(
+                "INSERT INTO containers(id, sandbox_id, name, state, created_at, image_id, config, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.sandbox_id,
+                    record.name,
+                    record.state,
+                    record.created_at,
+                    record.image_id,
+                    record.config,
+                    record.status.to_json(),
+                ),
+            )
+
+        await self.store.write(write)
+
+    async def _save(self, record: ContainerRecord) -> None:
+        await self.store.write(
+            lambda db: db.execute(
+                "UPDATE containers SET state = ?, status = ? WHERE id = ?",
+                (record.state, record.status.to_json(), record.id),
+            )
+        )
+
+
+def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[ContainerRecord]:
+    columns = "id, sandbox_id, name, state, created_at, image_id, config, status"
+    rows = db.execute(f"SELECT {columns} FROM containers {where} ORDER BY created_at", args).fetchall()
+    return [
+        ContainerRecord(r[0], r[1], r[2], r[3], int(r[4]), r[5], bytes(r[6]), ContainerStatus.from_json(r[7]))
+        for r in rows
+    ]
+
+
+def _parse_signal(name: str) -> signal.Signals:
+    """An image's STOPSIGNAL (``SIGQUIT``, ``QUIT``, ``3``) → the signal; SIGTERM when unset or unknown."""
+    text = name.strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text))
+        except ValueError:
+            return signal.SIGTERM
+    text = text if text.startswith("SIG") else f"SIG{text}"
+    return getattr(signal.Signals, text, signal.SIGTERM)
+
+
+async def _signal(runtime: OciRuntime, container_id: str, sig: signal.Signals) -> None:
+    try:
+        await runtime.kill(container_id, int(sig))
+    except NotFound:
+        pass
+    except Exception as exc:  # already stopped: the runtime refuses to signal it; the exit file tells
+        log.debug("signal not delivered", container=container_id, signal=sig.name, error=str(exc))
+
+
+async def _wait_for(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        await asyncio.sleep(0.05)
+    return path.exists()
+
+
+def _own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,206 @@
+"""Containers on a real daemon: runc under conmon, CRI log files, exit codes, stop, remove, restarts."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.cri import pb
+from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.test_images import rpc_error
+from tests.integration.test_pods import pod_config
+
+pytestmark = pytest.mark.integration
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$")
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A cgroup parent of the test's own (the kubelet's pod cgroup), removed from every hierarchy after."""
+    name = f"/moorage-test-{secrets.token_hex(4)}"
+    yield name
+    for hierarchy in CGROUP_ROOT.iterdir():
+        doomed = hierarchy / name.lstrip("/")
+        if doomed.is_dir():
+            for sub in sorted(doomed.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if sub.is_dir():
+                    sub.rmdir()
+            doomed.rmdir()
+
+
+class Pod:
+    def __init__(self, node: DaemonProcess, image: str, cgroup_parent: str, tmp: Path) -> None:
+        self.node = node
+        self.image = image
+        self.config = pod_config(cgroup_parent=cgroup_parent)
+        self.config.log_directory = str(tmp / "logs")
+        with node.client() as client:
+            client.pull_image(image)
+            self.id = client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=self.config)).pod_sandbox_id
+
+    def create(self, name: str, *command: str, image: str = "", **extra: object) -> str:
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name),
+            image=pb.ImageSpec(image=image or self.image),
+            command=list(command),
+            log_path=f"{name}.log",
+            labels={"name": name},
+            **extra,  # type: ignore[arg-type]
+        )
+        with self.node.client() as client:
+            request = pb.CreateContainerRequest(pod_sandbox_id=self.id, config=config, sandbox_config=self.config)
+            return client.runtime.CreateContainer(request, timeout=30).container_id
+
+    def run(self, name: str, *command: str) -> str:
+        container_id = self.create(name, *command)
+        with self.node.client() as client:
+            client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
+        return container_id
+
+    def status(self, container_id: str) -> pb.ContainerStatus:
+        with self.node.client() as client:
+            return client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id)).status
+
+    def wait_exit(self, container_id: str, seconds: float = 15) -> pb.ContainerStatus:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            st = self.status(container_id)
+            if st.state == pb.ContainerState.CONTAINER_EXITED:
+                return st
+            time.sleep(0.1)
+        raise AssertionError(f"container {container_id} did not exit: {st}")
+
+
+@pytest.fixture
+def pod(node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path) -> Iterator[Pod]:
+    p = Pod(node, busybox.name, cgroup_parent, tmp_path)
+    yield p
+    with node.client() as client:
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+
+
+def log_lines(path: str) -> list[tuple[str, str, str]]:
+    out = []
+    for line in Path(path).read_text().splitlines():
+        match = LOG_LINE.match(line)
+        assert match, line
+        out.append((match.group(2), match.group(3), match.group(4)))
+    return out
+
+
+def test_a_container_runs_logs_and_exits_with_its_code(pod: Pod, busybox: PushedImage) -> None:
+    container_id = pod.run("job", "sh", "-c", "echo hello; echo oops >&2; hostname; id -u; exit 3")
+    st = pod.wait_exit(container_id)
+    assert (st.exit_code, st.reason) == (3, "Error")
+    assert st.image_ref == st.image_id == busybox.image.config_digest
+    assert st.started_at > st.created_at > 0
+    assert st.finished_at >= st.started_at
+    lines = log_lines(st.log_path)
+    assert ("stdout", "F", "hello") in lines
+    assert ("stderr", "F", "oops") in lines
+    assert ("stdout", "F", "web-host") in lines  # the pod's hostname, from its UTS namespace
+    assert ("stdout", "F", "1000") in lines  # the image's USER
+
+
+def test_a_completed_container(pod: Pod) -> None:
+    st = pod.wait_exit(pod.run("ok", "true"))
+    assert (st.exit_code, st.reason) == (0, "Completed")
+
+
+def test_stop_sends_term_then_kill(pod: Pod) -> None:
+    stubborn = pod.run("stubborn", "sh", "-c", "trap '' TERM; while true; do sleep 1; done")
+    polite = pod.run("polite", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
+    assert pod.status(stubborn).state == pb.ContainerState.CONTAINER_RUNNING
+    with pod.node.client() as client:
+        client.runtime.StopContainer(pb.StopContainerRequest(container_id=polite, timeout=10), timeout=30)
+        began = time.monotonic()
+        client.runtime.StopContainer(pb.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30)
+        assert time.monotonic() - began >= 1
+        client.runtime.StopContainer(pb.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30)
+    assert pod.status(polite).exit_code == 0
+    assert pod.status(stubborn).exit_code == 137
+
+
+def test_list_filters_and_remove(pod: Pod) -> None:
+    first = pod.run("first", "sleep", "1000")
+    second = pod.create("second", "sleep", "1000")
+    with pod.node.client() as client:
+
+        def ids(**filter_: object) -> list[str]:
+            request = pb.ListContainersRequest(filter=pb.ContainerFilter(**filter_))  # type: ignore[arg-type]
+            return [c.id for c in client.runtime.ListContainers(request).containers]
+
+        assert sorted(ids()) == sorted([first, second])
+        assert ids(pod_sandbox_id=pod.id, label_selector={"name": "second"}) == [second]
+        running = pb.ContainerStateValue(state=pb.ContainerState.CONTAINER_RUNNING)
+        assert ids(state=running) == [first]
+        assert ids(id=second[:12]) == [second]
+        rootfs = pod.node.state / "bundles" / first / "rootfs"
+        assert str(rootfs) in pod.node.mounts()
+        client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=first), timeout=30)
+        assert str(rootfs) not in pod.node.mounts()
+        assert not (pod.node.root / "containers" / first).exists()
+        assert ids() == [second]
+        err = rpc_error(lambda: client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=first)))
+        assert err.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_removing_the_pod_removes_its_containers(node: DaemonProcess, busybox: PushedImage, cgroup_parent: str,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    p = Pod(node, busybox.name, cgroup_parent, tmp_path)
+    container_id = p.run("app", "sleep", "1000")
+    pid = p.status(container_id)
+    with node.client() as client:
+        client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
+        assert p.status(container_id).state == pb.ContainerState.CONTAINER_EXITED
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
+        assert list(client.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+    assert node.mounts() == []
+    assert pid is not None
+
+
+def test_bad_containers_are_refused_and_leave_nothing(pod: Pod) -> None:
+    cases = [
+        (lambda: pod.create("noimage", "true", image="127.0.0.1:1/none:1"),
+         grpc.StatusCode.NOT_FOUND, "pull it first"),
+        (lambda: pod.create("nocmd", "/bin/does-not-exist"), grpc.StatusCode.INTERNAL, "does-not-exist"),
+    ]  # fmt: skip
+    for fn, code, text in cases:
+        err = rpc_error(fn)
+        assert err.code == code, err.details
+        assert text in err.details
+    pod.create("dup", "true")
+    err = rpc_error(lambda: pod.create("dup", "true"))
+    assert err.code == grpc.StatusCode.ALREADY_EXISTS
+    with pod.node.client() as client:
+        names = [c.metadata.name for c in client.runtime.ListContainers(pb.ListContainersRequest()).containers]
+    assert names == ["dup"]
+    assert len(list((pod.node.state / "bundles").iterdir())) == 1
+
+
+def test_containers_keep_running_through_a_daemon_crash(pod: Pod) -> None:
+    running = pod.run("survivor", "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done")
+    finisher = pod.run("finisher", "sh", "-c", "sleep 1.5; exit 7")
+    before = pod.status(running)
+    pod.node.stop(signal.SIGKILL)
+    time.sleep(2)  # the finisher exits while moorage is down
+    pod.node.start()
+    after = pod.status(running)
+    assert after.state == pb.ContainerState.CONTAINER_RUNNING
+    assert after.started_at == before.started_at
+    st = pod.wait_exit(finisher)
+    assert st.exit_code == 7
+    ticks = len(log_lines(after.log_path))
+    time.sleep(0.6)
+    assert len(log_lines(after.log_path)) > ticks  # conmon kept logging throughout
+    assert os.path.exists(after.log_path)
