@@ -204,3 +204,38 @@ def test_containers_keep_running_through_a_daemon_crash(pod: Pod) -> None:
     time.sleep(0.6)
     assert len(log_lines(after.log_path)) > ticks  # conmon kept logging throughout
     assert os.path.exists(after.log_path)
+
+
+def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> None:
+    container_id = pod.run("server", "sleep", "1000")
+    with pod.node.client() as client:
+
+        def exec_sync(*cmd: str, timeout: int = 10) -> pb.ExecSyncResponse:
+            request = pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout)
+            return client.runtime.ExecSync(request, timeout=60)
+
+        result = exec_sync("sh", "-c", "echo out; echo err >&2; id -u; exit 4")
+        assert (result.exit_code, result.stdout, result.stderr) == (4, b"out\n1000\n", b"err\n")
+        big = exec_sync("sh", "-c", "head -c 20000000 /dev/zero")
+        assert (big.exit_code, len(big.stdout)) == (0, 16 << 20)  # capped, not failed
+        began = time.monotonic()
+        err = rpc_error(lambda: exec_sync("sleep", "60", timeout=1))
+        assert err.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - began < 15
+        stats = exec_sync("sh", "-c", "cat /proc/[0-9]*/stat").stdout.decode().splitlines()
+        live_sleeps = [line for line in stats if "(sleep)" in line and line.split(") ")[1][0] != "Z"]
+        assert len(live_sleeps) == 1  # the timed-out sleep was killed (a zombie at most), not left running
+
+
+def test_update_container_resources_changes_the_cgroup(pod: Pod, cgroup_parent: str) -> None:
+    container_id = pod.run("limited", "sleep", "1000")
+    with pod.node.client() as client:
+        request = pb.UpdateContainerResourcesRequest(
+            container_id=container_id,
+            linux=pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=512),
+        )
+        client.runtime.UpdateContainerResources(request, timeout=30)
+    cgroup = Path("/sys/fs/cgroup/memory") / cgroup_parent.lstrip("/") / container_id
+    assert int((cgroup / "memory.limit_in_bytes").read_text()) == 64 << 20
+    cpu = Path("/sys/fs/cgroup/cpu") / cgroup_parent.lstrip("/") / container_id
+    assert int((cpu / "cpu.shares").read_text()) == 512

@@ -274,6 +274,18 @@ class RuntimeService:
         for start in range(0, len(items), STREAM_BATCH):
             yield pb.StreamContainersResponse(containers=items[start : start + STREAM_BATCH])
 
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Context) -> pb.ExecSyncResponse:
+        container_id = await self._existing("containers", request.container_id, "container_id")
+        result = await self._containers.exec_sync(container_id, list(request.cmd), max(int(request.timeout), 0))
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: Context
+    ) -> pb.UpdateContainerResourcesResponse:
+        container_id = await self._existing("containers", request.container_id, "container_id")
+        await self._containers.update_resources(container_id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
     async def _list_containers(self, spec: pb.ContainerFilter | None) -> list[pb.Container]:
         out = []
         for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):

@@ -24,6 +24,7 @@ from moorage.errors import StartupError
 
 SOCKET_MODE = 0o660
 MAX_MESSAGE = 16 * 1024 * 1024  # the kubelet's own limit for CRI messages
+MAX_SEND = 2 * MAX_MESSAGE + (1 << 20)  # an ExecSync answer holds up to 16 MiB of stdout and of stderr
 
 
 def claim_socket_path(path: Path) -> None:
@@ -59,7 +60,7 @@ async def start(
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_SEND),
         ],
     )
     server.add_generic_rpc_handlers(

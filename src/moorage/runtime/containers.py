@@ -32,9 +32,10 @@ from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
 from moorage.runtime import conmon, writable
 from moorage.runtime.conditions import find_binary
+from moorage.runtime.exec_sync import ExecResult, exec_sync
 from moorage.runtime.oci import OciRuntime
 from moorage.runtime.sandboxes import Sandboxes
-from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling
+from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -221,6 +222,28 @@ class Containers:
         await asyncio.to_thread(shutil.rmtree, paths.container_dir, True)
         await asyncio.to_thread(shutil.rmtree, self.bundle(container_id), True)
         await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
+
+    # --- ExecSync, UpdateContainerResources ---------------------------------------------------------------
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
+        record = await self.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot exec in it")
+        return await exec_sync(await self._runtime_of(record), container_id, self.bundle(container_id), cmd, timeout)
+
+    async def update_resources(self, container_id: str, linux: pb.LinuxContainerResources) -> None:
+        """Apply new limits to a running container, and keep them in its config for later restarts."""
+        record = await self.get(container_id)
+        if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            raise FailedPrecondition(f"container {container_id} is {record.state}; only a live one can be updated")
+        await (await self._runtime_of(record)).update(container_id, resources.build(linux, []))
+        config = pb.ContainerConfig.FromString(record.config)
+        config.linux.resources.CopyFrom(linux)
+        data = config.SerializeToString()
+        await self.store.write(
+            lambda db: db.execute("UPDATE containers SET config = ? WHERE id = ?", (data, container_id))
+        )
+        log.info("container resources updated", container=container_id)
 
     # --- exits ----------------------------------------------------------------------------------------------
 

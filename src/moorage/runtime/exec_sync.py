@@ -1,0 +1,86 @@
+"""ExecSync: run a command in a running container and return its exit code and output (the kubelet's exec
+probes), and UpdateContainerResources.
+
+The command runs through ``<runtime> exec`` with the container's own process settings (user, env, cwd,
+capabilities, seccomp) and the requested argv. Each output stream keeps its first 16 MiB; the rest is read
+and dropped so the command never blocks on a full pipe. On timeout the command itself (not just the
+runtime's client) is killed and DEADLINE_EXCEEDED returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from moorage.errors import DeadlineExceeded, InvalidArgument, MoorageError
+from moorage.runtime.oci import OciRuntime
+
+OUTPUT_CAP = 16 << 20
+READ_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+async def exec_sync(
+    runtime: OciRuntime, container_id: str, bundle: Path, cmd: Sequence[str], timeout: int
+) -> ExecResult:
+    if not cmd:
+        raise InvalidArgument("cmd is required")
+    spec = json.loads((bundle / "config.json").read_text())
+    process = dict(spec["process"], args=list(cmd), terminal=False)
+    name = uuid.uuid4().hex[:12]
+    process_file, pid_file = bundle / f"exec-{name}.json", bundle / f"exec-{name}.pid"
+    process_file.write_text(json.dumps(process))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *runtime.exec_argv(container_id, process_file, pid_file=pid_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        reading = asyncio.gather(_capped(proc.stdout), _capped(proc.stderr), proc.wait())
+        try:
+            stdout, stderr, code = await asyncio.wait_for(asyncio.shield(reading), timeout or None)
+        except TimeoutError:
+            _kill_exec(pid_file, proc)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reading, 10)
+            raise DeadlineExceeded(
+                f"command {list(cmd)} timed out after {timeout} s in container {container_id}"
+            ) from None
+    finally:
+        process_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
+    if code != 0 and b"exec failed" in stderr:
+        raise MoorageError(f"exec in container {container_id} failed: {stderr.decode(errors='replace').strip()}")
+    return ExecResult(code, stdout, stderr)
+
+
+async def _capped(stream: asyncio.StreamReader) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(READ_CHUNK):
+        if len(kept) < OUTPUT_CAP:
+            kept += chunk[: OUTPUT_CAP - len(kept)]
+    return bytes(kept)
+
+
+def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
+    """Kill the exec'd command (its pid is in the pid file), and the runtime's client with it."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
