@@ -239,3 +239,27 @@ def test_update_container_resources_changes_the_cgroup(pod: Pod, cgroup_parent: 
     assert int((cgroup / "memory.limit_in_bytes").read_text()) == 64 << 20
     cpu = Path("/sys/fs/cgroup/cpu") / cgroup_parent.lstrip("/") / container_id
     assert int((cpu / "cpu.shares").read_text()) == 512
+
+
+def test_an_oom_kill_is_reported_as_oomkilled(pod: Pod) -> None:
+    limits = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20))
+    container_id = pod.create("hog", "sh", "-c", 'a=aaaaaaaa; while true; do a="$a$a"; done', linux=limits)
+    with pod.node.client() as client:
+        client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
+    st = pod.wait_exit(container_id, 30)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+
+def test_reopen_container_log_after_rotation(pod: Pod) -> None:
+    container_id = pod.run("chatty", "sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done")
+    log_path = Path(pod.status(container_id).log_path)
+    time.sleep(0.5)
+    rotated = log_path.with_name(log_path.name + ".1")
+    log_path.rename(rotated)  # what the kubelet's log rotation does
+    with pod.node.client() as client:
+        client.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=container_id), timeout=30)
+    time.sleep(0.5)
+    assert log_lines(str(rotated))
+    fresh = log_lines(str(log_path))
+    assert fresh
+    assert all(text.startswith("line ") for _, _, text in fresh)

@@ -286,6 +286,12 @@ class RuntimeService:
         await self._containers.update_resources(container_id, request.linux)
         return pb.UpdateContainerResourcesResponse()
 
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: Context
+    ) -> pb.ReopenContainerLogResponse:
+        await self._containers.reopen_log(await self._existing("containers", request.container_id, "container_id"))
+        return pb.ReopenContainerLogResponse()
+
     async def _list_containers(self, spec: pb.ContainerFilter | None) -> list[pb.Container]:
         out = []
         for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):

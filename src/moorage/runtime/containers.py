@@ -76,6 +76,10 @@ class Containers:
     def conmon_paths(self, container_id: str) -> conmon.ConmonPaths:
         return conmon.ConmonPaths(self.state, container_id)
 
+    def log_path(self, record: ContainerRecord) -> Path:
+        """Where conmon writes the CRI log: the kubelet's pod log dir + path, else beside the bundle."""
+        return Path(record.status.log_path) if record.status.log_path else self.bundle(record.id) / "container.log"
+
     def runtime(self, handler: str) -> OciRuntime:
         name = handler or self.config().runtime.default_handler
         return OciRuntime(self.config().runtime.handlers[name].path, self.state / "runtime" / name)
@@ -159,7 +163,7 @@ class Containers:
             )
         )
         (bundle / "config.json").write_text(json.dumps(spec))
-        log_path = Path(record.status.log_path) if record.status.log_path else bundle / "container.log"
+        log_path = self.log_path(record)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return await conmon.create_container(
             find_binary(self.config().runtime.conmon) or self.config().runtime.conmon,
@@ -244,6 +248,26 @@ class Containers:
             lambda db: db.execute("UPDATE containers SET config = ? WHERE id = ?", (data, container_id))
         )
         log.info("container resources updated", container=container_id)
+
+    async def reopen_log(self, container_id: str) -> None:
+        """After the kubelet rotated the log file: conmon opens ``log_path`` anew (ctl message 2)."""
+        record = await self.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}; only a running one has a log open")
+        ctl = self.bundle(container_id) / "ctl"
+        try:
+            fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot reach conmon of container {container_id}: {exc.strerror}") from None
+        try:
+            os.write(fd, b"2 0 0\n")
+        finally:
+            os.close(fd)
+        log_path = (
+            Path(record.status.log_path) if record.status.log_path else self.bundle(container_id) / "container.log"
+        )
+        if not await _wait_for(log_path, 5):
+            raise FailedPrecondition(f"conmon did not reopen the log of container {container_id} at {log_path}")
 
     # --- exits ----------------------------------------------------------------------------------------------
 
