@@ -1,8 +1,10 @@
 """Apply one image layer blob (a tar stream, plain, gzip or zstd) into an empty directory, as an overlayfs lower layer.
 
-This is the applier of containerd's overlay snapshotter. The layer is read once, as a stream: a worker thread
-reads the blob, decompresses it and hashes the tar bytes (the diff id), while the calling thread parses tar
-headers and writes the tree. OCI whiteouts become what overlayfs reads in a lower layer::
+This is the applier of containerd's overlay snapshotter. The layer is read once, as a stream, by three threads:
+one reads the blob, decompresses it and hashes the tar bytes (the diff id); the calling thread parses tar headers
+and makes every path operation (create, link, remove, check); a third writes the content and metadata of small
+files through the descriptors the calling thread opened. zlib, zstd, sha256 and file I/O release the GIL, so the
+three overlap as ``tar -xz`` overlaps gzip and tar. OCI whiteouts become what overlayfs reads in a lower layer::
 
     dir/.wh.name        ->  dir/name: a character device 0:0 (an overlay whiteout)
     dir/.wh..wh..opq    ->  xattr trusted.overlay.opaque=y on dir (hides the children lower layers give dir)
@@ -11,10 +13,15 @@ The layer is untrusted, and nothing is ever written outside ``dest``:
 
 - member names lose a leading ``/`` and ``./``; a name with a ``..`` component is refused;
 - no symlink is ever followed: each parent directory is checked with ``lstat`` the first time it is used (then
-  remembered until something replaces it), files are created with ``O_EXCL | O_NOFOLLOW``, and every
-  metadata call that takes a path does not follow a final symlink;
+  remembered until something replaces it), files are created with ``O_EXCL | O_NOFOLLOW``, and a metadata
+  call that takes a path either does not follow symlinks or names an entry just checked or made, not a symlink;
 - a hard link must name a regular file this layer already created, reached through real directories only;
-- block devices and character devices other than 0:0 (a whiteout) are refused.
+- block devices and character devices other than 0:0 (a whiteout) are refused;
+- ``trusted.overlay.*`` xattrs in PAX headers are dropped: they steer overlayfs (redirects, metacopy), and a
+  layer says what overlayfs needs with whiteout files only.
+
+Owners, modes (setuid, setgid, sticky included), mtimes and ``SCHILY.xattr.*`` xattrs are kept; a failing
+``security.selinux`` is skipped (labels are the runtime's business).
 
 A member that lands on an existing entry replaces it, as tar does (a directory stays a directory when the new
 member is a directory too). On error, ``dest`` is left as it is: the caller removes the whole directory.
@@ -48,6 +55,9 @@ Compression = Literal["gzip", "zstd", "none"]
 CHUNK = 1 << 20  # bytes read from the blob, and the most a decompressor hands over at once
 QUEUE_CHUNKS = 16  # chunks the decompressing thread may run ahead of the writer
 EXT_HEADER_MAX = 16 << 20  # largest PAX or GNU long-name record accepted (xattrs included)
+BODY_MAX = 64 << 10  # files up to this size are written by the worker thread (larger ones: no gain)
+BODY_BATCH = 32  # files handed to the worker at once
+BODY_BATCHES_QUEUED = 4  # batches the worker may lag behind (bounds open descriptors and memory held)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -84,7 +94,8 @@ def detect_compression(head: bytes) -> Compression:
 def apply_layer(blob: Path, dest: Path) -> LayerStats:
     """Unpack ``blob`` into the empty directory ``dest``; synchronous (run it in a thread).
 
-    Raises InvalidImage for a malformed or unsafe layer, naming the member; other MoorageErrors for I/O failures.
+    Raises InvalidImage for a malformed or unsafe layer, naming the member and the problem; ResourceExhausted
+    when the disk is full; MoorageError for other I/O failures.
     """
     digest = hashlib.sha256()
     with open(blob, "rb", buffering=0) as f:
@@ -94,9 +105,12 @@ def apply_layer(blob: Path, dest: Path) -> LayerStats:
         try:
             reader = _TarReader(chunks)
             writer = _Writer(dest)
-            while (member := reader.next()) is not None:
-                writer.apply(member, reader)
-            writer.finish()
+            try:
+                while (member := reader.next()) is not None:
+                    writer.apply(member, reader)
+                writer.finish()
+            finally:
+                writer.close()
             for _ in chunks:  # the end-of-archive blocks and any padding after them are part of the diff id
                 pass
         finally:
@@ -356,6 +370,15 @@ class _TarReader:
             self._pos += k
             n -= k
 
+    def take(self, size: int) -> memoryview | None:
+        """The current member's ``size`` content bytes if the current chunk holds them all, else None."""
+        p = self._pos
+        if p + size > len(self._buf):
+            return None
+        self._pos = p + size
+        self._left -= size
+        return self._view[p : p + size]
+
     def copy_to(self, fd: int, size: int) -> None:
         """Write the current member's ``size`` content bytes to ``fd``."""
         self._left -= size
@@ -386,6 +409,7 @@ class _TarReader:
                 self._pos += self._left
             else:
                 self._skip(self._left)
+            self._left = 0
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
         while True:
@@ -565,7 +589,13 @@ class _Writer:
     def __init__(self, dest: Path) -> None:
         self._root = os.fsencode(os.path.abspath(dest))
         self._dirs: set[bytes] = {b""}
+        self._setgid_dirs: set[bytes] = {b""} if os.lstat(self._root).st_mode & stat.S_ISGID else set()
         self._dir_times: dict[bytes, int] = {}  # set last: creating children changes a directory's mtime
+        # What a new file gets without asking, to skip fchown and fchmod when that is already right. A default
+        # ACL replaces the umask: then every mode is set explicitly.
+        self._owner = (os.geteuid(), os.getegid())
+        self._umask = 0o777 if _has_default_acl(self._root) else _umask()
+        self._bodies = _Bodies()
         self.size = 0
         self.inodes = 0
 
@@ -579,7 +609,7 @@ class _Writer:
         try:
             self._apply(m, rel, reader)
         except OSError as exc:
-            raise _os_failure(m, exc) from exc
+            raise _os_failure(m.shown, exc) from exc
         except (OverflowError, ValueError) as exc:
             raise InvalidImage(f'layer member "{m.shown}": {exc}') from exc
 
@@ -595,23 +625,7 @@ class _Writer:
             raise InvalidImage(f'layer member "{m.shown}": the layer root must be a directory')
         path = self._path(rel)
         if t in _DATA_TYPES:
-            try:
-                fd = os.open(path, _CREATE, 0o600)
-            except FileExistsError:
-                self._remove(rel, path)
-                fd = os.open(path, _CREATE, 0o600)
-            self.inodes += 1
-            try:
-                if m.size:
-                    reader.copy_to(fd, m.size)
-                    self.size += m.size
-                os.fchown(fd, m.uid, m.gid)
-                if m.xattrs:
-                    self._set_xattrs(m, fd)
-                os.fchmod(fd, m.mode)
-                os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
-            finally:
-                os.close(fd)
+            self._regular(m, rel, parent, path, reader)
         elif t == _DIR:
             self._directory(m, rel, path)
         elif t == _SYM:
@@ -629,7 +643,14 @@ class _Writer:
         else:
             raise InvalidImage(f'layer member "{m.shown}": unsupported tar entry type {chr(t)!r}')
 
+    def close(self) -> None:
+        """Wait for the file bodies under way, closing their descriptors (also after an error)."""
+        self._bodies.close()
+
     def finish(self) -> None:
+        """After the last member: wait for the file bodies, then set directory mtimes."""
+        if (error := self._bodies.close()) is not None:
+            raise error
         for rel, mtime_ns in self._dir_times.items():
             try:
                 os.utime(self._path(rel), ns=(mtime_ns, mtime_ns), follow_symlinks=False)
@@ -637,6 +658,34 @@ class _Writer:
                 raise MoorageError(f'layer directory "{_show(rel)}": setting its mtime: {exc}') from exc
 
     # --- member kinds ---
+
+    def _regular(self, m: _Member, rel: bytes, parent: bytes, path: bytes, reader: _TarReader) -> None:
+        mode = m.mode
+        chmod = mode & 0o7000 or mode & self._umask  # else creating the file with ``mode`` gives ``mode``
+        try:
+            fd = os.open(path, _CREATE, 0o600 if chmod else mode)
+        except FileExistsError:
+            self._remove(rel, path)
+            fd = os.open(path, _CREATE, 0o600 if chmod else mode)
+        self.inodes += 1
+        chown = (m.uid, m.gid) != self._owner or parent in self._setgid_dirs
+        if not m.xattrs and m.size <= BODY_MAX and (content := reader.take(m.size)) is not None:
+            self.size += m.size
+            self._bodies.add((fd, content, m.uid if chown else -1, m.gid, mode if chmod else -1, m.mtime_ns, m.name))
+            return
+        try:
+            if m.size:
+                reader.copy_to(fd, m.size)
+                self.size += m.size
+            if chown:
+                os.fchown(fd, m.uid, m.gid)
+            if m.xattrs:
+                self._set_xattrs(m, fd)
+            if chmod:
+                os.fchmod(fd, mode)  # after fchown, which clears setuid and setgid
+            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+        finally:
+            os.close(fd)
 
     def _directory(self, m: _Member, rel: bytes, path: bytes) -> None:
         if rel not in self._dirs:
@@ -653,6 +702,10 @@ class _Writer:
         if m.xattrs:
             self._set_xattrs(m, path)
         os.chmod(path, m.mode)  # a real directory: checked or created just above
+        if m.mode & stat.S_ISGID:
+            self._setgid_dirs.add(rel)
+        else:
+            self._setgid_dirs.discard(rel)
         self._dir_times[rel] = m.mtime_ns
 
     def _symlink(self, m: _Member, rel: bytes, path: bytes) -> None:
@@ -725,6 +778,8 @@ class _Writer:
             if not stat.S_ISDIR(mode):
                 raise InvalidImage(f'{what}: parent "{_show(prefix)}" is not a directory')
             self._dirs.add(prefix)
+            if mode & stat.S_ISGID:
+                self._setgid_dirs.add(prefix)
 
     def _create(self, rel: bytes, path: bytes, make: Callable[[], None]) -> None:
         try:
@@ -740,6 +795,7 @@ class _Writer:
             shutil.rmtree(path)  # fd-based: follows no symlink inside
             below = rel + b"/"
             self._dirs = {d for d in self._dirs if d != rel and not d.startswith(below)}
+            self._setgid_dirs = {d for d in self._setgid_dirs if d != rel and not d.startswith(below)}
             self._dir_times = {d: t for d, t in self._dir_times.items() if d != rel and not d.startswith(below)}
         else:
             os.unlink(path)
@@ -757,6 +813,8 @@ class _Writer:
         for key, value in m.xattrs.items():
             if key.startswith(b"trusted.overlay."):
                 continue  # overlayfs's own (opaque, redirect, metacopy): a layer says those with whiteouts only
+            if key == b"system.posix_acl_default":
+                self._umask = 0o777
             try:
                 if isinstance(target, int):
                     os.setxattr(target, key, value)
@@ -768,11 +826,106 @@ class _Writer:
                 raise MoorageError(f'layer member "{m.shown}": setting xattr "{_show(key)}": {exc.strerror}') from exc
 
 
-def _os_failure(m: _Member, exc: OSError) -> MoorageError:
+def _has_default_acl(path: bytes) -> bool:
+    try:
+        os.getxattr(path, "system.posix_acl_default")
+    except OSError:
+        return False
+    return True
+
+
+_Body = tuple[int, memoryview, int, int, int, int, bytes]  # fd, content, uid (-1: keep), gid, mode (-1), mtime, name
+
+
+class _Bodies:
+    """Writes the content and metadata of small files, and closes them, on a worker thread, in batches.
+
+    The main thread creates each file (every path operation stays there) and queues its descriptor; the worker
+    only makes fd calls, so it cannot write anywhere but into a file already created. Those calls release the
+    GIL, so they overlap the header parsing and path checks of the next members: on a layer of small files this
+    is what brings the unpacker level with tar. The content is a view of a decompressed chunk, kept alive by it.
+    """
+
+    def __init__(self) -> None:
+        self._todo: queue.SimpleQueue[list[_Body] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._batch: list[_Body] = []
+        self._queued = 0  # batches handed over and not yet done
+        self._error: MoorageError | None = None
+        self._worker: threading.Thread | None = None
+
+    def add(self, body: _Body) -> None:
+        self._batch.append(body)
+        if len(self._batch) >= BODY_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="moorage-layer-write", daemon=True)
+            self._worker.start()
+        if self._queued >= BODY_BATCHES_QUEUED:
+            self._done.get()
+            self._queued -= 1
+        self._todo.put(self._batch)
+        self._batch = []
+        self._queued += 1
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> MoorageError | None:
+        """Wait until every queued file is written and closed; the first failure, if any."""
+        if self._batch:
+            if self._worker is None:
+                self._flush()
+            else:
+                self._todo.put(self._batch)
+                self._batch = []
+        if self._worker is not None:
+            self._todo.put(None)
+            self._worker.join()
+            self._worker = None
+        return self._error
+
+    def _run(self) -> None:
+        while (batch := self._todo.get()) is not None:
+            for fd, content, uid, gid, mode, mtime_ns, name in batch:
+                try:
+                    if self._error is None:
+                        rest = content
+                        while rest:
+                            rest = rest[os.write(fd, rest) :]
+                        if uid >= 0:
+                            os.fchown(fd, uid, gid)
+                        if mode >= 0:
+                            os.fchmod(fd, mode)  # after fchown, which clears setuid and setgid
+                        os.utime(fd, ns=(mtime_ns, mtime_ns))
+                except OSError as exc:
+                    self._error = _os_failure(_show(name), exc)
+                except Exception as exc:  # OverflowError from a huge uid or mtime, ...
+                    self._error = InvalidImage(f'layer member "{_show(name)}": {exc}')
+                finally:
+                    os.close(fd)
+            self._done.put(None)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread); 0o777 if unknown, so
+    that every mode is then set explicitly."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
+def _os_failure(shown: str, exc: OSError) -> MoorageError:
     detail = exc.strerror or str(exc)
     if exc.filename is not None:
         detail += f": {os.fsdecode(exc.filename)}"
-    message = f'layer member "{m.shown}": {detail}'
+    message = f'layer member "{shown}": {detail}'
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(message)
     if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR):
