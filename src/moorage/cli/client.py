@@ -12,6 +12,7 @@ import grpc
 from moorage.api.cri import pb, pb_grpc
 
 DEFAULT_ENDPOINT = "unix:///run/moorage/moorage.sock"
+MAX_RECEIVE = 64 << 20  # ExecSync output: up to 16 MiB per stream
 ADMIN_SERVICE = "moorage.v1.Images"  # moorage.api.admin.SERVICE; the client does not import the daemon
 
 
@@ -30,7 +31,9 @@ class CriClient:
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 10.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(channel_target(endpoint))
+        self._channel = grpc.insecure_channel(
+            channel_target(endpoint), options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
+        )
         self.runtime = pb_grpc.RuntimeServiceStub(self._channel)
         self.images = pb_grpc.ImageServiceStub(self._channel)
 
@@ -77,6 +80,51 @@ class CriClient:
 
     def image_fs_info(self) -> pb.ImageFsInfoResponse:
         return self.images.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=self.timeout)
+
+    # --- pods and containers -------------------------------------------------------------------------------
+
+    def run_pod(self, config: pb.PodSandboxConfig, runtime_handler: str = "") -> str:
+        request = pb.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
+        return self.runtime.RunPodSandbox(request, timeout=self.timeout).pod_sandbox_id
+
+    def stop_pod(self, pod_id: str) -> None:
+        self.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=self.timeout)
+
+    def remove_pod(self, pod_id: str) -> None:
+        self.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=self.timeout)
+
+    def pod_status(self, pod_id: str, verbose: bool = False) -> pb.PodSandboxStatusResponse:
+        request = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=verbose)
+        return self.runtime.PodSandboxStatus(request, timeout=self.timeout)
+
+    def list_pods(self, filter_: pb.PodSandboxFilter | None = None) -> list[pb.PodSandbox]:
+        request = pb.ListPodSandboxRequest(filter=filter_)
+        return list(self.runtime.ListPodSandbox(request, timeout=self.timeout).items)
+
+    def create_container(
+        self, pod_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig | None = None
+    ) -> str:
+        request = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox_config)
+        return self.runtime.CreateContainer(request, timeout=self.timeout).container_id
+
+    def start_container(self, container_id: str) -> None:
+        self.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=self.timeout)
+
+    def stop_container(self, container_id: str, grace: int = 0) -> None:
+        """Stop with ``grace`` seconds between TERM and KILL; the call's deadline allows for them."""
+        request = pb.StopContainerRequest(container_id=container_id, timeout=grace)
+        self.runtime.StopContainer(request, timeout=self.timeout + max(grace, 0))
+
+    def remove_container(self, container_id: str) -> None:
+        self.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id), timeout=self.timeout)
+
+    def container_status(self, container_id: str, verbose: bool = False) -> pb.ContainerStatusResponse:
+        request = pb.ContainerStatusRequest(container_id=container_id, verbose=verbose)
+        return self.runtime.ContainerStatus(request, timeout=self.timeout)
+
+    def list_containers(self, filter_: pb.ContainerFilter | None = None) -> list[pb.Container]:
+        request = pb.ListContainersRequest(filter=filter_)
+        return list(self.runtime.ListContainers(request, timeout=self.timeout).containers)
 
     # --- moorage's own RPCs (see moorage.api.admin) ---------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from functools import partial
 from typing import Any
 
 import click
@@ -12,7 +13,13 @@ import grpc
 from google.protobuf import json_format
 
 from moorage import config as config_mod
-from moorage.cli.client import DEFAULT_ENDPOINT, CriClient
+from moorage.api.cri import pb
+from moorage.cli import containers, logs, pods
+from moorage.cli.client import DEFAULT_ENDPOINT
+from moorage.cli.common import call as _call
+from moorage.cli.common import client_for as _client
+from moorage.cli.common import rpc_error as _rpc_error
+from moorage.cli.common import table as _table
 from moorage.cli.progress import PullDisplay, human_bytes
 from moorage.errors import ConfigError, StartupError, StoreError
 
@@ -107,9 +114,7 @@ def info(obj: dict[str, Any]) -> None:
     out: dict[str, Any] = {
         "status": json_format.MessageToDict(status.status, always_print_fields_with_no_presence=True),
         "runtimeHandlers": [json_format.MessageToDict(h) for h in status.runtime_handlers],
-        "cgroupDriver": runtime_config.linux.DESCRIPTOR.fields_by_name["cgroup_driver"]
-        .enum_type.values_by_number[runtime_config.linux.cgroup_driver]
-        .name,
+        "cgroupDriver": pb.CgroupDriver.Name(runtime_config.linux.cgroup_driver),
     }
     for name, value in status.info.items():
         try:
@@ -177,8 +182,8 @@ def rmi(obj: dict[str, Any], images: tuple[str, ...]) -> None:
     """Remove IMAGES (by id, tag or digest) with all their names, as crictl rmi does."""
     with _client(obj) as client:
         for image in images:
-            status = _call(lambda i=image: client.image_status(i))
-            _call(lambda i=image: client.remove_image(i))
+            status = _call(partial(client.image_status, image))
+            _call(partial(client.remove_image, image))
             names = list(status.image.repo_tags) + list(status.image.repo_digests) if status.HasField("image") else []
             for name in names or [image]:
                 click.echo(f"Deleted: {name}")
@@ -224,30 +229,8 @@ def image_fsinfo(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(json_format.MessageToDict(response), indent=2))
 
 
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-
-
-def _client(obj: dict[str, Any]) -> CriClient:
-    try:
-        return CriClient(obj["endpoint"], obj["timeout"])
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--endpoint") from exc
-
-
-def _call(fn: Any) -> Any:
-    try:
-        return fn()
-    except grpc.RpcError as exc:
-        raise _rpc_error(exc) from exc
-
-
-def _rpc_error(exc: grpc.RpcError) -> click.ClickException:
-    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return click.ClickException(f"{code}: {details}")
+for _command in (*pods.COMMANDS, *containers.COMMANDS, logs.logs):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -195,7 +195,7 @@ async def create_container(
     )
     try:
         async with asyncio.timeout(timeout):
-            return await _spawn_and_sync(argv, conmon, cid)
+            return await _spawn_and_sync(argv, conmon, cid, bundle)
     except BaseException as exc:
         try:
             await asyncio.shield(_rollback(runtime, paths, bundle, log_path))
@@ -206,7 +206,7 @@ async def create_container(
         raise
 
 
-async def _spawn_and_sync(argv: list[str], conmon: str, cid: str) -> int:
+async def _spawn_and_sync(argv: list[str], conmon: str, cid: str, bundle: Path) -> int:
     sync_r, sync_w = os.pipe()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -223,6 +223,7 @@ async def _spawn_and_sync(argv: list[str], conmon: str, cid: str) -> int:
                 pass_fds=(sync_w,),
                 env={**os.environ, "_OCI_SYNCPIPE": str(sync_w)},
                 start_new_session=True,
+                cwd=bundle,  # conmon drops files (an "oom" marker) in its working directory
             )
         except OSError as exc:
             raise Unavailable(f"cannot run conmon {conmon}: {exc}") from exc

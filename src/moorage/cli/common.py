@@ -1,0 +1,119 @@
+"""What every client command shares: the client from the group's options, gRPC errors as click errors, tables."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from moorage.cli.client import CriClient
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+def client_for(obj: dict[str, Any]) -> CriClient:
+    try:
+        return CriClient(obj["endpoint"], obj["timeout"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--endpoint") from exc
+
+
+def call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from exc
+
+
+def rpc_error(exc: grpc.RpcError) -> click.ClickException:
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return click.ClickException(f"{code}: {details}")
+
+
+def table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as docker and crictl word it (go-units HumanDuration)."""
+    whole = int(seconds)
+    if whole < 1:
+        return "Less than a second"
+    if whole == 1:
+        return "1 second"
+    if whole < 60:
+        return f"{whole} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def created_ago(created_at_ns: int) -> str:
+    return human_duration(time.time() - created_at_ns / 1e9) + " ago"
+
+
+def parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = value
+    return labels
+
+
+def name_matches(pattern: str | None, name: str) -> bool:
+    """crictl's --name: a regular expression searched in the name."""
+    if not pattern:
+        return True
+    try:
+        return re.search(pattern, name) is not None
+    except re.error as exc:
+        raise click.BadParameter(f"{pattern!r}: {exc}", param_hint="--name") from exc
+
+
+def load_config(path: str, message: M) -> M:
+    """A CRI config (ContainerConfig, PodSandboxConfig) from a JSON file in crictl's format."""
+    try:
+        data = json.loads(Path(path).read_text())
+        json_format.ParseDict(data, message)
+    except (OSError, ValueError, json_format.ParseError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    return message
+
+
+def inspect_output(status: Message, info: Any) -> str:
+    """crictl's inspect layout: the status message, then each verbose info entry parsed as JSON."""
+    out: dict[str, Any] = {"status": json_format.MessageToDict(status, always_print_fields_with_no_presence=True)}
+    for name, value in info.items():
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return json.dumps(out, indent=2)
