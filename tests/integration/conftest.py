@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +58,31 @@ def busybox(registry: Registry) -> PushedImage:
     img = fixtures.image([fixtures.busybox_layer()], config={"Cmd": ["/bin/sh"], "User": "1000"})
     digest = fixtures.push(registry, "test/busybox", "1", img)
     return PushedImage(f"{registry.host}/test/busybox:1", img, digest)
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A cgroup parent of the test's own (the kubelet's pod cgroup), removed from every hierarchy after."""
+    name = f"/moorage-test-{secrets.token_hex(4)}"
+    yield name
+    deadline = time.monotonic() + 10
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        doomed = hierarchy / name.lstrip("/")
+        for sub in sorted((p for p in doomed.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            _rmdir_when_empty(sub, deadline)
+        if doomed.is_dir():
+            _rmdir_when_empty(doomed, deadline)
+
+
+def _rmdir_when_empty(path: Path, deadline: float) -> None:
+    """rmdir a cgroup, waiting while its last processes exit (EBUSY)."""
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -22,20 +21,6 @@ pytestmark = pytest.mark.integration
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$")
-
-
-@pytest.fixture
-def cgroup_parent() -> Iterator[str]:
-    """A cgroup parent of the test's own (the kubelet's pod cgroup), removed from every hierarchy after."""
-    name = f"/moorage-test-{secrets.token_hex(4)}"
-    yield name
-    for hierarchy in CGROUP_ROOT.iterdir():
-        doomed = hierarchy / name.lstrip("/")
-        if doomed.is_dir():
-            for sub in sorted(doomed.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if sub.is_dir():
-                    sub.rmdir()
-            doomed.rmdir()
 
 
 class Pod:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import time
@@ -19,20 +18,6 @@ from tests.integration.daemon import DaemonProcess, PushedImage
 pytestmark = pytest.mark.integration
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-@pytest.fixture
-def cgroup_parent() -> Iterator[str]:
-    """A cgroup parent of the test's own (the kubelet's pod cgroup), removed from every hierarchy after."""
-    name = f"/moorage-test-{secrets.token_hex(4)}"
-    yield name
-    for hierarchy in CGROUP_ROOT.iterdir():
-        doomed = hierarchy / name.lstrip("/")
-        if doomed.is_dir():
-            for sub in sorted(doomed.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if sub.is_dir():
-                    sub.rmdir()
-            doomed.rmdir()
 
 
 @pytest.fixture
