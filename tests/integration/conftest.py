@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
-from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 
 
 @pytest.fixture
@@ -43,13 +43,8 @@ def registry() -> Iterator[Registry]:
 @pytest.fixture
 def node(registry: Registry) -> Iterator[DaemonProcess]:
     """A running daemon that trusts the module's registry (plain HTTP allowed to it)."""
-    d = DaemonProcess()
-    try:
-        d.trust_registry(registry.host)
-        d.start()
+    with running_node(registry.host) as d:
         yield d
-    finally:
-        d.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +119,18 @@ class DaemonProcess:
     def mounts(self) -> list[str]:
         """Mount points under the daemon's temp dir (pinned namespaces, pod /dev/shm, ...)."""
         return mounts_under(self.dir)
+
+
+@contextlib.contextmanager
+def running_node(registry_host: str) -> Iterator[DaemonProcess]:
+    """A started daemon that trusts the test registry at ``registry_host``; removed afterwards."""
+    d = DaemonProcess()
+    try:
+        d.trust_registry(registry_host)
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
 
 
 def mounts_under(directory: Path) -> list[str]:

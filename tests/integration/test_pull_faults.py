@@ -16,7 +16,7 @@ from moorage.api.cri import pb
 from tests.fixtures import images as fixtures
 from tests.fixtures.proxy import FaultProxy
 from tests.fixtures.registry import Registry
-from tests.integration.daemon import DaemonProcess
+from tests.integration.daemon import DaemonProcess, running_node
 from tests.integration.test_images import assert_store_empty, blobs, layer_dirs, rpc_error
 
 pytestmark = pytest.mark.integration
@@ -197,13 +197,8 @@ def private(request: pytest.FixtureRequest) -> Iterator[Registry]:
 
 @pytest.fixture
 def private_node(private: Registry) -> Iterator[DaemonProcess]:
-    d = DaemonProcess()
-    try:
-        d.trust_registry(private.host)
-        d.start()
+    with running_node(private.host) as d:
         yield d
-    finally:
-        d.cleanup()
 
 
 def test_auth_with_request_credentials(private_node: DaemonProcess, private: Registry) -> None:

@@ -91,6 +91,21 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
     )
 
 
+def _matches(
+    spec: pb.PodSandboxFilter | pb.ContainerFilter | None,
+    item_id: str,
+    status: pb.PodSandboxStatus | pb.ContainerStatus,
+) -> bool:
+    """The List filters: an id prefix, a state, labels that must all match (api.proto)."""
+    if spec is None:
+        return True
+    if spec.id and not item_id.startswith(spec.id):
+        return False
+    if spec.HasField("state") and status.state != spec.state.state:
+        return False
+    return all(status.labels.get(k) == v for k, v in spec.label_selector.items())
+
+
 class RuntimeService:
     def __init__(
         self,
@@ -207,13 +222,8 @@ class RuntimeService:
         out = []
         for record in await self._sandboxes.all():
             status = pod_status(record)
-            if spec is not None:
-                if spec.id and not record.id.startswith(spec.id):
-                    continue
-                if spec.HasField("state") and status.state != spec.state.state:
-                    continue
-                if any(status.labels.get(k) != v for k, v in spec.label_selector.items()):
-                    continue
+            if not _matches(spec, record.id, status):
+                continue
             out.append(
                 pb.PodSandbox(
                     id=record.id,
@@ -296,13 +306,8 @@ class RuntimeService:
         out = []
         for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
             status = container_status(record)
-            if spec is not None:
-                if spec.id and not record.id.startswith(spec.id):
-                    continue
-                if spec.HasField("state") and status.state != spec.state.state:
-                    continue
-                if any(status.labels.get(k) != v for k, v in spec.label_selector.items()):
-                    continue
+            if not _matches(spec, record.id, status):
+                continue
             out.append(
                 pb.Container(
                     id=record.id,
