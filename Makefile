@@ -6,7 +6,7 @@ GEN := src/moorage/api/_gen
 
 .PHONY: deps run stop test lint typecheck pytest protos docs bench pause clean
 
-deps: $(VENV)/.installed
+deps: $(VENV)/.installed build/pause/pause
 
 $(VENV)/.installed: pyproject.toml scripts/debian-packages.txt scripts/install-deps
 	VENV=$(VENV) scripts/install-deps

@@ -143,6 +143,10 @@ class RuntimeSection:
     conmon: str = key(
         "conmon", "The conmon container monitor: an absolute path, or a name looked up in PATH.", non_empty
     )
+    pause_binary: str = key(
+        "",
+        "The pause program the local sandbox image is built from; empty: the one `make pause` builds.",
+    )
     seccomp_profile_root: str = key(
         "/var/lib/kubelet/seccomp",
         "Where Localhost seccomp profiles named by pods are found (the kubelet's <root-dir>/seccomp).",
@@ -216,8 +220,10 @@ class Config:
         one_of("cgroupfs", "systemd"),
     )
     sandbox_image: str = key(
-        "registry.k8s.io/pause:3.10",
-        "Image of the pause (infra) container that holds a pod's namespaces.",
+        "localhost/moorage/pause:1.0",
+        "Image of the pause (infra) container, used only by pods that share one PID namespace. The default is "
+        "moorage's own, built on the node from runtime.pause_binary, so no registry is needed; any other name "
+        "(e.g. registry.k8s.io/pause:3.10) is pulled when first needed. Reported pinned.",
         non_empty,
     )
     registries_conf: str = key(

@@ -24,9 +24,10 @@ from moorage.api.admin import AdminService
 from moorage.api.image_service import ImageService
 from moorage.api.runtime_service import RuntimeService
 from moorage.config import Config
-from moorage.errors import ConfigError, StartupError
+from moorage.errors import ConfigError, MoorageError, StartupError
 from moorage.images.service import ImageManager
 from moorage.observe import daemon_log, metrics
+from moorage.runtime import pause_image
 from moorage.runtime.containers import Containers
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
@@ -60,6 +61,8 @@ class Daemon:
             await images.repair()
             sandboxes = Sandboxes(store, lambda: self.config)
             containers = Containers(store, lambda: self.config, images, sandboxes)
+            sandboxes.infra = containers
+            await self._local_pause_image(images, root)
             await containers.recover()
             await sandboxes.recover()
             runtime = RuntimeService(lambda: self.config, store, pod_cidr, sandboxes, containers)
@@ -86,6 +89,19 @@ class Daemon:
             await store.close()
             os.close(lock_fd)
         log.info("stopped")
+
+    async def _local_pause_image(self, images: ImageManager, root: Path) -> None:
+        """Build moorage's own pause image when sandbox_image names it; a missing program is only a warning
+        (pods that share a PID namespace then fail with its message)."""
+        if not pause_image.is_local(self.config.sandbox_image):
+            return
+        try:
+            binary = pause_image.find_binary(self.config.runtime.pause_binary)
+            image_id = await pause_image.ensure(images, self.config.sandbox_image, binary, root / "tmp")
+        except MoorageError as exc:
+            log.warning("local pause image not available", error=exc.message)
+            return
+        log.info("local pause image ready", image=self.config.sandbox_image, image_id=image_id)
 
     def _serve_metrics(self) -> None:
         if self.config.metrics.address:

@@ -20,6 +20,9 @@ from moorage.cli.client import CriClient
 from tests.fixtures.images import Image
 
 START_TIMEOUT = 20.0
+TEST_SANDBOX_IMAGE = "registry.invalid/pause:unused"
+"""Tests' daemons name a sandbox image they never need, so their image store starts empty; the test of
+moorage's own pause image sets sandbox_image itself."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,9 @@ class DaemonProcess:
     def write_config(self, extra: str, image: str = "") -> None:
         """The test's config: ``extra`` TOML, plus temp paths that keep the host's /etc/cni, registries.conf
         and credential files out, plus ``image`` lines for the [image] table."""
+        pause = "" if "sandbox_image" in extra else f'sandbox_image = "{TEST_SANDBOX_IMAGE}"\n'
         self.config_path.write_text(
-            f'registries_conf = "{self.registries_conf}"\n{extra}\n'
+            f'registries_conf = "{self.registries_conf}"\n{pause}{extra}\n'
             f'[cni]\nconf_dir = "{self.cni_dir}"\n'
             f'[image]\nauth_files = ["{self.auth_file}"]\n{image}\n'
         )

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
+from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_images import rpc_error
 from tests.integration.test_pods import pod_config
@@ -248,3 +249,40 @@ def test_reopen_container_log_after_rotation(pod: Pod) -> None:
     fresh = log_lines(str(log_path))
     assert fresh
     assert all(text.startswith("line ") for _, _, text in fresh)
+
+
+def test_a_pod_sharing_one_pid_namespace_runs_moorages_own_pause(
+    unstarted: DaemonProcess, registry: Registry, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    node = unstarted
+    node.trust_registry(registry.host)
+    node.write_config('sandbox_image = "localhost/moorage/pause:1.0"\n')
+    node.start()
+    with node.client() as client:  # the local pause image was built at start-up and is pinned
+        (pause,) = [i for i in client.list_images() if "localhost/moorage/pause:1.0" in i.repo_tags]
+        assert pause.pinned
+    shared = Pod.__new__(Pod)
+    shared.node, shared.image = node, busybox.name
+    shared.config = pod_config("shared", cgroup_parent=cgroup_parent)
+    shared.config.linux.security_context.namespace_options.pid = pb.NamespaceMode.POD
+    shared.config.log_directory = str(tmp_path / "logs")
+    with node.client() as client:
+        client.pull_image(busybox.name)
+        shared.id = client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=shared.config)).pod_sandbox_id
+    try:
+        first = shared.run("first", "sleep", "1000")
+        second = shared.run("second", "sh", "-c", "sleep 0.5; cat /proc/1/cmdline; echo; ps -o comm; exit 0")
+        st = shared.wait_exit(second)
+        text = [t for _, _, t in log_lines(st.log_path)]
+        assert text[0].rstrip("\0") == "/pause"  # PID 1 of the pod's PID namespace is the pause process
+        assert "sleep" in text  # and the other container's processes are visible
+        assert shared.status(first).state == pb.ContainerState.CONTAINER_RUNNING
+        with node.client() as client:
+            assert len(client.runtime.ListContainers(pb.ListContainersRequest()).containers) == 2  # pause not listed
+            client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=shared.id), timeout=60)
+            assert shared.status(first).state == pb.ContainerState.CONTAINER_EXITED
+    finally:
+        with node.client() as client:
+            client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=shared.id), timeout=60)
+    assert node.mounts() == []
+    assert not (node.state / "bundles" / shared.id).exists()

@@ -155,9 +155,6 @@ def test_bad_pods_are_refused_and_leave_nothing(node: DaemonProcess) -> None:
         (lambda: run_pod(node, pod_config(sysctls={"kernel.pid_max": "9"})), grpc.StatusCode.INVALID_ARGUMENT,
          "kernel.pid_max"),
     ]  # fmt: skip
-    shared_pid = pod_config()
-    shared_pid.linux.security_context.namespace_options.pid = pb.NamespaceMode.POD
-    cases.append((lambda: run_pod(node, shared_pid), grpc.StatusCode.UNIMPLEMENTED, "pause"))
     for fn, code, text in cases:
         err = rpc_error(fn)
         assert err.code == code, err.details

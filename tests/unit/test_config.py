@@ -21,7 +21,7 @@ def test_empty_file_gives_every_default(tmp_path: Path) -> None:
     assert config == cfg.Config()
     assert config.root == "/var/lib/moorage"
     assert config.socket == "/run/moorage/moorage.sock"
-    assert config.sandbox_image == "registry.k8s.io/pause:3.10"
+    assert config.sandbox_image == "localhost/moorage/pause:1.0"
     assert config.cgroup_driver == "cgroupfs"
     assert dict(config.runtime.handlers) == {"runc": cfg.HandlerSection("runc"), "crun": cfg.HandlerSection("crun")}
 

@@ -28,6 +28,7 @@ import structlog
 from moorage.api.cri import pb
 from moorage.config import Config
 from moorage.errors import AlreadyExists, FailedPrecondition, NotFound
+from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
 from moorage.runtime import conmon, writable
@@ -143,8 +144,12 @@ class Containers:
             pod.linux.security_context.namespace_options.pid,
             config.linux.security_context.namespace_options.pid,
         )
-        if pb.NamespaceMode.NODE not in pid_modes:
-            namespaces["pid"] = ""  # a PID namespace of the container's own
+        if pb.NamespaceMode.NODE in pid_modes:
+            pass  # the node's PID namespace
+        elif pid_modes[0] == pb.NamespaceMode.POD and record.id != sandbox.id:
+            namespaces["pid"] = f"/proc/{sandbox.status.infra_pid}/ns/pid"  # the pod's, held by its pause process
+        else:
+            namespaces["pid"] = ""  # a PID namespace of its own (or, for the pause container, the pod's new one)
         parent = pod.linux.cgroup_parent or "/moorage"
         spec = build(
             SpecInputs(
@@ -177,6 +182,47 @@ class Containers:
             stdin=config.stdin,
         )
 
+    # --- the pause (infra) container of pods sharing one PID namespace ----------------------------------
+
+    async def start_infra(self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig) -> int:
+        """Run the pod's pause process in the pod's namespaces and a new PID namespace; returns its pid.
+
+        It is not a CRI container: it has no record of its own and is not listed; it lives and dies with
+        the pod, under the pod's id."""
+        name = self.config().sandbox_image
+        image = await self.images.find(name)
+        if image is None:
+            image = await self.images.pull(name, Credentials())
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="POD"),
+            image=pb.ImageSpec(image=name),
+            linux=pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(
+                    seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.ProfileType.RuntimeDefault),
+                    no_new_privs=True,
+                    capabilities=pb.Capability(drop_capabilities=["ALL"]),
+                )
+            ),
+        )
+        infra = ContainerRecord(
+            sandbox.id, sandbox.id, sandbox.name, CONTAINER_CREATING, time.time_ns(), image.id, b"", ContainerStatus()
+        )
+        try:
+            pid = await self._make(infra, config, pod, sandbox, image)
+            await self.runtime(sandbox.status.runtime_handler).start(sandbox.id)
+        except BaseException:
+            await asyncio.shield(self.remove_infra(sandbox))
+            raise
+        log.info("pause container started", sandbox=sandbox.id, pid=pid, image=name)
+        return pid
+
+    async def stop_infra(self, sandbox: SandboxRecord) -> None:
+        await _signal(self.runtime(sandbox.status.runtime_handler), sandbox.id, signal.SIGKILL)
+        await _wait_for(self.conmon_paths(sandbox.id).exit_file, KILL_WAIT_SECONDS)
+
+    async def remove_infra(self, sandbox: SandboxRecord) -> None:
+        await self._teardown(sandbox.id, sandbox.status.runtime_handler)
+
     # --- Start, Stop, Remove --------------------------------------------------------------------------------
 
     async def start(self, container_id: str) -> None:
@@ -187,6 +233,7 @@ class Containers:
         started = time.time_ns()
         await runtime.start(container_id)
         await self._save(record.moved(CONTAINER_RUNNING, started_at=started))
+        await self._record_exit(container_id)  # it may be done already, before the monitor could see it running
         log.info("container started", container=container_id)
 
     async def stop(self, container_id: str, timeout: int) -> None:
@@ -216,6 +263,11 @@ class Containers:
         log.info("container removed", container=container_id)
 
     async def _undo(self, container_id: str, handler: str) -> None:
+        await self._teardown(container_id, handler)
+        await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
+
+    async def _teardown(self, container_id: str, handler: str) -> None:
+        """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
         runtime = self.runtime(handler)
         with contextlib.suppress(NotFound):
             await runtime.delete(container_id, force=True)
@@ -225,7 +277,6 @@ class Containers:
             path.unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, paths.container_dir, True)
         await asyncio.to_thread(shutil.rmtree, self.bundle(container_id), True)
-        await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
 
     # --- ExecSync, UpdateContainerResources ---------------------------------------------------------------
 
@@ -274,13 +325,14 @@ class Containers:
     async def monitor(self) -> None:
         """Record every exit conmon reports, for as long as the daemon runs."""
         exits = self.conmon_paths("x").exits_dir
+        seen: set[str] = set()
         while True:
-            if exits.is_dir():
-                for name in os.listdir(exits):
-                    try:
-                        await self._record_exit(name)
-                    except NotFound:
-                        continue
+            names = set(os.listdir(exits)) if exits.is_dir() else set()
+            seen &= names  # forget removed containers
+            for name in names - seen:
+                with contextlib.suppress(NotFound):  # a pause container, or removed meanwhile
+                    await self._record_exit(name)
+                seen.add(name)
             await asyncio.sleep(MONITOR_INTERVAL)
 
     async def _record_exit(self, container_id: str) -> None:

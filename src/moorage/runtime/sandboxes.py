@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -39,10 +40,19 @@ NODE_RESOLV = Path("/etc/resolv.conf")
 OCI_KIND = {"net": "network", "ipc": "ipc", "uts": "uts"}
 
 
+class Infra(Protocol):
+    """Runs a pod's pause process (:class:`moorage.runtime.containers.Containers` does)."""
+
+    async def start_infra(self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig) -> int: ...
+    async def stop_infra(self, sandbox: SandboxRecord) -> None: ...
+    async def remove_infra(self, sandbox: SandboxRecord) -> None: ...
+
+
 class Sandboxes:
     def __init__(self, store: Store, config: Callable[[], Config]) -> None:
         self.store = store
         self.config = config
+        self.infra: Infra | None = None
         self.node_hosts = NODE_HOSTS
         self.node_resolv = NODE_RESOLV
 
@@ -57,7 +67,7 @@ class Sandboxes:
             known = ", ".join(sorted(self.config().runtime.handlers))
             raise InvalidArgument(f"runtime_handler {handler!r} is not configured (runtime.handlers has {known})")
         modes = config.linux.security_context.namespace_options
-        if modes.pid == pb.NamespaceMode.POD:
+        if modes.pid == pb.NamespaceMode.POD and self.infra is None:
             raise Unimplemented("a pod sharing one PID namespace (shareProcessNamespace) needs the pause container")
         meta = config.metadata
         record = SandboxRecord(
@@ -71,6 +81,9 @@ class Sandboxes:
         await self._insert(record)
         try:
             status = await asyncio.to_thread(self._make, record, config)
+            if modes.pid == pb.NamespaceMode.POD and self.infra is not None:
+                made = dataclasses.replace(record, status=status)
+                status = dataclasses.replace(status, infra_pid=await self.infra.start_infra(made, config))
             await self._save(record.moved(READY, **status.__dict__))
         except BaseException:
             await asyncio.shield(self._undo(record.id))
@@ -125,6 +138,8 @@ class Sandboxes:
         record = await self.get(sandbox_id)
         if record.state == NOTREADY and record.status.stopped_at:
             return
+        if record.status.infra_pid and self.infra is not None:
+            await self.infra.stop_infra(record)
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "shm")
         await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
         log.info("pod sandbox stopped", sandbox=sandbox_id)
@@ -135,6 +150,10 @@ class Sandboxes:
 
     async def _undo(self, sandbox_id: str) -> None:
         """Take down whatever of the pod exists, then forget it. Safe on a half-made or half-removed pod."""
+        if self.infra is not None:
+            records = await self.store.read(lambda db: _select(db, "WHERE id = ?", (sandbox_id,)))
+            if records and records[0].status.infra_pid:
+                await self.infra.remove_infra(records[0])
         directory = self.pod_dir(sandbox_id)
         ns_dir = directory / "ns"
         if ns_dir.exists():

@@ -48,6 +48,8 @@ class SandboxStatus:
     runtime_handler: str = ""
     ips: list[str] = field(default_factory=list)
     stopped_at: int = 0
+    infra_pid: int = 0
+    """The pause process holding the pod's PID namespace (shareProcessNamespace pods only)."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
