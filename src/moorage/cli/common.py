@@ -1,13 +1,15 @@
-"""What every client command shares: the client from the group's options, gRPC errors as click errors, tables."""
+"""What every client command shares: the client from the group's options, gRPC errors as click errors, tables,
+and the listing, inspect, stop and remove loops that the pod and container commands run alike."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 import grpc
@@ -18,6 +20,29 @@ from moorage.cli.client import CriClient
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+
+
+class Listed(Protocol):
+    """What ``ps`` and ``pods`` list: a container or a pod sandbox."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> int: ...
+
+
+class StatusResponse(Protocol):
+    """What ``inspect`` and ``inspectp`` show: a ContainerStatusResponse or a PodSandboxStatusResponse."""
+
+    @property
+    def status(self) -> Message: ...
+
+    @property
+    def info(self) -> Mapping[str, str]: ...
+
+
+L = TypeVar("L", bound=Listed)
 
 
 def client_for(obj: dict[str, Any]) -> CriClient:
@@ -44,6 +69,63 @@ def table(rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def print_listing(
+    found: Iterable[L], keep: Callable[[L], bool], *, quiet: bool, header: list[str], row: Callable[[L], list[str]]
+) -> None:
+    """crictl's listing: newest first, only what ``keep`` passes; the ids alone with -q, else a table of ``row``s."""
+    shown = [item for item in sorted(found, key=lambda item: item.created_at, reverse=True) if keep(item)]
+    if quiet:
+        for item in shown:
+            click.echo(item.id)
+        return
+    table([header, *map(row, shown)])
+
+
+def inspect_each(refs: Iterable[str], status: Callable[[str], StatusResponse]) -> None:
+    """crictl's inspect layout for each of ``refs``; ``status`` asks for the verbose status of one."""
+    for ref in refs:
+        response = call(partial(status, ref))
+        click.echo(inspect_output(response.status, response.info))
+
+
+def stop_each(
+    refs: Iterable[str], resolve: Callable[[str], tuple[str, bool]], stop: Callable[[str], object], stopped: str
+) -> None:
+    """Stop what each of ``refs`` names and print ``stopped`` (``{id}``: its full id), as crictl stop and stopp do.
+
+    ``resolve`` maps an id or id prefix to the full id and whether the object is live (running, ready).
+    """
+    for ref in refs:
+        full_id, _ = call(partial(resolve, ref))
+        call(partial(stop, full_id))
+        click.echo(stopped.format(id=full_id))
+
+
+def remove_each(
+    refs: Iterable[str],
+    resolve: Callable[[str], tuple[str, bool]],
+    stop: Callable[[str], object],
+    remove: Callable[[str], object],
+    *,
+    force: bool,
+    refusal: str,
+    removed: str,
+) -> None:
+    """Remove what each of ``refs`` names and print ``removed``, as crictl rm and rmp do.
+
+    A live object is stopped first when ``force`` is given, else refused with ``refusal``; both messages get the full
+    id as ``{id}``. ``resolve`` is as for :func:`stop_each`.
+    """
+    for ref in refs:
+        full_id, live = call(partial(resolve, ref))
+        if live:
+            if not force:
+                raise click.ClickException(refusal.format(id=full_id))
+            call(partial(stop, full_id))
+        call(partial(remove, full_id))
+        click.echo(removed.format(id=full_id))
 
 
 def human_duration(seconds: float) -> str:

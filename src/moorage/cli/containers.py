@@ -13,11 +13,13 @@ from moorage.cli.common import (
     call,
     client_for,
     created_ago,
-    inspect_output,
+    inspect_each,
     load_config,
     name_matches,
     parse_labels,
-    table,
+    print_listing,
+    remove_each,
+    stop_each,
 )
 from moorage.cli.pods import resolve_pod
 
@@ -28,6 +30,28 @@ CONTAINER_STATES = {
     "unknown": pb.ContainerState.CONTAINER_UNKNOWN,
 }
 STATE_NAMES = {value: name.capitalize() for name, value in CONTAINER_STATES.items()}
+HEADER = ["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"]
+
+
+def _resolve(client: CriClient, ref: str) -> tuple[str, bool]:
+    """The full id of the container ``ref`` names (itself or a unique prefix), and whether it is running."""
+    status = client.container_status(ref).status
+    return status.id, status.state == pb.ContainerState.CONTAINER_RUNNING
+
+
+def _row(c: pb.Container, no_trunc: bool) -> list[str]:
+    image = c.image.image or c.image_ref
+    if image.startswith("sha256:") and not no_trunc:
+        image = image.removeprefix("sha256:")[:13]
+    return [
+        c.id if no_trunc else c.id[:13],
+        image,
+        created_ago(c.created_at),
+        STATE_NAMES.get(c.state, "Unknown"),
+        c.metadata.name,
+        str(c.metadata.attempt),
+        c.pod_sandbox_id if no_trunc else c.pod_sandbox_id[:13],
+    ]
 
 
 @click.command()
@@ -59,32 +83,13 @@ def ps(
     with client_for(obj) as client:
         pod_id = resolve_pod(client, pod) if pod else ""
         found = [] if pod_id is None else call(partial(client.list_containers, filter_))
-    found = [
-        c
-        for c in sorted(found, key=lambda c: c.created_at, reverse=True)
-        if name_matches(name, c.metadata.name) and (not pod_id or c.pod_sandbox_id == pod_id)
-    ]
-    if quiet:
-        for container in found:
-            click.echo(container.id)
-        return
-    rows = [["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"]]
-    for c in found:
-        image = c.image.image or c.image_ref
-        if image.startswith("sha256:") and not no_trunc:
-            image = image.removeprefix("sha256:")[:13]
-        rows.append(
-            [
-                c.id if no_trunc else c.id[:13],
-                image,
-                created_ago(c.created_at),
-                STATE_NAMES.get(c.state, "Unknown"),
-                c.metadata.name,
-                str(c.metadata.attempt),
-                c.pod_sandbox_id if no_trunc else c.pod_sandbox_id[:13],
-            ]
-        )
-    table(rows)
+    print_listing(
+        found,
+        lambda c: name_matches(name, c.metadata.name) and (not pod_id or c.pod_sandbox_id == pod_id),
+        quiet=quiet,
+        header=HEADER,
+        row=partial(_row, no_trunc=no_trunc),
+    )
 
 
 @click.command()
@@ -93,9 +98,7 @@ def ps(
 def inspect(obj: dict[str, Any], container_ids: tuple[str, ...]) -> None:
     """Show containers' status and verbose info as JSON, as crictl inspect does."""
     with client_for(obj) as client:
-        for container_id in container_ids:
-            response = call(partial(client.container_status, container_id, verbose=True))
-            click.echo(inspect_output(response.status, response.info))
+        inspect_each(container_ids, partial(client.container_status, verbose=True))
 
 
 def _configs(
@@ -163,10 +166,7 @@ def run(obj: dict[str, Any], container_config: str, pod_config: str, pull: bool,
 def stop(obj: dict[str, Any], container_ids: tuple[str, ...], grace: int) -> None:
     """Stop running containers, as crictl stop does."""
     with client_for(obj) as client:
-        for ref in container_ids:
-            container_id = call(partial(client.container_status, ref)).status.id
-            call(partial(client.stop_container, container_id, grace))
-            click.echo(container_id)
+        stop_each(container_ids, partial(_resolve, client), partial(client.stop_container, grace=grace), "{id}")
 
 
 @click.command()
@@ -180,14 +180,15 @@ def rm(obj: dict[str, Any], container_ids: tuple[str, ...], force: bool, all_: b
         raise click.UsageError("give container IDs or --all")
     with client_for(obj) as client:
         refs = [c.id for c in call(client.list_containers)] if all_ else list(container_ids)
-        for ref in refs:
-            status = call(partial(client.container_status, ref)).status
-            if status.state == pb.ContainerState.CONTAINER_RUNNING:
-                if not force:
-                    raise click.ClickException(f"container {status.id} is running; stop it first or use -f")
-                call(partial(client.stop_container, status.id))
-            call(partial(client.remove_container, status.id))
-            click.echo(status.id)
+        remove_each(
+            refs,
+            partial(_resolve, client),
+            client.stop_container,
+            client.remove_container,
+            force=force,
+            refusal="container {id} is running; stop it first or use -f",
+            removed="{id}",
+        )
 
 
 COMMANDS = [ps, inspect, create, start, run, stop, rm]

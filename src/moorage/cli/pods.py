@@ -13,15 +13,18 @@ from moorage.cli.common import (
     call,
     client_for,
     created_ago,
-    inspect_output,
+    inspect_each,
     load_config,
     name_matches,
     parse_labels,
-    table,
+    print_listing,
+    remove_each,
+    stop_each,
 )
 
 POD_STATES = {"ready": pb.PodSandboxState.SANDBOX_READY, "notready": pb.PodSandboxState.SANDBOX_NOTREADY}
 STATE_NAMES = {pb.PodSandboxState.SANDBOX_READY: "Ready", pb.PodSandboxState.SANDBOX_NOTREADY: "NotReady"}
+HEADER = ["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"]
 
 
 def resolve_pod(client: CriClient, ref: str) -> str | None:
@@ -33,6 +36,24 @@ def resolve_pod(client: CriClient, ref: str) -> str | None:
     if found:
         raise click.ClickException(f"pod id prefix {ref!r} matches {len(found)} pods; give more of it")
     return None
+
+
+def _resolve(client: CriClient, ref: str) -> tuple[str, bool]:
+    """The full id of the pod ``ref`` names (itself or a unique prefix), and whether it is ready."""
+    status = client.pod_status(ref).status
+    return status.id, status.state == pb.PodSandboxState.SANDBOX_READY
+
+
+def _row(pod: pb.PodSandbox, no_trunc: bool) -> list[str]:
+    return [
+        pod.id if no_trunc else pod.id[:13],
+        created_ago(pod.created_at),
+        STATE_NAMES.get(pod.state, "Unknown"),
+        pod.metadata.name,
+        pod.metadata.namespace,
+        str(pod.metadata.attempt),
+        pod.runtime_handler or "(default)",
+    ]
 
 
 @click.command()
@@ -61,29 +82,13 @@ def pods(
         filter_.state.state = POD_STATES[state]
     with client_for(obj) as client:
         found = call(lambda: client.list_pods(filter_))
-    found = [
-        p
-        for p in sorted(found, key=lambda p: p.created_at, reverse=True)
-        if name_matches(name, p.metadata.name) and name_matches(namespace, p.metadata.namespace)
-    ]
-    if quiet:
-        for pod in found:
-            click.echo(pod.id)
-        return
-    rows = [["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"]]
-    for pod in found:
-        rows.append(
-            [
-                pod.id if no_trunc else pod.id[:13],
-                created_ago(pod.created_at),
-                STATE_NAMES.get(pod.state, "Unknown"),
-                pod.metadata.name,
-                pod.metadata.namespace,
-                str(pod.metadata.attempt),
-                pod.runtime_handler or "(default)",
-            ]
-        )
-    table(rows)
+    print_listing(
+        found,
+        lambda p: name_matches(name, p.metadata.name) and name_matches(namespace, p.metadata.namespace),
+        quiet=quiet,
+        header=HEADER,
+        row=partial(_row, no_trunc=no_trunc),
+    )
 
 
 @click.command()
@@ -92,9 +97,7 @@ def pods(
 def inspectp(obj: dict[str, Any], pod_ids: tuple[str, ...]) -> None:
     """Show pod sandboxes' status and verbose info as JSON, as crictl inspectp does."""
     with client_for(obj) as client:
-        for pod_id in pod_ids:
-            response = call(partial(client.pod_status, pod_id, verbose=True))
-            click.echo(inspect_output(response.status, response.info))
+        inspect_each(pod_ids, partial(client.pod_status, verbose=True))
 
 
 @click.command()
@@ -114,10 +117,7 @@ def runp(obj: dict[str, Any], pod_config: str, runtime_handler: str) -> None:
 def stopp(obj: dict[str, Any], pod_ids: tuple[str, ...]) -> None:
     """Stop pod sandboxes and all their containers, as crictl stopp does."""
     with client_for(obj) as client:
-        for ref in pod_ids:
-            pod_id = call(partial(client.pod_status, ref)).status.id
-            call(partial(client.stop_pod, pod_id))
-            click.echo(f"Stopped sandbox {pod_id}")
+        stop_each(pod_ids, partial(_resolve, client), client.stop_pod, "Stopped sandbox {id}")
 
 
 @click.command()
@@ -131,14 +131,15 @@ def rmp(obj: dict[str, Any], pod_ids: tuple[str, ...], force: bool, all_: bool) 
         raise click.UsageError("give pod IDs or --all")
     with client_for(obj) as client:
         refs = [p.id for p in call(client.list_pods)] if all_ else list(pod_ids)
-        for ref in refs:
-            status = call(partial(client.pod_status, ref)).status
-            if status.state == pb.PodSandboxState.SANDBOX_READY:
-                if not force:
-                    raise click.ClickException(f"pod sandbox {status.id} is ready; stop it first (stopp) or use -f")
-                call(partial(client.stop_pod, status.id))
-            call(partial(client.remove_pod, status.id))
-            click.echo(f"Removed sandbox {status.id}")
+        remove_each(
+            refs,
+            partial(_resolve, client),
+            client.stop_pod,
+            client.remove_pod,
+            force=force,
+            refusal="pod sandbox {id} is ready; stop it first (stopp) or use -f",
+            removed="Removed sandbox {id}",
+        )
 
 
 COMMANDS = [pods, inspectp, runp, stopp, rmp]
