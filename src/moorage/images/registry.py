@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,10 +52,17 @@ class HttpClients:
 
     @classmethod
     def create(cls, read_timeout: float | None) -> HttpClients:
-        timeout = httpx.Timeout(30.0, read=read_timeout)
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        kwargs = {"timeout": timeout, "limits": limits, "follow_redirects": True, "trust_env": False}
-        return cls(httpx.AsyncClient(verify=True, **kwargs), httpx.AsyncClient(verify=False, **kwargs))  # type: ignore[arg-type]
+        def client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                verify=verify,
+                timeout=httpx.Timeout(30.0, read=read_timeout),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                follow_redirects=True,
+                trust_env=False,
+            )
+
+        # Verified against the node's CA store (where operators add private registries' CAs), not certifi's.
+        return cls(client(ssl.create_default_context()), client(False))
 
     async def aclose(self) -> None:
         await self.secure.aclose()
