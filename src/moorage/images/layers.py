@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -88,7 +89,12 @@ class LayerStore:
             try:
                 if ingest.offset != size or size < 0:
                     await fetch(ingest)
-                return await asyncio.to_thread(ingest.commit)
+                committing = asyncio.ensure_future(asyncio.to_thread(ingest.commit))
+                try:
+                    return await asyncio.shield(committing)
+                except asyncio.CancelledError:
+                    await asyncio.wait({committing})  # the thread runs on: let it end before anyone cleans up
+                    raise
             except DataLoss as exc:  # commit discarded the bad bytes
                 if attempt == BLOB_ATTEMPTS:
                     raise
@@ -111,14 +117,20 @@ class LayerStore:
             progress.set_state(digest, "extracting")
             progress.busy += 1
             prepared = self.snapshots.prepare()
+            work: asyncio.Future[Any] | None = None
             try:
-                stats = await asyncio.to_thread(apply_layer, blob, prepared)
+                unpacking = asyncio.ensure_future(asyncio.to_thread(apply_layer, blob, prepared))
+                work = unpacking
+                stats = await asyncio.shield(unpacking)
                 if stats.diff_id != diff_id:
                     raise InvalidImage(
                         f"layer {digest} unpacks to {stats.diff_id}, not the diff id {diff_id} its config names"
                     )
-                await asyncio.to_thread(self.snapshots.commit, prepared, chain_id)
+                work = asyncio.ensure_future(asyncio.to_thread(self.snapshots.commit, prepared, chain_id))
+                await asyncio.shield(work)
             except BaseException:
+                if work is not None and not work.done():
+                    await asyncio.wait({work})  # a thread cannot be cancelled: let it finish before cleaning up
                 await asyncio.to_thread(self.snapshots.discard, prepared)
                 raise
             finally:
