@@ -17,7 +17,7 @@ SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"} | {m.name
 SERVED |= {"RunPodSandbox", "PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox", "ListPodSandbox"}
 SERVED |= {"StreamPodSandboxes", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer"}
 SERVED |= {"ContainerStatus", "ListContainers", "StreamContainers", "ExecSync", "UpdateContainerResources"}
-SERVED |= {"ReopenContainerLog"}
+SERVED |= {"ReopenContainerLog", "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats"}
 VALIDATED_ONLY: set[str] = set()
 
 

@@ -5,6 +5,7 @@ RPCs not listed here answer UNIMPLEMENTED (see :mod:`moorage.api.handlers`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -92,16 +93,20 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
 
 
 def _matches(
-    spec: pb.PodSandboxFilter | pb.ContainerFilter | None,
+    spec: pb.PodSandboxFilter | pb.ContainerFilter | pb.PodSandboxStatsFilter | pb.ContainerStatsFilter | None,
     item_id: str,
     status: pb.PodSandboxStatus | pb.ContainerStatus,
 ) -> bool:
-    """The List filters: an id prefix, a state, labels that must all match (api.proto)."""
+    """The List filters: an id prefix, a state (not in the stats filters), labels that must all match (api.proto)."""
     if spec is None:
         return True
     if spec.id and not item_id.startswith(spec.id):
         return False
-    if spec.HasField("state") and status.state != spec.state.state:
+    if (
+        isinstance(spec, (pb.PodSandboxFilter, pb.ContainerFilter))
+        and spec.HasField("state")
+        and status.state != spec.state.state
+    ):
         return False
     return all(status.labels.get(k) == v for k, v in spec.label_selector.items())
 
@@ -322,6 +327,46 @@ class RuntimeService:
                     image_id=record.image_id,
                 )
             )
+        return out
+
+    # Stats: what the kubelet polls for its summary API and eviction. ------------------------------------------
+
+    async def ContainerStats(self, request: pb.ContainerStatsRequest, context: Context) -> pb.ContainerStatsResponse:
+        container_id = await self._existing("containers", request.container_id, "container_id")
+        return pb.ContainerStatsResponse(stats=await self._containers.stats(container_id))
+
+    async def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: Context
+    ) -> pb.ListContainerStatsResponse:
+        return pb.ListContainerStatsResponse(
+            stats=await self._container_stats(request.filter if request.HasField("filter") else None)
+        )
+
+    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: Context) -> pb.PodSandboxStatsResponse:
+        sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        return pb.PodSandboxStatsResponse(stats=await self._containers.pod_stats(sandbox_id))
+
+    async def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: Context
+    ) -> pb.ListPodSandboxStatsResponse:
+        return pb.ListPodSandboxStatsResponse(
+            stats=await self._pod_stats(request.filter if request.HasField("filter") else None)
+        )
+
+    async def _container_stats(self, spec: pb.ContainerStatsFilter | None) -> list[pb.ContainerStats]:
+        out = []
+        for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
+            if _matches(spec, record.id, container_status(record)):
+                with contextlib.suppress(NotFound):  # removed meanwhile
+                    out.append(await self._containers.stats(record.id))
+        return out
+
+    async def _pod_stats(self, spec: pb.PodSandboxStatsFilter | None) -> list[pb.PodSandboxStats]:
+        out = []
+        for record in await self._sandboxes.all():
+            if _matches(spec, record.id, pod_status(record)):
+                with contextlib.suppress(NotFound):  # removed meanwhile
+                    out.append(await self._containers.pod_stats(record.id))
         return out
 
     # ------------------------------------------------------------------------------------------------------

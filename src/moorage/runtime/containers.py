@@ -37,6 +37,7 @@ from moorage.runtime.exec_sync import ExecResult, exec_sync
 from moorage.runtime.oci import OciRuntime
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
+from moorage.runtime.usage import UsageReader, cgroup_of
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -65,6 +66,7 @@ class Containers:
         self.state = Path(config().state)
         self.root = Path(config().root)
         self._exited: dict[str, asyncio.Event] = {}
+        self.usage = UsageReader(self.layer_dir)
 
     # --- paths and runtimes ---------------------------------------------------------------------------------
 
@@ -150,7 +152,6 @@ class Containers:
             namespaces["pid"] = f"/proc/{sandbox.status.infra_pid}/ns/pid"  # the pod's, held by its pause process
         else:
             namespaces["pid"] = ""  # a PID namespace of its own (or, for the pause container, the pod's new one)
-        parent = pod.linux.cgroup_parent or "/moorage"
         spec = build(
             SpecInputs(
                 container=config,
@@ -158,7 +159,7 @@ class Containers:
                 image_config=image_doc.get("config") or {},  # type: ignore[arg-type]
                 rootfs=rootfs,
                 namespaces=namespaces,
-                cgroups_path=f"{parent.rstrip('/')}/{record.id}",
+                cgroups_path=cgroup_of(record.id, pod),
                 hostname=Path(sandbox.status.files["/etc/hostname"]).read_text().strip(),
                 pod_files={k: Path(v) for k, v in sandbox.status.files.items()},
                 oom_score_adj_floor=_own_oom_score_adj(),
@@ -260,6 +261,7 @@ class Containers:
             await self.stop(container_id, 0)
         sandbox = await self.sandboxes.get(record.sandbox_id)
         await self._undo(container_id, sandbox.status.runtime_handler)
+        self.usage.forget(container_id)
         log.info("container removed", container=container_id)
 
     async def _undo(self, container_id: str, handler: str) -> None:
@@ -320,6 +322,20 @@ class Containers:
         if not await _wait_for(log_path, 5):
             raise FailedPrecondition(f"conmon did not reopen the log of container {container_id} at {log_path}")
 
+    # --- ContainerStats, PodSandboxStats -------------------------------------------------------------------
+
+    async def stats(self, container_id: str) -> pb.ContainerStats:
+        record = await self.get(container_id)
+        sandbox = await self.sandboxes.get(record.sandbox_id)
+        return await self.usage.container(record, pb.PodSandboxConfig.FromString(sandbox.config))
+
+    async def pod_stats(self, sandbox_id: str) -> pb.PodSandboxStats:
+        """The pod's own cgroup (its cgroup_parent) and each of its containers."""
+        sandbox = await self.sandboxes.get(sandbox_id)
+        pod = pb.PodSandboxConfig.FromString(sandbox.config)
+        containers = [await self.usage.container(record, pod) for record in await self.all(sandbox_id)]
+        return await self.usage.pod(sandbox, pod, containers)
+
     # --- exits ----------------------------------------------------------------------------------------------
 
     async def monitor(self) -> None:
@@ -330,8 +346,13 @@ class Containers:
             names = set(os.listdir(exits)) if exits.is_dir() else set()
             seen &= names  # forget removed containers
             for name in names - seen:
-                with contextlib.suppress(NotFound):  # a pause container, or removed meanwhile
+                try:
                     await self._record_exit(name)
+                except NotFound:
+                    pass  # a pause container, or removed meanwhile
+                except Exception as exc:  # one unreadable exit must not stop the monitor; retried next round
+                    log.error("cannot record a container exit", container=name, error=str(exc))
+                    continue
                 seen.add(name)
             await asyncio.sleep(MONITOR_INTERVAL)
 

@@ -1,0 +1,108 @@
+"""CRI ContainerStats and PodSandboxStats messages from the host's cgroups and the containers' writable layers.
+
+A container's cgroup is ``<pod cgroup_parent or /moorage>/<container id>`` (see ``Containers._make``); a pod's is
+its ``cgroup_parent``, which on cgroup v1 and v2 alike aggregates all its containers (and its pause process).
+A pod without a cgroup_parent shares ``/moorage`` with other pods, so its own cpu, memory and process usage are
+left unset. Network usage is left unset until pods get CNI networking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from moorage.api.cri import pb
+from moorage.observe.stats import CGROUP_ROOT, CgroupStats, CpuRates, DiskUsage, disk_usage, read_cgroup
+from moorage.state.models import ContainerRecord, SandboxRecord
+
+DEFAULT_CGROUP_PARENT = "/moorage"
+
+
+def cgroup_of(container_id: str, pod: pb.PodSandboxConfig) -> str:
+    return f"{(pod.linux.cgroup_parent or DEFAULT_CGROUP_PARENT).rstrip('/')}/{container_id}"
+
+
+class UsageReader:
+    def __init__(self, layer_dir: Callable[[str], Path], cgroup_root: Path = CGROUP_ROOT) -> None:
+        self._layer_dir = layer_dir
+        self._cgroup_root = cgroup_root
+        self._rates = CpuRates()
+
+    def forget(self, key: str) -> None:
+        """Drop the previous cpu sample of a removed container or pod."""
+        self._rates.forget(key)
+
+    async def container(self, record: ContainerRecord, pod: pb.PodSandboxConfig) -> pb.ContainerStats:
+        upper = self._layer_dir(record.id) / "upper"
+        cgroup, disk = await asyncio.to_thread(self._sample, cgroup_of(record.id, pod), upper)
+        config = pb.ContainerConfig.FromString(record.config)
+        return pb.ContainerStats(
+            attributes=pb.ContainerAttributes(
+                id=record.id, metadata=config.metadata, labels=config.labels, annotations=config.annotations
+            ),
+            cpu=self._cpu(record.id, cgroup),
+            memory=_memory(cgroup),
+            writable_layer=_filesystem(disk, self._layer_dir(record.id).parent),
+        )
+
+    async def pod(
+        self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig, containers: list[pb.ContainerStats]
+    ) -> pb.PodSandboxStats:
+        linux = pb.LinuxPodSandboxStats(containers=containers)
+        if pod.linux.cgroup_parent:
+            cgroup = await asyncio.to_thread(read_cgroup, pod.linux.cgroup_parent, self._cgroup_root)
+            cpu, memory = self._cpu(f"pod:{sandbox.id}", cgroup), _memory(cgroup)
+            if cpu is not None:
+                linux.cpu.CopyFrom(cpu)
+            if memory is not None:
+                linux.memory.CopyFrom(memory)
+            if cgroup.pids is not None:
+                linux.process.CopyFrom(pb.ProcessUsage(timestamp=cgroup.timestamp, process_count=_u64(cgroup.pids)))
+        return pb.PodSandboxStats(
+            attributes=pb.PodSandboxAttributes(
+                id=sandbox.id, metadata=pod.metadata, labels=pod.labels, annotations=pod.annotations
+            ),
+            linux=linux,
+        )
+
+    def _sample(self, cgroup: str, upper: Path) -> tuple[CgroupStats, DiskUsage]:
+        return read_cgroup(cgroup, self._cgroup_root), disk_usage(upper)
+
+    def _cpu(self, key: str, cgroup: CgroupStats) -> pb.CpuUsage | None:
+        if cgroup.cpu_usage_ns is None:
+            return None
+        return pb.CpuUsage(
+            timestamp=cgroup.timestamp,
+            usage_core_nano_seconds=_u64(cgroup.cpu_usage_ns),
+            usage_nano_cores=_u64(self._rates.rate(key, cgroup.timestamp, cgroup.cpu_usage_ns)),
+        )
+
+
+def _memory(cgroup: CgroupStats) -> pb.MemoryUsage | None:
+    if cgroup.memory_usage is None:
+        return None
+    return pb.MemoryUsage(
+        timestamp=cgroup.timestamp,
+        working_set_bytes=_u64(cgroup.working_set),
+        available_bytes=_u64(cgroup.available),
+        usage_bytes=_u64(cgroup.memory_usage),
+        rss_bytes=_u64(cgroup.rss),
+        page_faults=_u64(cgroup.page_faults),
+        major_page_faults=_u64(cgroup.major_page_faults),
+    )
+
+
+def _filesystem(disk: DiskUsage, layers: Path) -> pb.FilesystemUsage:
+    """The filesystem is named by the directory of all writable layers, where the kubelet finds its device."""
+    return pb.FilesystemUsage(
+        timestamp=disk.timestamp,
+        fs_id=pb.FilesystemIdentifier(mountpoint=str(layers)),
+        used_bytes=_u64(disk.used_bytes),
+        inodes_used=_u64(disk.inodes),
+    )
+
+
+def _u64(value: int | None) -> pb.UInt64Value | None:
+    """Unset (not zero) when unknown, as api.proto asks of every UInt64Value."""
+    return None if value is None else pb.UInt64Value(value=value)

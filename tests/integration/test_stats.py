@@ -1,0 +1,125 @@
+"""CRI stats on a real daemon: a busy container's cpu, memory and writable layer, listed and per pod."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.cri import pb
+from tests.integration import test_containers
+from tests.integration.test_containers import Pod
+from tests.integration.test_images import rpc_error
+
+pytestmark = pytest.mark.integration
+pod = test_containers.pod  # the fixture: a pod with its own cgroup_parent, removed after the test
+
+KIB = 1024
+BUSY = (
+    "head -c 102400 /dev/zero > /big; "
+    'x=aaaa; i=0; while [ $i -lt 18 ]; do x="$x$x"; i=$((i+1)); done; '  # ≈1 MiB kept in the shell's memory
+    "echo ready; while true; do :; done"
+)
+AS_ROOT = pb.LinuxContainerConfig(
+    security_context=pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=0))
+)  # the image's USER 1000 may not write to /
+
+
+def start(pod: Pod, name: str, script: str) -> str:
+    container_id = pod.create(name, "sh", "-c", script, linux=AS_ROOT)
+    with pod.node.client() as client:
+        client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
+    return container_id
+
+
+def wait_for_output(pod: Pod, container_id: str, text: str, seconds: float = 10) -> None:
+    path = Path(pod.status(container_id).log_path)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"container {container_id} did not print {text!r}")
+
+
+def container_stats(pod: Pod, container_id: str) -> pb.ContainerStats:
+    with pod.node.client() as client:
+        return client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=container_id)).stats
+
+
+def test_stats_of_a_busy_container_and_its_pod(pod: Pod) -> None:
+    busy = start(pod, "busy", BUSY)
+    idle = start(pod, "idle", "sleep 1000")
+    wait_for_output(pod, busy, "ready")
+
+    first = container_stats(pod, busy)
+    time.sleep(0.3)
+    second = container_stats(pod, busy)
+    assert first.attributes.id == busy
+    assert first.attributes.metadata.name == "busy"
+    assert first.attributes.labels["name"] == "busy"
+    assert 0 < first.cpu.usage_core_nano_seconds.value < second.cpu.usage_core_nano_seconds.value
+    assert not first.cpu.HasField("usage_nano_cores")  # a rate needs two samples
+    assert second.cpu.usage_nano_cores.value > 100_000_000  # a busy loop: well above a tenth of a core
+    assert second.cpu.timestamp > first.cpu.timestamp
+    assert second.memory.working_set_bytes.value > 512 * KIB
+    assert second.memory.usage_bytes.value >= second.memory.working_set_bytes.value
+    assert not second.memory.HasField("available_bytes")  # no memory limit
+    assert second.writable_layer.used_bytes.value >= 100 * KIB  # /big
+    assert second.writable_layer.inodes_used.value >= 2
+    assert second.writable_layer.fs_id.mountpoint
+
+    with pod.node.client() as client:
+        listed = client.runtime.ListContainerStats(
+            pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(pod_sandbox_id=pod.id))
+        ).stats
+        assert {s.attributes.id for s in listed} == {busy, idle}
+        by_label = client.runtime.ListContainerStats(
+            pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"name": "idle"}))
+        ).stats
+        assert [s.attributes.id for s in by_label] == [idle]
+        by_id = client.runtime.ListContainerStats(
+            pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(id=busy[:12]))
+        ).stats
+        assert [s.attributes.id for s in by_id] == [busy]
+        assert {s.attributes.id for s in client.runtime.ListContainerStats(pb.ListContainerStatsRequest()).stats} >= {
+            busy,
+            idle,
+        }
+
+        pod_stats = client.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod.id)).stats
+        assert pod_stats.attributes.id == pod.id
+        assert pod_stats.attributes.labels["app"] == "web"
+        assert {c.attributes.id for c in pod_stats.linux.containers} == {busy, idle}
+        # the pod's cgroup (its cgroup_parent) holds both containers
+        assert pod_stats.linux.cpu.usage_core_nano_seconds.value >= second.cpu.usage_core_nano_seconds.value
+        assert pod_stats.linux.memory.working_set_bytes.value > 512 * KIB
+        assert pod_stats.linux.process.process_count.value >= 2
+        assert not pod_stats.linux.HasField("network")
+
+        listed_pods = client.runtime.ListPodSandboxStats(
+            pb.ListPodSandboxStatsRequest(filter=pb.PodSandboxStatsFilter(label_selector={"app": "web"}))
+        ).stats
+        assert [s.attributes.id for s in listed_pods] == [pod.id]
+        none = client.runtime.ListPodSandboxStats(
+            pb.ListPodSandboxStatsRequest(filter=pb.PodSandboxStatsFilter(label_selector={"app": "other"}))
+        ).stats
+        assert list(none) == []
+
+
+def test_stats_of_what_does_not_exist_are_not_found(pod: Pod) -> None:
+    with pod.node.client() as client:
+        err = rpc_error(lambda: client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id="c0ffee")))
+        assert err.code == grpc.StatusCode.NOT_FOUND
+        err = rpc_error(lambda: client.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id="c0ffee")))
+        assert err.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_exited_container_still_reports_its_writable_layer(pod: Pod) -> None:
+    done = start(pod, "done", "head -c 4096 /dev/zero > /small")
+    pod.wait_exit(done)
+    stats = container_stats(pod, done)
+    assert stats.attributes.id == done
+    assert stats.writable_layer.used_bytes.value >= 4 * KIB
