@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 RELOADABLE = ("log.level", "log.format")
+SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")  # sd_booted(3): exists only while systemd is PID 1
 
 
 class Daemon:
@@ -48,6 +49,7 @@ class Daemon:
 
     async def run(self) -> None:
         root, state, socket = Path(self.config.root), Path(self.config.state), Path(self.config.socket)
+        _check_cgroup_driver(self.config.cgroup_driver)
         _make_dir(root, 0o700)
         _make_dir(state, 0o711)
         lock_fd = _lock_root(root)
@@ -129,6 +131,15 @@ class Daemon:
         self.config = config_mod.with_values(self.config, live, source=self._config_path or "defaults")
         daemon_log.configure(self.config.log.level, self.config.log.format)
         log.info("config reloaded", applied=[k for k in changed if k in RELOADABLE], need_restart=restart)
+
+
+def _check_cgroup_driver(driver: str, systemd_dir: Path = SYSTEMD_RUNTIME_DIR) -> None:
+    """The systemd driver asks systemd for every container's scope: refuse to start where systemd is not running."""
+    if driver == "systemd" and not systemd_dir.is_dir():
+        raise StartupError(
+            f"cgroup_driver = systemd, but systemd is not running on this node ({systemd_dir} is missing): "
+            "set cgroup_driver = cgroupfs here, and the kubelet's cgroupDriver to cgroupfs too"
+        )
 
 
 def _make_dir(path: Path, mode: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from moorage.cli.logs import LogEntry, LogParser
 from tests.integration.daemon import DaemonProcess, PushedImage
@@ -40,7 +41,9 @@ def moorage(node: DaemonProcess, *args: str, check: bool = True) -> subprocess.C
     return proc
 
 
-def write_configs(tmp: Path, image: str, cgroup_parent: str, name: str, script: str) -> tuple[str, str]:
+def write_configs(
+    tmp: Path, image: str, cgroup_parent: str, name: str, script: str, *, fmt: str = "json"
+) -> tuple[str, str]:
     pod: dict[str, Any] = {
         "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "attempt": 0},
         "hostname": f"{name}-host",
@@ -58,9 +61,10 @@ def write_configs(tmp: Path, image: str, cgroup_parent: str, name: str, script: 
         "log_path": "app.log",
         "labels": {"role": "app"},
     }
-    pod_file, container_file = tmp / f"{name}-pod.json", tmp / f"{name}-container.json"
-    pod_file.write_text(json.dumps(pod))
-    container_file.write_text(json.dumps(container))
+    pod_file, container_file = tmp / f"{name}-pod.{fmt}", tmp / f"{name}-container.{fmt}"
+    dump = json.dumps if fmt == "json" else yaml.safe_dump
+    pod_file.write_text(dump(pod))
+    container_file.write_text(dump(container))
     return str(container_file), str(pod_file)
 
 
@@ -79,13 +83,17 @@ def wait_for(fn: Any, seconds: float = 15) -> Any:
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("case", ["runc json", "crun yaml"])
 def test_run_ps_pods_logs_inspect_stop_rm(
-    cli_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+    cli_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, case: str
 ) -> None:
+    """The crictl walk-through, with each runtime handler and each config file format."""
     node = cli_node
-    files = write_configs(tmp_path, busybox.name, cgroup_parent, "clipod", "echo hello; sleep 1000")
-    container_id = moorage(node, "run", "--pull", *files).stdout.strip()
+    handler, fmt = case.split()
+    files = write_configs(tmp_path, busybox.name, cgroup_parent, "clipod", "echo hello; sleep 1000", fmt=fmt)
+    container_id = moorage(node, "run", "--pull", "--runtime", handler, *files).stdout.strip()
     assert len(container_id) == 64, container_id
+    assert (node.state / "runtime" / handler / container_id).is_dir()  # that handler's runtime holds its state
     with node.client() as client:
         (pod,) = client.list_pods()
 
@@ -104,7 +112,7 @@ def test_run_ps_pods_logs_inspect_stop_rm(
     table = rows(node, "pods")
     assert table[0] == ["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"]
     assert table[1][0] == pod.id[:13]
-    assert table[1][2:] == ["Ready", "clipod", "default", "0", "runc"]
+    assert table[1][2:] == ["Ready", "clipod", "default", "0", handler]
     assert moorage(node, "pods", "-q", "--state", "ready", "--label", "app=clipod").stdout.split() == [pod.id]
     assert moorage(node, "pods", "-q", "--state", "notready").stdout.split() == []
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import click
 import grpc
+import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -181,11 +182,17 @@ def name_matches(pattern: str | None, name: str) -> bool:
 
 
 def load_config(path: str, message: M) -> M:
-    """A CRI config (ContainerConfig, PodSandboxConfig) from a JSON file in crictl's format."""
+    """A CRI config (ContainerConfig, PodSandboxConfig) from a JSON or YAML file in crictl's format.
+
+    Field names are the proto's, in snake_case or lowerCamelCase; a ``.json`` file is read as strict JSON, any
+    other as YAML (of which JSON is a subset)."""
     try:
-        data = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"want a mapping of the {message.DESCRIPTOR.name} fields, got {type(data).__name__}")
         json_format.ParseDict(data, message)
-    except (OSError, ValueError, json_format.ParseError) as exc:
+    except (OSError, ValueError, yaml.YAMLError, json_format.ParseError) as exc:
         raise click.ClickException(f"{path}: {exc}") from exc
     return message
 

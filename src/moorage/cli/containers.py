@@ -114,8 +114,8 @@ def _configs(
 
 @click.command()
 @click.argument("pod_id", metavar="POD_ID")
-@click.argument("container_config", metavar="CONTAINER.json", type=click.Path(exists=True, dir_okay=False))
-@click.argument("pod_config", metavar="POD.json", type=click.Path(exists=True, dir_okay=False))
+@click.argument("container_config", metavar="CONTAINER.yaml", type=click.Path(exists=True, dir_okay=False))
+@click.argument("pod_config", metavar="POD.yaml", type=click.Path(exists=True, dir_okay=False))
 @click.option("--pull", is_flag=True, help="Pull the container's image first.")
 @click.pass_obj
 def create(obj: dict[str, Any], pod_id: str, container_config: str, pod_config: str, pull: bool) -> None:
@@ -137,8 +137,8 @@ def start(obj: dict[str, Any], container_ids: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("container_config", metavar="CONTAINER.json", type=click.Path(exists=True, dir_okay=False))
-@click.argument("pod_config", metavar="POD.json", type=click.Path(exists=True, dir_okay=False))
+@click.argument("container_config", metavar="CONTAINER.yaml", type=click.Path(exists=True, dir_okay=False))
+@click.argument("pod_config", metavar="POD.yaml", type=click.Path(exists=True, dir_okay=False))
 @click.option("--pull", is_flag=True, help="Pull the container's image first.")
 @click.option("--runtime", "-r", "runtime_handler", default="", help="Runtime handler (RuntimeClass) of the pod.")
 @click.pass_obj

@@ -101,7 +101,7 @@ def inspectp(obj: dict[str, Any], pod_ids: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("pod_config", metavar="POD.json", type=click.Path(exists=True, dir_okay=False))
+@click.argument("pod_config", metavar="POD.yaml", type=click.Path(exists=True, dir_okay=False))
 @click.option("--runtime", "-r", "runtime_handler", default="", help="Runtime handler (RuntimeClass) of the pod.")
 @click.pass_obj
 def runp(obj: dict[str, Any], pod_config: str, runtime_handler: str) -> None:

@@ -31,13 +31,15 @@ from moorage.errors import AlreadyExists, FailedPrecondition, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
+from moorage.node.cgroups import driver as cgroup_driver
 from moorage.runtime import conmon, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.exec_sync import ExecResult, exec_sync
+from moorage.runtime.handlers import Handlers
 from moorage.runtime.oci import OciRuntime
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
-from moorage.runtime.usage import UsageReader, cgroup_of
+from moorage.runtime.usage import UsageReader
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -66,7 +68,9 @@ class Containers:
         self.state = Path(config().state)
         self.root = Path(config().root)
         self._exited: dict[str, asyncio.Event] = {}
-        self.usage = UsageReader(self.layer_dir)
+        self.cgroups = cgroup_driver(config().cgroup_driver)
+        self.usage = UsageReader(self.layer_dir, self.cgroups)
+        self.handlers = Handlers(config, self.state, self.cgroups)
 
     # --- paths and runtimes ---------------------------------------------------------------------------------
 
@@ -84,8 +88,7 @@ class Containers:
         return Path(record.status.log_path) if record.status.log_path else self.bundle(record.id) / "container.log"
 
     def runtime(self, handler: str) -> OciRuntime:
-        name = handler or self.config().runtime.default_handler
-        return OciRuntime(self.config().runtime.handlers[name].path, self.state / "runtime" / name)
+        return self.handlers.runtime(handler)
 
     # --- Create ---------------------------------------------------------------------------------------------
 
@@ -159,7 +162,7 @@ class Containers:
                 image_config=image_doc.get("config") or {},  # type: ignore[arg-type]
                 rootfs=rootfs,
                 namespaces=namespaces,
-                cgroups_path=cgroup_of(record.id, pod),
+                cgroups_path=self.cgroups.spec_path(pod.linux.cgroup_parent, record.id),
                 hostname=Path(sandbox.status.files["/etc/hostname"]).read_text().strip(),
                 pod_files={k: Path(v) for k, v in sandbox.status.files.items()},
                 oom_score_adj_floor=_own_oom_score_adj(),

@@ -1,9 +1,9 @@
 """CRI ContainerStats and PodSandboxStats messages from the host's cgroups and the containers' writable layers.
 
-A container's cgroup is ``<pod cgroup_parent or /moorage>/<container id>`` (see ``Containers._make``); a pod's is
-its ``cgroup_parent``, which on cgroup v1 and v2 alike aggregates all its containers (and its pause process).
-A pod without a cgroup_parent shares ``/moorage`` with other pods, so its own cpu, memory and process usage are
-left unset. Network usage is left unset until pods get CNI networking.
+Where a container's and a pod's cgroups are is the cgroup driver's business (:mod:`moorage.node.cgroups`); a
+pod's cgroup (its ``cgroup_parent``) aggregates all its containers (and its pause process) on cgroup v1 and v2
+alike. A pod without a cgroup_parent shares the default parent with other pods, so its own cpu, memory and
+process usage are left unset. Network usage is left unset until pods get CNI networking.
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from moorage.api.cri import pb
+from moorage.node.cgroups import CgroupDriver
 from moorage.observe.stats import CGROUP_ROOT, CgroupStats, CpuRates, DiskUsage, disk_usage, read_cgroup
 from moorage.state.models import ContainerRecord, SandboxRecord
 
-DEFAULT_CGROUP_PARENT = "/moorage"
-
-
-def cgroup_of(container_id: str, pod: pb.PodSandboxConfig) -> str:
-    return f"{(pod.linux.cgroup_parent or DEFAULT_CGROUP_PARENT).rstrip('/')}/{container_id}"
-
 
 class UsageReader:
-    def __init__(self, layer_dir: Callable[[str], Path], cgroup_root: Path = CGROUP_ROOT) -> None:
+    def __init__(
+        self, layer_dir: Callable[[str], Path], cgroups: CgroupDriver, cgroup_root: Path = CGROUP_ROOT
+    ) -> None:
         self._layer_dir = layer_dir
+        self._cgroups = cgroups
         self._cgroup_root = cgroup_root
         self._rates = CpuRates()
 
@@ -35,7 +33,9 @@ class UsageReader:
 
     async def container(self, record: ContainerRecord, pod: pb.PodSandboxConfig) -> pb.ContainerStats:
         upper = self._layer_dir(record.id) / "upper"
-        cgroup, disk = await asyncio.to_thread(self._sample, cgroup_of(record.id, pod), upper)
+        cgroup, disk = await asyncio.to_thread(
+            self._sample, self._cgroups.container_dir(pod.linux.cgroup_parent, record.id), upper
+        )
         config = pb.ContainerConfig.FromString(record.config)
         return pb.ContainerStats(
             attributes=pb.ContainerAttributes(
@@ -50,8 +50,9 @@ class UsageReader:
         self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig, containers: list[pb.ContainerStats]
     ) -> pb.PodSandboxStats:
         linux = pb.LinuxPodSandboxStats(containers=containers)
-        if pod.linux.cgroup_parent:
-            cgroup = await asyncio.to_thread(read_cgroup, pod.linux.cgroup_parent, self._cgroup_root)
+        pod_dir = self._cgroups.pod_dir(pod.linux.cgroup_parent)
+        if pod_dir is not None:
+            cgroup = await asyncio.to_thread(read_cgroup, pod_dir, self._cgroup_root)
             cpu, memory = self._cpu(f"pod:{sandbox.id}", cgroup), _memory(cgroup)
             if cpu is not None:
                 linux.cpu.CopyFrom(cpu)
