@@ -34,21 +34,23 @@ class Pod:
             client.pull_image(image)
             self.id = client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=self.config)).pod_sandbox_id
 
-    def create(self, name: str, *command: str, image: str = "", **extra: object) -> str:
+    def create(self, name: str, *command: str, image: str = "", pod_id: str = "", **extra: object) -> str:
+        extra.setdefault("log_path", f"{name}.log")
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name),
             image=pb.ImageSpec(image=image or self.image),
             command=list(command),
-            log_path=f"{name}.log",
             labels={"name": name},
             **extra,  # type: ignore[arg-type]
         )
         with self.node.client() as client:
-            request = pb.CreateContainerRequest(pod_sandbox_id=self.id, config=config, sandbox_config=self.config)
+            request = pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id or self.id, config=config, sandbox_config=self.config
+            )
             return client.runtime.CreateContainer(request, timeout=30).container_id
 
-    def run(self, name: str, *command: str) -> str:
-        container_id = self.create(name, *command)
+    def run(self, name: str, *command: str, **extra: object) -> str:
+        container_id = self.create(name, *command, **extra)
         with self.node.client() as client:
             client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
         return container_id
@@ -160,6 +162,16 @@ def test_bad_containers_are_refused_and_leave_nothing(pod: Pod) -> None:
         (lambda: pod.create("noimage", "true", image="127.0.0.1:1/none:1"),
          grpc.StatusCode.NOT_FOUND, "pull it first"),
         (lambda: pod.create("nocmd", "/bin/does-not-exist"), grpc.StatusCode.INTERNAL, "does-not-exist"),
+        (lambda: pod.create("nomount", "true", mounts=[pb.Mount(container_path="/data", host_path="/nonexistent/x")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "mounts[0].host_path: /nonexistent/x does not exist"),
+        (lambda: pod.create("nouser", "true", linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(run_as_username="ghost"))),
+         grpc.StatusCode.INVALID_ARGUMENT, "user 'ghost'"),
+        (lambda: pod.create("nopod", "true", pod_id="f" * 64), grpc.StatusCode.NOT_FOUND, "pod_sandbox_id"),
+        (lambda: pod.create("escape", "true", log_path="../../escape.log"),
+         grpc.StatusCode.INVALID_ARGUMENT, "config.log_path '../../escape.log' leads outside"),
+        (lambda: pod.create("absolute", "true", log_path="/tmp/abs.log"),
+         grpc.StatusCode.INVALID_ARGUMENT, "config.log_path '/tmp/abs.log' must be relative"),
     ]  # fmt: skip
     for fn, code, text in cases:
         err = rpc_error(fn)
@@ -172,6 +184,8 @@ def test_bad_containers_are_refused_and_leave_nothing(pod: Pod) -> None:
         names = [c.metadata.name for c in client.runtime.ListContainers(pb.ListContainersRequest()).containers]
     assert names == ["dup"]
     assert len(list((pod.node.state / "bundles").iterdir())) == 1
+    assert len(list((pod.node.root / "containers").iterdir())) == 1
+    assert len([m for m in pod.node.mounts() if "/bundles/" in m]) == 1  # only dup's rootfs
 
 
 def test_containers_keep_running_through_a_daemon_crash(pod: Pod) -> None:

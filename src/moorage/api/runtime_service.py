@@ -248,6 +248,7 @@ class RuntimeService:
         validate.present(request.config, "metadata", "config")
         validate.name(request.config.metadata.name, "config.metadata.name")
         validate.required(request.config.image.image, "config.image.image")
+        validate.relative_path(request.config.log_path, "config.log_path", "the pod's log_directory")
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         container_id = await self._containers.create(sandbox_id, request.config, request.sandbox_config)
         return pb.CreateContainerResponse(container_id=container_id)

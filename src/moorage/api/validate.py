@@ -50,3 +50,15 @@ def required(value: str, field: str) -> str:
     if "\0" in value:
         raise InvalidArgument(f"{field} {value!r} contains a NUL byte")
     return value
+
+
+def relative_path(value: str, field: str, under: str) -> str:
+    """A path the request gives relative to a directory (a container's log_path in the pod's log_directory);
+    it must stay inside that directory."""
+    if "\0" in value:
+        raise InvalidArgument(f"{field} {value!r} contains a NUL byte")
+    if value.startswith("/"):
+        raise InvalidArgument(f"{field} {value!r} must be relative to {under}")
+    if ".." in value.split("/"):
+        raise InvalidArgument(f"{field} {value!r} leads outside {under} ('..' is not allowed)")
+    return value
