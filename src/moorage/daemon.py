@@ -65,9 +65,11 @@ class Daemon:
             containers = Containers(store, lambda: self.config, images, sandboxes)
             sandboxes.infra = containers
             await self._local_pause_image(images, root)
+            await sandboxes.load()
+            await containers.load()
             await containers.recover()
             await sandboxes.recover()
-            runtime = RuntimeService(lambda: self.config, store, pod_cidr, sandboxes, containers)
+            runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers)
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             monitor = asyncio.create_task(containers.monitor(), name="exit-monitor")

@@ -42,6 +42,10 @@ class InvalidArgument(MoorageError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class AmbiguousId(InvalidArgument):
+    """An id prefix that matches several objects."""
+
+
 class NotFound(MoorageError):
     grpc_code = grpc.StatusCode.NOT_FOUND
 

@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -49,7 +50,7 @@ class Pod:
             )
             return client.runtime.CreateContainer(request, timeout=30).container_id
 
-    def run(self, name: str, *command: str, **extra: object) -> str:
+    def run(self, name: str, *command: str, **extra: Any) -> str:
         container_id = self.create(name, *command, **extra)
         with self.node.client() as client:
             client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)

@@ -64,7 +64,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
         store_db.connect(path)
 
 
-def test_settings_round_trip_and_resolve_ids(tmp_path: Path) -> None:
+def test_settings_round_trip(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = Store(tmp_path)
         await store.open()
@@ -74,20 +74,6 @@ def test_settings_round_trip_and_resolve_ids(tmp_path: Path) -> None:
             await store.set_setting("pod_cidr", ["10.1.0.0/24"])
             assert await store.get_setting("pod_cidr") == ["10.1.0.0/24"]
 
-            def add(conn: sqlite3.Connection) -> None:
-                for sid in ("abc123", "abd456"):
-                    conn.execute(
-                        "INSERT INTO sandboxes(id, name, state, created_at, config) VALUES (?, ?, 'READY', 0, x'')",
-                        (sid, f"name-{sid}"),
-                    )
-
-            await store.write(add)
-            assert await store.resolve_id("sandboxes", "abc123") == "abc123"
-            assert await store.resolve_id("sandboxes", "abd") == "abd456"
-            assert await store.resolve_id("sandboxes", "zzz") is None
-            assert await store.resolve_id("containers", "abc") is None
-            with pytest.raises(InvalidArgument, match="prefix of more than one id"):
-                await store.resolve_id("sandboxes", "ab")
         finally:
             await store.close()
 

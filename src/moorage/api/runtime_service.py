@@ -31,7 +31,6 @@ from moorage.state.models import (
     ContainerRecord,
     SandboxRecord,
 )
-from moorage.store.db import Store
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -115,13 +114,11 @@ class RuntimeService:
     def __init__(
         self,
         config: Callable[[], Config],
-        store: Store,
         pod_cidr: PodCidr,
         sandboxes: Sandboxes,
         containers: Containers,
     ) -> None:
         self._config = config
-        self._store = store
         self._pod_cidr = pod_cidr
         self._sandboxes = sandboxes
         self._containers = containers
@@ -373,7 +370,8 @@ class RuntimeService:
     # ------------------------------------------------------------------------------------------------------
 
     async def _maybe(self, table: Any, ref: str, field: str) -> str | None:
-        return await self._store.resolve_id(table, validate.object_id(ref, field))
+        index = self._sandboxes.index if table == "sandboxes" else self._containers.index
+        return index.resolve(validate.object_id(ref, field))
 
     async def _existing(self, table: Any, ref: str, field: str) -> str:
         found = await self._maybe(table, ref, field)

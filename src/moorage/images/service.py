@@ -21,7 +21,7 @@ from typing import BinaryIO
 import structlog
 
 from moorage.config import Config
-from moorage.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, InvalidImage
+from moorage.errors import AmbiguousId, DeadlineExceeded, FailedPrecondition, InvalidArgument, InvalidImage
 from moorage.images import manifest as mf
 from moorage.images import registries
 from moorage.images.archive import Archive, ArchiveImage, ArchiveLayer
@@ -34,7 +34,7 @@ from moorage.images.pull import Puller, candidates
 from moorage.images.reference import Reference, parse
 from moorage.images.registry import HttpClients
 from moorage.images.snapshots import Snapshotter, chain_ids
-from moorage.store.db import AmbiguousId, Store
+from moorage.store.db import Store
 
 log = structlog.get_logger(__name__)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -40,6 +41,7 @@ from moorage.runtime.oci import OciRuntime
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.runtime.usage import UsageReader
+from moorage.state.index import Index
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -71,6 +73,11 @@ class Containers:
         self.cgroups = cgroup_driver(config().cgroup_driver)
         self.usage = UsageReader(self.layer_dir, self.cgroups)
         self.handlers = Handlers(config, self.state, self.cgroups)
+        self.index: Index[ContainerRecord] = Index("container")
+
+    async def load(self) -> None:
+        """Fill the in-memory index from the store (start-up, before anything is served or recovered)."""
+        self.index.load(await self.store.read(lambda db: _select(db, "", ())))
 
     # --- paths and runtimes ---------------------------------------------------------------------------------
 
@@ -270,6 +277,7 @@ class Containers:
     async def _undo(self, container_id: str, handler: str) -> None:
         await self._teardown(container_id, handler)
         await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
+        self.index.drop(container_id)
 
     async def _teardown(self, container_id: str, handler: str) -> None:
         """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
@@ -303,6 +311,7 @@ class Containers:
         await self.store.write(
             lambda db: db.execute("UPDATE containers SET config = ? WHERE id = ?", (data, container_id))
         )
+        self.index.put(dataclasses.replace(await self.get(container_id), config=data))
         log.info("container resources updated", container=container_id)
 
     async def reopen_log(self, container_id: str) -> None:
@@ -385,15 +394,13 @@ class Containers:
     # --- records --------------------------------------------------------------------------------------------
 
     async def get(self, container_id: str) -> ContainerRecord:
-        rows = await self.store.read(lambda db: _select(db, "WHERE id = ?", (container_id,)))
-        if not rows:
+        record = self.index.get(container_id)
+        if record is None:
             raise NotFound(f"container {container_id!r} not found")
-        return rows[0]
+        return record
 
     async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
-        if sandbox_id:
-            return await self.store.read(lambda db: _select(db, "WHERE sandbox_id = ?", (sandbox_id,)))
-        return await self.store.read(lambda db: _select(db, "", ()))
+        return self.index.all(lambda r: r.sandbox_id == sandbox_id) if sandbox_id else self.index.all()
 
     async def _runtime_of(self, record: ContainerRecord) -> OciRuntime:
         sandbox = await self.sandboxes.get(record.sandbox_id)
@@ -420,6 +427,7 @@ class Containers:
             )
 
         await self.store.write(write)
+        self.index.put(record)
 
     async def _save(self, record: ContainerRecord) -> None:
         await self.store.write(
@@ -428,6 +436,7 @@ class Containers:
                 (record.state, record.status.to_json(), record.id),
             )
         )
+        self.index.put(record)
 
 
 def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[ContainerRecord]:

@@ -30,6 +30,7 @@ from moorage.api.cri import pb
 from moorage.config import Config
 from moorage.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from moorage.node import namespaces, podfiles
+from moorage.state.index import Index
 from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
 from moorage.store.db import Store
 
@@ -55,6 +56,11 @@ class Sandboxes:
         self.infra: Infra | None = None
         self.node_hosts = NODE_HOSTS
         self.node_resolv = NODE_RESOLV
+        self.index: Index[SandboxRecord] = Index("pod sandbox")
+
+    async def load(self) -> None:
+        """Fill the in-memory index from the store (start-up, before anything is served or recovered)."""
+        self.index.load(await self.store.read(lambda db: _select(db, "", ())))
 
     def pod_dir(self, sandbox_id: str) -> Path:
         return Path(self.config().state) / "pods" / sandbox_id
@@ -150,16 +156,16 @@ class Sandboxes:
 
     async def _undo(self, sandbox_id: str) -> None:
         """Take down whatever of the pod exists, then forget it. Safe on a half-made or half-removed pod."""
-        if self.infra is not None:
-            records = await self.store.read(lambda db: _select(db, "WHERE id = ?", (sandbox_id,)))
-            if records and records[0].status.infra_pid:
-                await self.infra.remove_infra(records[0])
+        record = self.index.get(sandbox_id)
+        if self.infra is not None and record is not None and record.status.infra_pid:
+            await self.infra.remove_infra(record)
         directory = self.pod_dir(sandbox_id)
         ns_dir = directory / "ns"
         if ns_dir.exists():
             await asyncio.to_thread(namespaces.unpin, list(ns_dir.iterdir()))
         await asyncio.to_thread(podfiles.remove, directory)
         await self.store.write(lambda db: db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
+        self.index.drop(sandbox_id)
 
     async def recover(self) -> None:
         """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot)."""
@@ -176,13 +182,13 @@ class Sandboxes:
     # --- records --------------------------------------------------------------------------------------------
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
-        rows = await self.store.read(lambda db: _select(db, "WHERE id = ?", (sandbox_id,)))
-        if not rows:
+        record = self.index.get(sandbox_id)
+        if record is None:
             raise NotFound(f"pod sandbox {sandbox_id!r} not found")
-        return rows[0]
+        return record
 
     async def all(self) -> list[SandboxRecord]:
-        return await self.store.read(lambda db: _select(db, "", ()))
+        return self.index.all()
 
     async def _insert(self, record: SandboxRecord) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -195,6 +201,7 @@ class Sandboxes:
             )
 
         await self.store.write(write)
+        self.index.put(record)
 
     async def _save(self, record: SandboxRecord) -> None:
         await self.store.write(
@@ -203,6 +210,7 @@ class Sandboxes:
                 (record.state, record.status.to_json(), record.id),
             )
         )
+        self.index.put(record)
 
 
 def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[SandboxRecord]:

@@ -18,11 +18,11 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
-from moorage.errors import InvalidArgument, StoreError
+from moorage.errors import StoreError
 from moorage.store.migrations import LATEST, MIGRATIONS
 
 log = structlog.get_logger(__name__)
@@ -79,10 +79,6 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
-class AmbiguousId(InvalidArgument):
-    """An id prefix that matches several objects."""
-
-
 class Store:
     """Async front of the database: every call runs on the store's own thread."""
 
@@ -127,26 +123,6 @@ class Store:
                 (key, encoded),
             )
         )
-
-    # Pods and containers ------------------------------------------------------------------------------------
-
-    async def resolve_id(self, table: Literal["sandboxes", "containers"], ref: str) -> str | None:
-        """The full id that ``ref`` names, as itself or as a unique prefix (as crictl lets users type it).
-
-        None when nothing matches; AmbiguousId when a prefix matches more than one.
-        """
-
-        def query(db: sqlite3.Connection) -> list[str]:
-            exact = db.execute(f"SELECT id FROM {table} WHERE id = ?", (ref,)).fetchone()
-            if exact:
-                return [exact[0]]
-            rows = db.execute(f"SELECT id FROM {table} WHERE substr(id, 1, ?) = ? LIMIT 2", (len(ref), ref))
-            return [row[0] for row in rows]
-
-        ids = await self.read(query)
-        if len(ids) > 1:
-            raise AmbiguousId(f"{ref!r} is a prefix of more than one id in {table}; give more of it")
-        return ids[0] if ids else None
 
     # ---------------------------------------------------------------------------------------------------------
 
