@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.errors import InvalidArgument, StoreError
+from moorage.errors import StoreError
 from moorage.store import db as store_db
 from moorage.store.db import Store
 from moorage.store.migrations import LATEST, MIGRATIONS
