@@ -226,6 +226,9 @@ def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> 
         stats = exec_sync("sh", "-c", "cat /proc/[0-9]*/stat").stdout.decode().splitlines()
         live_sleeps = [line for line in stats if "(sleep)" in line and line.split(") ")[1][0] != "Z"]
         assert len(live_sleeps) == 1  # the timed-out sleep was killed (a zombie at most), not left running
+        missing = rpc_error(lambda: exec_sync("/no/such/probe"))
+        assert missing.code == grpc.StatusCode.INTERNAL
+        assert missing.details.endswith('exec: "/no/such/probe": stat /no/such/probe: no such file or directory')
 
 
 def test_update_container_resources_changes_the_cgroup(pod: Pod, cgroup_parent: str) -> None:
@@ -271,6 +274,7 @@ def test_a_pod_sharing_one_pid_namespace_runs_moorages_own_pause(
 ) -> None:
     node = unstarted
     node.trust_registry(registry.host)
+    node.loopback_network()
     node.write_config('sandbox_image = "localhost/moorage/pause:1.0"\n')
     node.start()
     with node.client() as client:  # the local pause image was built at start-up and is pinned

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.errors import DeadlineExceeded, InvalidArgument, MoorageError
-from moorage.runtime.oci import OciRuntime
+from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
 
 OUTPUT_CAP = 16 << 20
 READ_CHUNK = 1 << 16
@@ -66,7 +66,7 @@ async def exec_sync(
         process_file.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
     if code != 0 and b"exec failed" in stderr:
-        raise MoorageError(f"exec in container {container_id} failed: {stderr.decode(errors='replace').strip()}")
+        raise MoorageError(f"exec in container {container_id} failed: {parse_runtime_stderr(stderr)}")
     return ExecResult(code, stdout, stderr)
 
 
