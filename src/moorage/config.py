@@ -181,7 +181,10 @@ class CniSection:
         absolute_path,
     )
     bin_dirs: tuple[str, ...] = key(
-        ["/opt/cni/bin", "/usr/lib/cni"], "Directories searched, in order, for CNI plugin binaries."
+        ["/opt/cni/bin", "/usr/lib/cni"], "Directories searched, in order, for CNI plugin binaries.", absolute_paths
+    )
+    plugin_timeout: int = key(
+        60, "Seconds one CNI plugin call may take before it is killed and the pod's set-up fails.", at_least(1)
     )
 
 

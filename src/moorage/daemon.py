@@ -26,9 +26,11 @@ from moorage.api.runtime_service import RuntimeService
 from moorage.config import Config
 from moorage.errors import ConfigError, MoorageError, StartupError
 from moorage.images.service import ImageManager
+from moorage.node.cni import Cni, NetworkConfig
 from moorage.observe import daemon_log, metrics
 from moorage.runtime import pause_image
 from moorage.runtime.containers import Containers
+from moorage.runtime.network import PodNetwork
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.store.db import Store
@@ -61,7 +63,13 @@ class Daemon:
             await pod_cidr.load()
             images = ImageManager(root, store, lambda: self.config)
             await images.repair()
-            sandboxes = Sandboxes(store, lambda: self.config)
+            cni = Cni(
+                Path(self.config.cni.conf_dir),
+                [Path(d) for d in self.config.cni.bin_dirs],
+                root / "cni",
+                timeout=self.config.cni.plugin_timeout,
+            )
+            sandboxes = Sandboxes(store, lambda: self.config, PodNetwork(cni))
             containers = Containers(store, lambda: self.config, images, sandboxes)
             sandboxes.infra = containers
             await self._local_pause_image(images, root)
@@ -73,6 +81,7 @@ class Daemon:
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             monitor = asyncio.create_task(containers.monitor(), name="exit-monitor")
+            cni_watch = asyncio.create_task(cni.watch(on_change=_log_network), name="cni-watch")
             self._serve_metrics()
             self._install_signal_handlers()
             log.info(
@@ -87,6 +96,7 @@ class Daemon:
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
             await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
             monitor.cancel()
+            cni_watch.cancel()
         finally:
             if images is not None:
                 await images.close()
@@ -133,6 +143,15 @@ class Daemon:
         self.config = config_mod.with_values(self.config, live, source=self._config_path or "defaults")
         daemon_log.configure(self.config.log.level, self.config.log.format)
         log.info("config reloaded", applied=[k for k in changed if k in RELOADABLE], need_restart=restart)
+
+
+def _log_network(network: NetworkConfig | None, error: str) -> None:
+    if error:
+        log.warning("cni network config broken; pods cannot be networked", error=error)
+    elif network is None:
+        log.warning("no cni network config yet; NetworkReady is false until one appears")
+    else:
+        log.info("cni network ready", network=network.name, path=str(network.path), plugins=network.plugin_types)
 
 
 def _check_cgroup_driver(driver: str, systemd_dir: Path = SYSTEMD_RUNTIME_DIR) -> None:

@@ -34,6 +34,9 @@ class PushedImage:
     digest: str
 
 
+LOOPBACK_NETWORK = '{"cniVersion": "1.0.0", "name": "moorage-test-lo", "plugins": [{"type": "loopback"}]}'
+
+
 class DaemonProcess:
     """Paths under one temp dir: config.toml, root/, state/, cni/ and the socket (short path: <108 bytes)."""
 
@@ -49,6 +52,7 @@ class DaemonProcess:
         self.auth_file = self.dir / "auth.json"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_level: str | None = "debug"  # passed as --log-level; None: the config file decides
+        self.netns: Path | None = None  # a test-made net namespace the daemon runs in (its CNI plugins too)
         self.write_config(config_text)
 
     def write_config(self, extra: str, image: str = "") -> None:
@@ -60,6 +64,12 @@ class DaemonProcess:
             f'[cni]\nconf_dir = "{self.cni_dir}"\n'
             f'[image]\nauth_files = ["{self.auth_file}"]\n{image}\n'
         )
+
+    def loopback_network(self) -> None:
+        """A CNI network of the loopback plugin alone: pods get CNI ADD/DEL but no interface beyond ``lo``, so
+        tests that are not about networking touch no network outside the pods' own namespaces."""
+        self.cni_dir.mkdir(exist_ok=True)
+        (self.cni_dir / "90-loopback.conflist").write_text(LOOPBACK_NETWORK)
 
     def trust_registry(self, host: str, extra: str = "") -> None:
         """registries.conf marking ``host`` (a test registry on 127.0.0.1) insecure: plain HTTP allowed."""
@@ -76,7 +86,10 @@ class DaemonProcess:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
-        self.proc = subprocess.Popen(self.serve_argv(), stdout=log, stderr=log, start_new_session=True)
+        argv = self.serve_argv()
+        if self.netns is not None:
+            argv = ["nsenter", f"--net={self.netns}", *argv]  # nsenter execs: proc.pid is the daemon's
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -131,6 +144,7 @@ def running_node(registry_host: str) -> Iterator[DaemonProcess]:
     d = DaemonProcess()
     try:
         d.trust_registry(registry_host)
+        d.loopback_network()
         d.start()
         yield d
     finally:

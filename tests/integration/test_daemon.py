@@ -74,7 +74,12 @@ def test_network_ready_follows_the_cni_config_dir_without_restart(daemon: Daemon
         daemon.cni_dir.mkdir()
         (daemon.cni_dir / "10-test.conflist").write_text('{"cniVersion": "1.0.0", "name": "t", "plugins": []}')
         net = {c.type: c for c in client.status().status.conditions}["NetworkReady"]
-        assert net.status
+        assert not net.status
+        assert "10-test.conflist" in net.message  # a broken config is named
+        daemon.loopback_network()
+        (daemon.cni_dir / "10-test.conflist").unlink()
+        net = {c.type: c for c in client.status().status.conditions}["NetworkReady"]
+        assert net.status, net.message
 
 
 def test_runtime_not_ready_names_the_missing_binary(unstarted: DaemonProcess) -> None:

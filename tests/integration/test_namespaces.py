@@ -83,6 +83,8 @@ def test_pin_net_ipc_uts(pin_dir: Path, pod_port_start: str) -> None:
         assert path.stat().st_ino != Path(f"/proc/self/ns/{kind}").stat().st_ino, kind
 
     assert [line.split()[1] for line in nsenter("net", paths["net"], "ip", "-o", "link").splitlines()] == ["lo:"]
+    assert "state UNKNOWN" in nsenter("net", paths["net"], "ip", "-o", "link", "show", "lo")  # up (lo has no carrier)
+    assert "127.0.0.1/8" in nsenter("net", paths["net"], "ip", "-o", "addr", "show", "lo")
     assert nsenter("uts", paths["uts"], "hostname").strip() == "pod-web-0"
     assert nsenter("net", paths["net"], "sysctl", "-n", PORT_START).strip() == pod_port_start
     assert nsenter("ipc", paths["ipc"], "sysctl", "-n", "kernel.shmmni").strip() == "1024"

@@ -133,7 +133,11 @@ class RuntimeService:
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
         config = self._config()
-        conds = [conditions.runtime_condition(config), conditions.network_condition(config)]
+        ready, reason = await self._sandboxes.network.ready()
+        network = conditions.Condition(
+            conditions.NETWORK_READY, ready, "" if ready else "NetworkPluginNotReady", reason
+        )
+        conds = [conditions.runtime_condition(config), network]
         response = pb.StatusResponse(
             status=pb.RuntimeStatus(
                 conditions=[

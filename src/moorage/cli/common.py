@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from moorage.cli.client import CriClient
+from moorage.config import DEFAULT_CONFIG_PATH
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -179,6 +180,16 @@ def name_matches(pattern: str | None, name: str) -> bool:
         return re.search(pattern, name) is not None
     except re.error as exc:
         raise click.BadParameter(f"{pattern!r}: {exc}", param_hint="--name") from exc
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"Config file [default: {DEFAULT_CONFIG_PATH} if it exists].",
+)
+"""The daemon's config file, for the commands that read it (serve, config check, check, node setup)."""
 
 
 def load_config(path: str, message: M) -> M:

@@ -14,10 +14,11 @@ from google.protobuf import json_format
 
 from moorage import config as config_mod
 from moorage.api.cri import pb
-from moorage.cli import containers, logs, pods
+from moorage.cli import containers, logs, node, pods
 from moorage.cli.client import DEFAULT_ENDPOINT
 from moorage.cli.common import call as _call
 from moorage.cli.common import client_for as _client
+from moorage.cli.common import config_option
 from moorage.cli.common import rpc_error as _rpc_error
 from moorage.cli.common import table as _table
 from moorage.cli.progress import PullDisplay, human_bytes
@@ -41,13 +42,7 @@ def cli(ctx: click.Context, endpoint: str, timeout: float) -> None:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help=f"Config file [default: {config_mod.DEFAULT_CONFIG_PATH} if it exists].",
-)
+@config_option
 @click.option("--root", help="Overrides the config's root (persistent state).")
 @click.option("--state", help="Overrides the config's state (runtime state).")
 @click.option("--socket", help="Overrides the config's socket (the CRI unix socket).")
@@ -231,6 +226,8 @@ def image_fsinfo(obj: dict[str, Any]) -> None:
 
 for _command in (*pods.COMMANDS, *containers.COMMANDS, logs.logs):
     cli.add_command(_command)
+cli.add_command(node.check)
+cli.add_command(node.node_group)
 
 
 def main() -> None:

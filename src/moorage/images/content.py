@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from moorage.durable import fsync_dir
 from moorage.errors import DataLoss
 
 CHUNK = 1 << 20
@@ -31,14 +32,6 @@ def _hex(digest: str) -> str:
     if algorithm != "sha256" or len(hex_part) != 64:
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return hex_part
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ContentStore:

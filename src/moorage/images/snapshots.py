@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from moorage.images.content import fsync_dir
+from moorage.durable import fsync_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -53,7 +53,7 @@ _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
 
 # Runs in the helper. argv[1]: {"flags": int, "writes": [[path, value], ...]}. Prints one JSON line: {"ready": true}
-# or {"error": index-of-write or -1 for unshare, "errno": n, "strerror": s}, then waits for stdin EOF.
+# or {"error": index-of-write, -1 for unshare or -2 for lo, "errno": n, "strerror": s}, then waits for stdin EOF.
 _HELPER = """
 import ctypes, json, os, sys
 cfg = json.loads(sys.argv[1])
@@ -65,6 +65,14 @@ libc = ctypes.CDLL(None, use_errno=True)
 if libc.unshare(cfg["flags"]) != 0:
     e = ctypes.get_errno()
     fail(-1, e, os.strerror(e))
+if cfg["flags"] & 0x40000000:  # a new net namespace: bring lo up (SIOCGIFFLAGS, SIOCSIFFLAGS | IFF_UP)
+    import fcntl, socket, struct
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            flags = struct.unpack("16sH22x", fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0)))[1]
+            fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
+    except OSError as exc:
+        fail(-2, exc.errno, exc.strerror)
 for index, (path, value) in enumerate(cfg["writes"]):
     try:
         with open(path, "w") as f:
@@ -244,6 +252,8 @@ def _await_ready(helper: subprocess.Popen[bytes], labels: list[str], timeout: fl
     if report.get("ready"):
         return
     index, err, strerror = report["error"], report["errno"], report["strerror"]
+    if index == -2:
+        raise NamespaceError(f"bring up lo in the new network namespace: {strerror}")
     if index < 0:
         hint = " (needs CAP_SYS_ADMIN)" if err == errno.EPERM else ""
         raise NamespaceError(f"unshare namespaces: {strerror}{hint}")

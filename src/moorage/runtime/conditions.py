@@ -14,7 +14,6 @@ from moorage.config import Config
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
-CNI_CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 
 
 @dataclass(frozen=True)
@@ -44,21 +43,3 @@ def runtime_condition(config: Config) -> Condition:
             RUNTIME_READY, False, "RuntimeBinaryMissing", "not found or not executable: " + ", ".join(missing)
         )
     return Condition(RUNTIME_READY, True)
-
-
-def network_condition(config: Config) -> Condition:
-    conf_dir = config.cni.conf_dir
-    try:
-        names = sorted(e.name for e in os.scandir(conf_dir) if e.name.endswith(CNI_CONFIG_SUFFIXES))
-    except FileNotFoundError:
-        names = []
-    except OSError as exc:
-        return Condition(NETWORK_READY, False, "NetworkPluginNotReady", f"cannot read {conf_dir}: {exc.strerror}")
-    if not names:
-        return Condition(
-            NETWORK_READY,
-            False,
-            "NetworkPluginNotReady",
-            f"no CNI network config (*.conflist, *.conf, *.json) in {conf_dir} (cni.conf_dir)",
-        )
-    return Condition(NETWORK_READY, True)

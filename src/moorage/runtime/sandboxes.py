@@ -28,8 +28,9 @@ import structlog
 
 from moorage.api.cri import pb
 from moorage.config import Config
-from moorage.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from moorage.errors import AlreadyExists, InvalidArgument, MoorageError, NotFound, Unimplemented
 from moorage.node import namespaces, podfiles
+from moorage.runtime.network import PodNetwork, uses_cni
 from moorage.state.index import Index
 from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
 from moorage.store.db import Store
@@ -50,9 +51,10 @@ class Infra(Protocol):
 
 
 class Sandboxes:
-    def __init__(self, store: Store, config: Callable[[], Config]) -> None:
+    def __init__(self, store: Store, config: Callable[[], Config], network: PodNetwork) -> None:
         self.store = store
         self.config = config
+        self.network = network
         self.infra: Infra | None = None
         self.node_hosts = NODE_HOSTS
         self.node_resolv = NODE_RESOLV
@@ -87,6 +89,11 @@ class Sandboxes:
         await self._insert(record)
         try:
             status = await asyncio.to_thread(self._make, record, config)
+            if uses_cni(config):
+                made = dataclasses.replace(record, status=status)
+                await self._save(made)  # the namespace is known before CNI runs: a crash now still undoes ADD
+                ips = await self.network.attach(record.id, status.namespaces["network"], config)
+                status = dataclasses.replace(status, ips=ips)
             if modes.pid == pb.NamespaceMode.POD and self.infra is not None:
                 made = dataclasses.replace(record, status=status)
                 status = dataclasses.replace(status, infra_pid=await self.infra.start_infra(made, config))
@@ -146,19 +153,34 @@ class Sandboxes:
             return
         if record.status.infra_pid and self.infra is not None:
             await self.infra.stop_infra(record)
+        config = pb.PodSandboxConfig.FromString(record.config)
+        if uses_cni(config):
+            await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), config)
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "shm")
         await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
         log.info("pod sandbox stopped", sandbox=sandbox_id)
 
     async def remove(self, sandbox_id: str) -> None:
-        await self._undo(sandbox_id)
+        await self._undo(sandbox_id, check=True)
         log.info("pod sandbox removed", sandbox=sandbox_id)
 
-    async def _undo(self, sandbox_id: str) -> None:
-        """Take down whatever of the pod exists, then forget it. Safe on a half-made or half-removed pod."""
+    async def _undo(self, sandbox_id: str, check: bool = False) -> None:
+        """Take down whatever of the pod exists, then forget it. Safe on a half-made or half-removed pod.
+
+        A failing CNI DEL stops a RemovePodSandbox (``check``: the kubelet retries it, and the IP is not leaked);
+        undoing a failed or crashed RunPodSandbox logs it and goes on."""
         record = self.index.get(sandbox_id)
         if self.infra is not None and record is not None and record.status.infra_pid:
             await self.infra.remove_infra(record)
+        if record is not None and record.state != NOTREADY:  # a stopped pod was detached (or is left to GC)
+            config = pb.PodSandboxConfig.FromString(record.config)
+            if uses_cni(config):
+                try:
+                    await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), config)
+                except MoorageError as exc:
+                    if check:
+                        raise
+                    log.warning("cni teardown of an undone pod failed", sandbox=sandbox_id, error=exc.message)
         directory = self.pod_dir(sandbox_id)
         ns_dir = directory / "ns"
         if ns_dir.exists():
@@ -168,7 +190,16 @@ class Sandboxes:
         self.index.drop(sandbox_id)
 
     async def recover(self) -> None:
-        """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot)."""
+        """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot);
+        release CNI attachments of pods that are gone or stopped."""
+        await self._recover_records()
+        attached = [r.id for r in self.index.all(lambda r: r.state == READY)]
+        try:
+            await self.network.collect(attached)
+        except MoorageError as exc:
+            log.warning("cni garbage collection failed", error=exc.message)
+
+    async def _recover_records(self) -> None:
         for record in await self.all():
             if record.state == CREATING:
                 log.warning("removing a pod sandbox a crash interrupted while it was made", sandbox=record.id)

@@ -1,0 +1,117 @@
+"""A pod's network: what the kubelet's PodSandboxConfig asks of CNI, and NetworkReady.
+
+A pod with its own network namespace is attached with CNI ADD once the namespace is pinned (RunPodSandbox)
+and detached with DEL when it stops (StopPodSandbox) and again, idempotently, when it is removed; a
+hostNetwork pod skips CNI. From the config come CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME,
+K8S_POD_INFRA_CONTAINER_ID, K8S_POD_UID) and the runtimeConfig capabilities: portMappings from the pod's
+port mappings that name a hostPort, dns from its DNSConfig, bandwidth from the kubernetes.io/ingress-bandwidth
+and egress-bandwidth annotations, and the cgroup path from its cgroup_parent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from moorage.api.cri import pb
+from moorage.errors import InvalidArgument
+from moorage.node.cni import Attachment, AttachmentKey, Bandwidth, Cni, DnsConfig, PortMapping
+
+PROTOCOLS = {pb.Protocol.TCP: "tcp", pb.Protocol.UDP: "udp", pb.Protocol.SCTP: "sctp"}
+INGRESS_ANNOTATION = "kubernetes.io/ingress-bandwidth"
+EGRESS_ANNOTATION = "kubernetes.io/egress-bandwidth"
+BURST_BITS = 2**31 - 1  # the kubelet gives no burst; the bandwidth plugin needs one (containerd's choice)
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
+_MULTIPLIERS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
+
+
+def uses_cni(config: pb.PodSandboxConfig) -> bool:
+    return config.linux.security_context.namespace_options.network != pb.NamespaceMode.NODE
+
+
+def attachment(sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> Attachment:
+    meta = config.metadata
+    ports = tuple(
+        PortMapping(
+            container_port=p.container_port,
+            host_port=p.host_port,
+            protocol=PROTOCOLS.get(p.protocol, "tcp"),
+            host_ip=p.host_ip,
+        )
+        for p in config.port_mappings
+        if p.host_port > 0
+    )
+    dns = config.dns_config
+    return Attachment(
+        container_id=sandbox_id,
+        netns=netns,
+        pod_name=meta.name,
+        namespace=meta.namespace,
+        pod_uid=meta.uid,
+        port_mappings=ports,
+        bandwidth=bandwidth(config.annotations),
+        dns=DnsConfig(tuple(dns.servers), tuple(dns.searches), tuple(dns.options)) if dns.servers else None,
+        cgroup_path=config.linux.cgroup_parent,
+        annotations=dict(config.annotations),
+    )
+
+
+def bandwidth(annotations: Mapping[str, str]) -> Bandwidth | None:
+    """The bandwidth plugin's limits from the pod's annotations (Kubernetes quantities, bits per second)."""
+    ingress, egress = annotations.get(INGRESS_ANNOTATION, ""), annotations.get(EGRESS_ANNOTATION, "")
+    if not ingress and not egress:
+        return None
+    ingress_rate = quantity(ingress, INGRESS_ANNOTATION) if ingress else 0
+    egress_rate = quantity(egress, EGRESS_ANNOTATION) if egress else 0
+    return Bandwidth(
+        ingress_rate=ingress_rate,
+        ingress_burst=BURST_BITS if ingress_rate else 0,
+        egress_rate=egress_rate,
+        egress_burst=BURST_BITS if egress_rate else 0,
+    )
+
+
+def quantity(text: str, field: str) -> int:
+    """A Kubernetes quantity such as ``10M`` or ``1Gi`` as an integer."""
+    match = _QUANTITY.match(text.strip())
+    if match is None:
+        raise InvalidArgument(f"annotation {field}: {text!r} is not a quantity such as 10M or 1Gi")
+    value = float(match.group(1)) * _MULTIPLIERS[match.group(2)]
+    if value < 1:
+        raise InvalidArgument(f"annotation {field}: {text!r} must be at least 1 bit per second")
+    return int(value)
+
+
+class PodNetwork:
+    """Pods on the node's CNI network."""
+
+    def __init__(self, cni: Cni) -> None:
+        self.cni = cni
+
+    async def attach(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> list[str]:
+        """CNI ADD; the pod's IPs, primary first. Nothing is left attached when it fails."""
+        result = await self.cni.setup(attachment(sandbox_id, netns, config))
+        return list(result.pod_ips)
+
+    async def detach(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> None:
+        """CNI DEL; idempotent, and works once the namespace is gone or the daemon restarted."""
+        await self.cni.teardown(attachment(sandbox_id, netns, config))
+
+    async def ready(self) -> tuple[bool, str]:
+        return await self.cni.status()
+
+    async def collect(self, attached: Iterable[str]) -> None:
+        """Release attachments of pods that no longer exist (start-up, after a crash)."""
+        await self.cni.gc(AttachmentKey(sandbox_id) for sandbox_id in attached)
