@@ -470,11 +470,15 @@ async def _signal(runtime: OciRuntime, container_id: str, sig: signal.Signals) -
 
 
 async def _wait_for(path: Path, seconds: float) -> bool:
+    """Poll for ``path``: every 5 ms at first (a killed process is usually reaped and its exit file written
+    within a few ms), backing off to every 50 ms."""
     deadline = time.monotonic() + seconds
+    interval = 0.005
     while time.monotonic() < deadline:
         if path.exists():
             return True
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, 0.05)
     return path.exists()
 
 
