@@ -68,6 +68,7 @@ class Daemon:
                 [Path(d) for d in self.config.cni.bin_dirs],
                 root / "cni",
                 timeout=self.config.cni.plugin_timeout,
+                pod_cidrs=lambda: pod_cidr.value,
             )
             sandboxes = Sandboxes(store, lambda: self.config, PodNetwork(cni))
             containers = Containers(store, lambda: self.config, images, sandboxes)

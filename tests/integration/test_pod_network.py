@@ -52,7 +52,9 @@ class NetNode:
             (self.bin / name).write_text(script)
             (self.bin / name).chmod(0o755)
 
-    def write_network(self, *extra: dict[str, Any], name: str = "50-pods.conflist") -> Path:
+    def write_network(
+        self, *extra: dict[str, Any], name: str = "50-pods.conflist", subnet: str = f"{SUBNET}.0/24"
+    ) -> Path:
         bridge = {
             "type": "bridge",
             "bridge": "mtpods0",
@@ -60,7 +62,7 @@ class NetNode:
             "ipam": {
                 "type": "host-local",
                 "dataDir": str(self.leases_dir),
-                "ranges": [[{"subnet": f"{SUBNET}.0/24"}]],
+                "ranges": [[{"subnet": subnet}]],
                 "routes": [{"dst": "0.0.0.0/0"}],
             },
         }
@@ -256,3 +258,17 @@ def test_a_failing_plugin_fails_the_pod_and_leaves_nothing(net: NetNode, plugin:
     assert sorted(p.name for p in (net.daemon.state / "pods").iterdir()) == [good]
     assert net.in_pod(good, "busybox", "ping", "-c", "1", "-W", "3", f"{SUBNET}.1").returncode == 0
     (net.daemon.cni_dir / "10-broken.conflist").unlink()
+
+
+def test_the_kubelets_pod_cidr_fills_use_pod_cidr(net: NetNode) -> None:
+    net.write_network(subnet="usePodCidr", name="20-podcidr.conflist")
+    with net.daemon.client() as client:
+        ready = {c.type: c for c in client.status().status.conditions}["NetworkReady"]
+        assert not ready.status
+        assert "no IPv4 pod CIDR yet" in ready.message
+        client.update_pod_cidr("10.88.11.0/24")
+        ready = {c.type: c for c in client.status().status.conditions}["NetworkReady"]
+        assert ready.status, ready.message
+    pod_id = net.run_pod("cidr")
+    assert net.ip(pod_id).startswith("10.88.11.")
+    (net.daemon.cni_dir / "20-podcidr.conflist").unlink()

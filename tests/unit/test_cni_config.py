@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from moorage.errors import FailedPrecondition
-from moorage.node.cni.config import CniConfigError, NetworkConfig, find_plugin, load_network, parse_network
+from moorage.node.cni.config import (
+    CniConfigError,
+    NetworkConfig,
+    find_plugin,
+    load_network,
+    parse_network,
+    with_pod_cidrs,
+)
 
 BRIDGE = {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local", "subnet": "10.88.0.0/16"}}
 
@@ -173,3 +180,19 @@ def test_find_plugin_searches_dirs_in_order(tmp_path: Path) -> None:
     assert find_plugin("tuning", [first, second]) is None
     assert find_plugin("absent", [first, second, tmp_path / "missing"]) is None
     assert find_plugin("../first/bridge", [second]) is None
+
+
+def test_the_pod_cidr_fills_use_pod_cidr_placeholders(tmp_path: Path) -> None:
+    path = tmp_path / "10-pods.conflist"
+    ranges = [[{"subnet": "usePodCidr"}], [{"subnet": "usePodCidrIPv6"}]]
+    doc = {"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "bridge", "ipam": {"ranges": ranges}}]}
+    path.write_text(json.dumps(doc))
+    network = load_network(tmp_path)
+    assert network is not None
+    filled = with_pod_cidrs(network, ("10.244.3.0/24", "fd00:244:3::/64"))
+    assert filled.plugins[0]["ipam"]["ranges"] == [[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:244:3::/64"}]]
+    assert network.plugins[0]["ipam"]["ranges"] == ranges  # the loaded config is left as it was
+    with pytest.raises(CniConfigError, match="no IPv6 pod CIDR yet"):
+        with_pod_cidrs(network, ("10.244.3.0/24",))
+    plain = with_pod_cidrs(filled, ())
+    assert plain is filled  # nothing to fill: the same config

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -62,6 +63,38 @@ class NetworkConfig:
             "disableGC": self.disable_gc,
             "plugins": [dict(p) for p in self.plugins],
         }
+
+
+POD_CIDR = "usePodCidr"
+POD_CIDR_V6 = "usePodCidrIPv6"
+
+
+def with_pod_cidrs(network: NetworkConfig, cidrs: Sequence[str]) -> NetworkConfig:
+    """``network`` with every ``"usePodCidr"`` / ``"usePodCidrIPv6"`` string value (host-local's convention, as in
+    ``"ranges": [[{"subnet": "usePodCidr"}]]``) replaced by the node's IPv4 / IPv6 pod CIDR from the kubelet's
+    UpdateRuntimeConfig. Unchanged when the config uses neither; CniConfigError if it does and no such CIDR is
+    known yet."""
+    v4 = next((c for c in cidrs if ":" not in c), None)
+    v6 = next((c for c in cidrs if ":" in c), None)
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        if value in (POD_CIDR, POD_CIDR_V6):
+            chosen = v4 if value == POD_CIDR else v6
+            if chosen is None:
+                family = "IPv4" if value == POD_CIDR else "IPv6"
+                raise CniConfigError(
+                    f"{network.path}: uses {value!r} but the kubelet has sent no {family} pod CIDR yet "
+                    "(UpdateRuntimeConfig)"
+                )
+            return chosen
+        return value
+
+    plugins = tuple(swap(p) for p in network.plugins)
+    return network if plugins == network.plugins else dataclasses.replace(network, plugins=plugins)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -38,7 +38,7 @@ from moorage.errors import FailedPrecondition, MoorageError, NotFound
 from moorage.node.cni.attachment import Attachment, AttachmentKey, AttachResult, capability_args, cni_args
 from moorage.node.cni.cache import AttachmentCache, CacheEntry
 from moorage.node.cni.chain import Chain, raise_first
-from moorage.node.cni.config import CONFIG_SUFFIXES, CniConfigError, NetworkConfig, load_network
+from moorage.node.cni.config import CONFIG_SUFFIXES, CniConfigError, NetworkConfig, load_network, with_pod_cidrs
 from moorage.node.cni.result import parse_result
 
 log = structlog.get_logger(__name__)
@@ -52,8 +52,16 @@ class NetworkNotReady(FailedPrecondition):
 
 
 class Cni:
-    def __init__(self, conf_dir: Path, bin_dirs: Sequence[Path], cache_dir: Path, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        conf_dir: Path,
+        bin_dirs: Sequence[Path],
+        cache_dir: Path,
+        timeout: float = 60.0,
+        pod_cidrs: Callable[[], Sequence[str]] = tuple,
+    ) -> None:
         self.conf_dir = Path(conf_dir)
+        self.pod_cidrs = pod_cidrs  # the kubelet's pod CIDR(s) from UpdateRuntimeConfig
         self.bin_dirs = tuple(Path(d) for d in bin_dirs)
         self.cache = AttachmentCache(Path(cache_dir))
         self.timeout = timeout
@@ -127,8 +135,13 @@ class Cni:
             marks.append((entry.name, st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(sorted(marks))
 
-    def _require_network(self) -> NetworkConfig:
+    def usable_network(self) -> NetworkConfig | None:
+        """:meth:`network` with the pod CIDR filled in where the config asks for it (see ``with_pod_cidrs``)."""
         network = self.network()
+        return None if network is None else with_pod_cidrs(network, self.pod_cidrs())
+
+    def _require_network(self) -> NetworkConfig:
+        network = self.usable_network()
         if network is None:
             raise NetworkNotReady(f"no CNI network config (*.conflist, *.conf, *.json) in {self.conf_dir}")
         return network
@@ -195,7 +208,7 @@ class Cni:
 
     async def _teardown_uncached(self, att: Attachment) -> None:
         try:
-            network = self.network()
+            network = self.usable_network()
         except CniConfigError as exc:
             log.warning("cni teardown skipped: no cache entry and the config is broken", error=exc.message)
             return
@@ -247,7 +260,7 @@ class Cni:
         """(NetworkReady, why not): no config, a broken config, missing plugin binaries, or a 1.1 plugin's
         STATUS failing. The reason is "" when ready."""
         try:
-            network = self.network()
+            network = self.usable_network()
         except CniConfigError as exc:
             return False, exc.message
         if network is None:
@@ -278,7 +291,7 @@ class Cni:
                 except MoorageError as exc:
                     errors.append(exc)
         try:
-            network = self.network()
+            network = self.usable_network()
         except CniConfigError as exc:
             errors.append(exc)
             network = None
