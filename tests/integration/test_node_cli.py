@@ -135,7 +135,7 @@ def test_check_json_with_a_kubelet_config_on_cgroup_v1(tmp_path: Path) -> None:
     checks = {c["name"]: c for c in out["checks"]}
     assert out["ok"] is False
     assert checks["cgroup version"]["status"] == "FAIL"  # a 1.35+ kubelet refuses v1 unless failCgroupV1: false
-    assert checks["cgroup driver vs kubelet"]["status"] == "WARN"
+    assert checks["cgroup driver vs kubelet"]["status"] == "FAIL"
     assert "cgroupDriver: systemd" in checks["cgroup driver vs kubelet"]["detail"]
     kubelet.write_text("kind: KubeletConfiguration\ncgroupDriver: cgroupfs\nfailCgroupV1: false\n")
     proc = moorage("check", "--config", str(config), "--kubelet-config", str(kubelet), "--json", *roots_args(host))

@@ -240,10 +240,11 @@ def test_the_driver_against_the_init_system(driver: str, systemd: bool, status: 
 def test_a_kubelet_driver_mismatch_names_both_values_and_the_fix() -> None:
     path = Path("/var/lib/kubelet/config.yaml")
     result = preflight.check_kubelet_driver("cgroupfs", KubeletSettings("systemd", None), path)
-    assert result.status == "WARN"
+    assert result.status == "FAIL"
     assert result.detail.startswith("moorage uses cgroupfs, /var/lib/kubelet/config.yaml says cgroupDriver: systemd")
     assert result.fix == (
-        'set cgroupDriver: cgroupfs in /var/lib/kubelet/config.yaml, or cgroup_driver = "systemd" in moorage\'s config'
+        'set cgroupDriver: cgroupfs in /var/lib/kubelet/config.yaml, or cgroup_driver = "systemd" in moorage\'s config '
+        "(both must name the same driver)"
     )
     assert preflight.check_kubelet_driver("systemd", KubeletSettings("systemd", None), path).status == "OK"
 
@@ -296,7 +297,7 @@ def test_the_kubelet_config_adds_its_checks(tmp_path: Path) -> None:
     kubelet = tmp_path / "kubelet.yaml"
     kubelet.write_text("kind: KubeletConfiguration\ncgroupDriver: systemd\n")
     results = by_name(preflight.run_checks(config, roots, kubelet))
-    assert results["cgroup driver vs kubelet"].status == "WARN"
+    assert results["cgroup driver vs kubelet"].status == "FAIL"
     kubelet.write_text("kind: [")
     results = by_name(preflight.run_checks(config, roots, kubelet))
     assert results["kubelet config"].status == "FAIL"

@@ -3,13 +3,12 @@
 Each check returns a :class:`CheckResult`. Severity:
 
 - **FAIL**: pods or the kubelet will not work as configured (a missing module, sysctl or binary; a broken CNI
-  config; the systemd driver without systemd; cgroup v1 under a kubelet configured to refuse it).
+  config; the systemd driver without systemd; cgroup v1 under a kubelet configured to refuse it; a kubelet
+  ``cgroupDriver`` that differs from moorage's).
 - **WARN**: works today but needs attention: cgroup v1/hybrid when the kubelet's ``failCgroupV1`` is unknown or
   false (a Kubernetes >= 1.35 kubelet refuses v1 by default; an older one, or ``failCgroupV1: false``, runs,
   deprecated); no CNI config yet (network add-ons write it after the node joins; the node stays NotReady till then);
-  a non-default runtime handler missing; cgroupfs on a systemd host; a kubelet ``cgroupDriver`` that differs from
-  moorage's (kubelets >= 1.34 take the driver from moorage's RuntimeConfig answer and ignore that key, but an older
-  kubelet would run the wrong driver).
+  a non-default runtime handler missing; cgroupfs on a systemd host.
 
 Every check takes its roots (:class:`HostRoots`, the config, a PATH) as parameters, so tests run on temp trees.
 """
@@ -290,16 +289,18 @@ def check_systemd_driver(driver: str, systemd: bool) -> CheckResult:
 
 
 def check_kubelet_driver(driver: str, kubelet: KubeletSettings, kubelet_path: Path) -> CheckResult:
-    """moorage's cgroup_driver against the kubelet config's cgroupDriver (see the module doc for why a WARN)."""
+    """moorage's cgroup_driver against the kubelet config's cgroupDriver: a mismatch fails. Kubelets from 1.34 on
+    take the driver from RuntimeConfig and ignore their own setting, but older ones put pods where the runtime
+    does not look, and a config that says one thing while the node does another misleads whoever reads it."""
     name = "cgroup driver vs kubelet"
     if kubelet.cgroup_driver == driver:
         return CheckResult(name, True, f"both {driver}")
-    return _warn(
+    return CheckResult(
         name,
-        f"moorage uses {driver}, {kubelet_path} says cgroupDriver: {kubelet.cgroup_driver} "
-        "(kubelets >= 1.34 use moorage's; older ones would break)",
+        False,
+        f"moorage uses {driver}, {kubelet_path} says cgroupDriver: {kubelet.cgroup_driver}",
         f"set cgroupDriver: {driver} in {kubelet_path}, "
-        f'or cgroup_driver = "{kubelet.cgroup_driver}" in moorage\'s config',
+        f'or cgroup_driver = "{kubelet.cgroup_driver}" in moorage\'s config (both must name the same driver)',
     )
 
 
