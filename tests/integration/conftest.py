@@ -12,6 +12,41 @@ from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 
 
+def _leftovers() -> set[str]:
+    """What tests could leave on the host: mounts under test dirs, processes in test cgroups or running from
+    test dirs (daemons, conmons, containers), test cgroups."""
+    found = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if "/moorage-test-" in point or "/pytest-of-" in point:
+            found.add(f"mount {point}")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cgroups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if "/tmp/moorage-test-" in cmdline or "/moorage-test-" in cgroups:
+            found.add(f"process {proc.name}: {cmdline[:120]}")
+    root = Path("/sys/fs/cgroup")
+    for hierarchy in [root, *(p for p in root.iterdir() if p.is_dir())]:
+        found.update(f"cgroup {p}" for p in hierarchy.glob("moorage-test-*"))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole run: no mount, process or cgroup of the tests' own is left on the host."""
+    before = _leftovers()
+    yield
+    deadline = time.monotonic() + 10
+    while (left := _leftovers() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)  # processes killed by the last test's clean-up may still be exiting
+    assert not left, "left behind by the tests:\n" + "\n".join(sorted(left))
+
+
 @pytest.fixture
 def daemon() -> Iterator[DaemonProcess]:
     """A running daemon on its own temp root and socket; stopped and removed after the test."""

@@ -23,6 +23,7 @@ from moorage.images.service import ImageManager
 
 LOCAL_NAME = "localhost/moorage/pause"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+PAUSE_CONFIG: dict[str, Any] = {"Entrypoint": ["/pause"], "User": "65535:65535"}
 SOURCE_TREE_BINARY = Path(moorage.__file__).resolve().parents[2] / "build" / "pause" / "pause"
 
 
@@ -47,14 +48,16 @@ async def ensure(images: ImageManager, name: str, binary: Path, scratch: Path) -
         return found.id
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=scratch, suffix=".tar") as archive:
-        archive.write(_oci_archive(name, binary.read_bytes()))
+        archive.write(oci_archive(name, {"pause": (binary.read_bytes(), 0o755)}, PAUSE_CONFIG, "pause image"))
         archive.flush()
         (record,) = await images.import_archive(Path(archive.name))
     return record.id
 
 
-def _oci_archive(name: str, program: bytes) -> bytes:
-    layer = _tar({"pause": (program, 0o755)})
+def oci_archive(name: str, files: dict[str, tuple[bytes, int]], config: dict[str, Any], what: str) -> bytes:
+    """An OCI archive of one image ``name``: one uncompressed layer of ``files`` (path → content, mode) and the
+    runtime ``config`` (Entrypoint, Cmd, User...), for the node's platform."""
+    layer = _tar(files)
     layer_digest = _digest(layer)
     platform = node_platform()
     config = _json(
@@ -62,9 +65,9 @@ def _oci_archive(name: str, program: bytes) -> bytes:
             "architecture": platform.architecture,
             "os": platform.os,
             **({"variant": platform.variant} if platform.variant else {}),
-            "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+            "config": config,
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-            "history": [{"created_by": f"moorage {moorage.__version__} pause image"}],
+            "history": [{"created_by": f"moorage {moorage.__version__} {what}"}],
         }
     )
     manifest = _json(
