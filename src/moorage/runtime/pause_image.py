@@ -60,7 +60,7 @@ def oci_archive(name: str, files: dict[str, tuple[bytes, int]], config: dict[str
     layer = _tar(files)
     layer_digest = _digest(layer)
     platform = node_platform()
-    config = _json(
+    config_blob = _json(
         {
             "architecture": platform.architecture,
             "os": platform.os,
@@ -74,7 +74,7 @@ def oci_archive(name: str, files: dict[str, tuple[bytes, int]], config: dict[str
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+            "config": {"mediaType": OCI_CONFIG, "digest": _digest(config_blob), "size": len(config_blob)},
             "layers": [{"mediaType": LAYER_TYPE, "digest": layer_digest, "size": len(layer)}],
         }
     )
@@ -92,13 +92,13 @@ def oci_archive(name: str, files: dict[str, tuple[bytes, int]], config: dict[str
             ],
         }
     )
-    files: dict[str, tuple[bytes, int]] = {
+    entries: dict[str, tuple[bytes, int]] = {
         "oci-layout": (_json({"imageLayoutVersion": "1.0.0"}), 0o644),
         "index.json": (index, 0o644),
     }
-    for blob in (layer, config, manifest):
-        files[f"blobs/sha256/{_digest(blob).removeprefix('sha256:')}"] = (blob, 0o644)
-    return _tar(files)
+    for blob in (layer, config_blob, manifest):
+        entries[f"blobs/sha256/{_digest(blob).removeprefix('sha256:')}"] = (blob, 0o644)
+    return _tar(entries)
 
 
 def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
