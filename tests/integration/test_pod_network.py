@@ -53,7 +53,11 @@ class NetNode:
             (self.bin / name).chmod(0o755)
 
     def write_network(
-        self, *extra: dict[str, Any], name: str = "50-pods.conflist", subnet: str = f"{SUBNET}.0/24"
+        self,
+        *extra: dict[str, Any],
+        name: str = "50-pods.conflist",
+        subnet: str = f"{SUBNET}.0/24",
+        portmap: bool = True,
     ) -> Path:
         bridge = {
             "type": "bridge",
@@ -69,7 +73,11 @@ class NetNode:
         portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
         path = self.daemon.cni_dir / name
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "plugins": [bridge, portmap, *extra]}))
+        path.write_text(
+            json.dumps(
+                {"cniVersion": "1.0.0", "name": NETWORK, "plugins": [bridge, *([portmap] if portmap else []), *extra]}
+            )
+        )
         return path
 
     def leases(self) -> list[str]:
@@ -272,3 +280,21 @@ def test_the_kubelets_pod_cidr_fills_use_pod_cidr(net: NetNode) -> None:
     pod_id = net.run_pod("cidr")
     assert net.ip(pod_id).startswith("10.88.11.")
     (net.daemon.cni_dir / "20-podcidr.conflist").unlink()
+
+
+def test_verbose_status_runs_cni_check(net: NetNode) -> None:
+    # portmap 1.1.1 fails CHECK of every single-stack pod (containernetworking/plugins#819): bridge alone here.
+    net.write_network(name="20-bridge.conflist", portmap=False)
+    pod_id = net.run_pod("checked")
+
+    def check() -> str:
+        with net.daemon.client() as client:
+            info = client.pod_status(pod_id, verbose=True).info["info"]
+        return str(json.loads(info)["networkCheck"])
+
+    assert check() == "ok"
+    assert net.in_pod(pod_id, "ip", "link", "del", "eth0").returncode == 0  # break the pod's network
+    broken = check()
+    assert "CNI plugin bridge" in broken
+    assert "eth0" in broken
+    (net.daemon.cni_dir / "20-bridge.conflist").unlink()

@@ -189,8 +189,10 @@ class RuntimeService:
         record = await self._sandboxes.get(sandbox_id)
         response = pb.PodSandboxStatusResponse(status=pod_status(record), timestamp=time.time_ns())
         if request.verbose:
+            network = await self._sandboxes.network_check(record)
             response.info["info"] = json.dumps(
-                {"state": record.state, "name": record.name, **record.status.__dict__}, sort_keys=True
+                {"state": record.state, "name": record.name, **record.status.__dict__, "networkCheck": network},
+                sort_keys=True,
             )
         return response
 

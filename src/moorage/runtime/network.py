@@ -109,6 +109,10 @@ class PodNetwork:
         """CNI DEL; idempotent, and works once the namespace is gone or the daemon restarted."""
         await self.cni.teardown(attachment(sandbox_id, netns, config))
 
+    async def check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> None:
+        """CNI CHECK: is the pod's network still as ADD made it? Raises with the plugin's error if not."""
+        await self.cni.check(attachment(sandbox_id, netns, config))
+
     async def ready(self) -> tuple[bool, str]:
         return await self.cni.status()
 

@@ -210,6 +210,20 @@ class Sandboxes:
                 log.warning("pod sandbox lost its namespaces (node rebooted?); it is not ready", sandbox=record.id)
                 await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
 
+    async def network_check(self, record: SandboxRecord) -> str:
+        """CNI CHECK of a ready pod's attachment, for verbose PodSandboxStatus: "ok", the plugin's error, or why
+        it was not checked."""
+        config = pb.PodSandboxConfig.FromString(record.config)
+        if not uses_cni(config):
+            return "not checked: the pod uses the node's network"
+        if record.state != READY:
+            return f"not checked: the pod is {record.state}"
+        try:
+            await self.network.check(record.id, record.status.namespaces.get("network", ""), config)
+        except MoorageError as exc:
+            return exc.message
+        return "ok"
+
     # --- records --------------------------------------------------------------------------------------------
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
