@@ -30,6 +30,7 @@ from moorage.node.cni import Cni, NetworkConfig
 from moorage.observe import daemon_log, metrics
 from moorage.runtime import pause_image
 from moorage.runtime.containers import Containers
+from moorage.runtime.events import EventBus
 from moorage.runtime.network import PodNetwork
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
@@ -70,7 +71,7 @@ class Daemon:
                 timeout=self.config.cni.plugin_timeout,
                 pod_cidrs=lambda: pod_cidr.value,
             )
-            sandboxes = Sandboxes(store, lambda: self.config, PodNetwork(cni))
+            sandboxes = Sandboxes(store, lambda: self.config, PodNetwork(cni), EventBus())
             containers = Containers(store, lambda: self.config, images, sandboxes)
             sandboxes.infra = containers
             await self._local_pause_image(images, root)

@@ -70,12 +70,12 @@ class NetNode:
                 "routes": [{"dst": "0.0.0.0/0"}],
             },
         }
-        portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+        mapper = {"type": "portmap", "capabilities": {"portMappings": True}}
         path = self.daemon.cni_dir / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(
             json.dumps(
-                {"cniVersion": "1.0.0", "name": NETWORK, "plugins": [bridge, *([portmap] if portmap else []), *extra]}
+                {"cniVersion": "1.0.0", "name": NETWORK, "plugins": [bridge, *([mapper] if portmap else []), *extra]}
             )
         )
         return path

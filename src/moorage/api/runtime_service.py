@@ -17,9 +17,10 @@ import moorage
 from moorage.api import validate
 from moorage.api.cri import pb
 from moorage.config import Config
-from moorage.errors import NotFound
+from moorage.errors import NotFound, ResourceExhausted
 from moorage.runtime import conditions
 from moorage.runtime.containers import Containers
+from moorage.runtime.events import Event, Overflow
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.state.models import (
@@ -194,6 +195,35 @@ class RuntimeService:
                 {"state": record.state, "name": record.name, **record.status.__dict__, "networkCheck": network},
                 sort_keys=True,
             )
+        return response
+
+    async def GetContainerEvents(
+        self, request: pb.GetEventsRequest, context: Context
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        """Every pod and container change from now on, with the pod's status and its containers' at that time.
+        A client that falls too far behind is cut off with RESOURCE_EXHAUSTED (it relists and subscribes again)."""
+        with self._sandboxes.events.subscribe() as subscription:
+            while True:
+                try:
+                    event = await subscription.next()
+                except Overflow as exc:
+                    raise ResourceExhausted(
+                        f"container events: this stream {exc}; relist and subscribe again"
+                    ) from None
+                yield self._event_response(event)
+
+    def _event_response(self, event: Event) -> pb.ContainerEventResponse:
+        response = pb.ContainerEventResponse(
+            container_id=event.container_id,
+            container_event_type=event.kind,  # type: ignore[arg-type]
+            created_at=event.at,
+            containers_statuses=[
+                container_status(r) for r in self._containers.index.all(lambda r: r.sandbox_id == event.sandbox_id)
+            ],
+        )
+        sandbox = self._sandboxes.index.get(event.sandbox_id)
+        if sandbox is not None:
+            response.pod_sandbox_status.CopyFrom(pod_status(sandbox))
         return response
 
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Context) -> pb.ListPodSandboxResponse:

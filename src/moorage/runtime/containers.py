@@ -33,8 +33,9 @@ from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
 from moorage.node.cgroups import driver as cgroup_driver
-from moorage.runtime import conmon, writable
+from moorage.runtime import conmon, events, writable
 from moorage.runtime.conditions import find_binary
+from moorage.runtime.events import Event
 from moorage.runtime.exec_sync import ExecResult, exec_sync
 from moorage.runtime.handlers import Handlers
 from moorage.runtime.oci import OciRuntime
@@ -56,6 +57,8 @@ from moorage.state.models import (
 from moorage.store.db import Store
 
 log = structlog.get_logger(__name__)
+
+EVENT_OF = {CONTAINER_CREATED: events.CREATED, CONTAINER_RUNNING: events.STARTED, CONTAINER_EXITED: events.STOPPED}
 
 MONITOR_INTERVAL = 0.2
 KILL_WAIT_SECONDS = 10.0
@@ -277,7 +280,10 @@ class Containers:
     async def _undo(self, container_id: str, handler: str) -> None:
         await self._teardown(container_id, handler)
         await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
+        record = self.index.get(container_id)
         self.index.drop(container_id)
+        if record is not None and record.state != CONTAINER_CREATING:
+            self.sandboxes.events.publish(Event(events.DELETED, container_id, record.sandbox_id, time.time_ns()))
 
     async def _teardown(self, container_id: str, handler: str) -> None:
         """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
@@ -436,7 +442,11 @@ class Containers:
                 (record.state, record.status.to_json(), record.id),
             )
         )
+        before = self.index.get(record.id)
         self.index.put(record)
+        kind = EVENT_OF.get(record.state)
+        if kind is not None and (before is None or before.state != record.state):
+            self.sandboxes.events.publish(Event(kind, record.id, record.sandbox_id, time.time_ns()))
 
 
 def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[ContainerRecord]:

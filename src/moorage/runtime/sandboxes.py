@@ -30,6 +30,8 @@ from moorage.api.cri import pb
 from moorage.config import Config
 from moorage.errors import AlreadyExists, InvalidArgument, MoorageError, NotFound, Unimplemented
 from moorage.node import namespaces, podfiles
+from moorage.runtime import events
+from moorage.runtime.events import Event, EventBus
 from moorage.runtime.network import PodNetwork, uses_cni
 from moorage.state.index import Index
 from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
@@ -51,10 +53,11 @@ class Infra(Protocol):
 
 
 class Sandboxes:
-    def __init__(self, store: Store, config: Callable[[], Config], network: PodNetwork) -> None:
+    def __init__(self, store: Store, config: Callable[[], Config], network: PodNetwork, events: EventBus) -> None:
         self.store = store
         self.config = config
         self.network = network
+        self.events = events
         self.infra: Infra | None = None
         self.node_hosts = NODE_HOSTS
         self.node_resolv = NODE_RESOLV
@@ -188,6 +191,8 @@ class Sandboxes:
         await asyncio.to_thread(podfiles.remove, directory)
         await self.store.write(lambda db: db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
         self.index.drop(sandbox_id)
+        if record is not None and record.state != CREATING:
+            self.events.publish(Event(events.DELETED, sandbox_id, sandbox_id, time.time_ns()))
 
     async def recover(self) -> None:
         """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot);
@@ -255,7 +260,13 @@ class Sandboxes:
                 (record.state, record.status.to_json(), record.id),
             )
         )
+        before = self.index.get(record.id)
         self.index.put(record)
+        if before is not None and before.state != record.state:
+            now = time.time_ns()
+            kinds = {READY: (events.CREATED, events.STARTED), NOTREADY: (events.STOPPED,)}.get(record.state, ())
+            for kind in kinds if before.state != NOTREADY else ():
+                self.events.publish(Event(kind, record.id, record.id, now))
 
 
 def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[SandboxRecord]:

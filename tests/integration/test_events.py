@@ -1,0 +1,69 @@
+"""GetContainerEvents on a real daemon: the kubelet's evented PLEG sees pods and containers change."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.cri import pb
+from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.test_containers import Pod
+
+pytestmark = pytest.mark.integration
+
+E = pb.ContainerEventType
+
+
+def test_events_follow_a_pod_and_its_container(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    seen: list[pb.ContainerEventResponse] = []
+    ended: list[grpc.StatusCode] = []
+    with node.client() as client:
+        stream = client.runtime.GetContainerEvents(pb.GetEventsRequest())
+
+        def read() -> None:
+            try:
+                for event in stream:
+                    seen.append(event)
+            except grpc.RpcError as exc:
+                ended.append(exc.code())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.3)  # subscribed before anything happens
+        pod = Pod(node, busybox.name, cgroup_parent, tmp_path)
+        container_id = pod.run("job", "sh", "-c", "exit 3")
+        pod.wait_exit(container_id)
+        client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id), timeout=30)
+        client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
+        deadline = time.monotonic() + 10
+        while len(seen) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stream.cancel()
+        reader.join(10)
+    assert ended == [grpc.StatusCode.CANCELLED]  # the stream lasted until the client hung up
+
+    assert [(e.container_id, E.Name(e.container_event_type)) for e in seen] == [
+        (pod.id, "CONTAINER_CREATED_EVENT"),
+        (pod.id, "CONTAINER_STARTED_EVENT"),
+        (container_id, "CONTAINER_CREATED_EVENT"),
+        (container_id, "CONTAINER_STARTED_EVENT"),
+        (container_id, "CONTAINER_STOPPED_EVENT"),
+        (container_id, "CONTAINER_DELETED_EVENT"),
+        (pod.id, "CONTAINER_STOPPED_EVENT"),
+        (pod.id, "CONTAINER_DELETED_EVENT"),
+    ]
+    stopped = seen[4]
+    assert stopped.pod_sandbox_status.id == pod.id
+    assert stopped.pod_sandbox_status.state == pb.PodSandboxState.SANDBOX_READY
+    (status,) = stopped.containers_statuses
+    assert (status.id, status.state, status.exit_code) == (container_id, pb.ContainerState.CONTAINER_EXITED, 3)
+    assert all(a.created_at <= b.created_at for a, b in itertools.pairwise(seen))
+    assert seen[5].containers_statuses == []  # the deleted container is gone from its pod
