@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
 import shutil
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +26,14 @@ import structlog
 
 from moorage.api.cri import pb
 from moorage.config import Config
-from moorage.errors import AlreadyExists, FailedPrecondition, NotFound
+from moorage.errors import FailedPrecondition, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
 from moorage.node.cgroups import driver as cgroup_driver
-from moorage.runtime import conmon, events, writable
+from moorage.runtime import conmon, writable
 from moorage.runtime.conditions import find_binary
-from moorage.runtime.events import Event
+from moorage.runtime.container_records import ContainerRecords
 from moorage.runtime.exec_sync import ExecResult, exec_sync
 from moorage.runtime.handlers import Handlers
 from moorage.runtime.oci import OciRuntime
@@ -58,15 +56,12 @@ from moorage.store.db import Store
 
 log = structlog.get_logger(__name__)
 
-EVENT_OF = {CONTAINER_CREATED: events.CREATED, CONTAINER_RUNNING: events.STARTED, CONTAINER_EXITED: events.STOPPED}
-
 MONITOR_INTERVAL = 0.2
 KILL_WAIT_SECONDS = 10.0
 
 
 class Containers:
     def __init__(self, store: Store, config: Callable[[], Config], images: ImageManager, sandboxes: Sandboxes) -> None:
-        self.store = store
         self.config = config
         self.images = images
         self.sandboxes = sandboxes
@@ -76,11 +71,11 @@ class Containers:
         self.cgroups = cgroup_driver(config().cgroup_driver)
         self.usage = UsageReader(self.layer_dir, self.cgroups)
         self.handlers = Handlers(config, self.state, self.cgroups)
-        self.index: Index[ContainerRecord] = Index("container")
+        self.records = ContainerRecords(store, sandboxes.events)
 
     async def load(self) -> None:
         """Fill the in-memory index from the store (start-up, before anything is served or recovered)."""
-        self.index.load(await self.store.read(lambda db: _select(db, "", ())))
+        await self.records.load()
 
     # --- paths and runtimes ---------------------------------------------------------------------------------
 
@@ -128,10 +123,10 @@ class Containers:
                 stop_signal=str(runtime_config.get("StopSignal") or "") if isinstance(runtime_config, dict) else "",
             ),
         )  # fmt: skip
-        await self._insert(record)
+        await self.records.insert(record)
         try:
             pid = await self._make(record, config, pod, sandbox, image)
-            await self._save(record.moved(CONTAINER_CREATED, pid=pid))
+            await self.records.save(record.moved(CONTAINER_CREATED, pid=pid))
         except BaseException:
             await asyncio.shield(self._undo(record.id, sandbox.status.runtime_handler))
             raise
@@ -246,7 +241,7 @@ class Containers:
         runtime = await self._runtime_of(record)
         started = time.time_ns()
         await runtime.start(container_id)
-        await self._save(record.moved(CONTAINER_RUNNING, started_at=started))
+        await self.records.save(record.moved(CONTAINER_RUNNING, started_at=started))
         await self._record_exit(container_id)  # it may be done already, before the monitor could see it running
         log.info("container started", container=container_id)
 
@@ -279,11 +274,7 @@ class Containers:
 
     async def _undo(self, container_id: str, handler: str) -> None:
         await self._teardown(container_id, handler)
-        await self.store.write(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (container_id,)))
-        record = self.index.get(container_id)
-        self.index.drop(container_id)
-        if record is not None and record.state != CONTAINER_CREATING:
-            self.sandboxes.events.publish(Event(events.DELETED, container_id, record.sandbox_id, time.time_ns()))
+        await self.records.delete(container_id)
 
     async def _teardown(self, container_id: str, handler: str) -> None:
         """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
@@ -314,10 +305,7 @@ class Containers:
         config = pb.ContainerConfig.FromString(record.config)
         config.linux.resources.CopyFrom(linux)
         data = config.SerializeToString()
-        await self.store.write(
-            lambda db: db.execute("UPDATE containers SET config = ? WHERE id = ?", (data, container_id))
-        )
-        self.index.put(dataclasses.replace(await self.get(container_id), config=data))
+        await self.records.save_config(container_id, data)
         log.info("container resources updated", container=container_id)
 
     async def reopen_log(self, container_id: str) -> None:
@@ -385,7 +373,7 @@ class Containers:
         finished = max(paths.exit_file.stat().st_mtime_ns, record.status.started_at)  # mtimes are coarse
         oom = (paths.container_dir / "oom").exists()
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
-        await self._save(record.moved(CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason))
+        await self.records.save(record.moved(CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason))
         log.info("container exited", container=container_id, exit_code=code, reason=reason)
 
     async def recover(self) -> None:
@@ -399,63 +387,19 @@ class Containers:
 
     # --- records --------------------------------------------------------------------------------------------
 
+    @property
+    def index(self) -> Index[ContainerRecord]:
+        return self.records.index
+
     async def get(self, container_id: str) -> ContainerRecord:
-        record = self.index.get(container_id)
-        if record is None:
-            raise NotFound(f"container {container_id!r} not found")
-        return record
+        return await self.records.get(container_id)
 
     async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
-        return self.index.all(lambda r: r.sandbox_id == sandbox_id) if sandbox_id else self.index.all()
+        return self.records.all(sandbox_id)
 
     async def _runtime_of(self, record: ContainerRecord) -> OciRuntime:
         sandbox = await self.sandboxes.get(record.sandbox_id)
         return self.runtime(sandbox.status.runtime_handler)
-
-    async def _insert(self, record: ContainerRecord) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            holder = db.execute("SELECT id FROM containers WHERE name = ?", (record.name,)).fetchone()
-            if holder:
-                raise AlreadyExists(f"container name {record.name!r} is already reserved for {holder[0]}")
-            db.execute(
-                "INSERT INTO containers(id, sandbox_id, name, state, created_at, image_id, config, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.sandbox_id,
-                    record.name,
-                    record.state,
-                    record.created_at,
-                    record.image_id,
-                    record.config,
-                    record.status.to_json(),
-                ),
-            )
-
-        await self.store.write(write)
-        self.index.put(record)
-
-    async def _save(self, record: ContainerRecord) -> None:
-        await self.store.write(
-            lambda db: db.execute(
-                "UPDATE containers SET state = ?, status = ? WHERE id = ?",
-                (record.state, record.status.to_json(), record.id),
-            )
-        )
-        before = self.index.get(record.id)
-        self.index.put(record)
-        kind = EVENT_OF.get(record.state)
-        if kind is not None and (before is None or before.state != record.state):
-            self.sandboxes.events.publish(Event(kind, record.id, record.sandbox_id, time.time_ns()))
-
-
-def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[ContainerRecord]:
-    columns = "id, sandbox_id, name, state, created_at, image_id, config, status"
-    rows = db.execute(f"SELECT {columns} FROM containers {where} ORDER BY created_at", args).fetchall()
-    return [
-        ContainerRecord(r[0], r[1], r[2], r[3], int(r[4]), r[5], bytes(r[6]), ContainerStatus.from_json(r[7]))
-        for r in rows
-    ]
 
 
 def _parse_signal(name: str) -> signal.Signals:
