@@ -58,6 +58,7 @@ class NetNode:
         name: str = "50-pods.conflist",
         subnet: str = f"{SUBNET}.0/24",
         portmap: bool = True,
+        subnet6: str = "",
     ) -> Path:
         bridge = {
             "type": "bridge",
@@ -66,7 +67,7 @@ class NetNode:
             "ipam": {
                 "type": "host-local",
                 "dataDir": str(self.leases_dir),
-                "ranges": [[{"subnet": subnet}]],
+                "ranges": [[{"subnet": subnet}]] + ([[{"subnet": subnet6}]] if subnet6 else []),
                 "routes": [{"dst": "0.0.0.0/0"}],
             },
         }
@@ -82,7 +83,9 @@ class NetNode:
 
     def leases(self) -> list[str]:
         directory = self.leases_dir / NETWORK
-        return sorted(p.name for p in directory.iterdir() if p.name[0].isdigit()) if directory.is_dir() else []
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.iterdir() if p.name[0].isdigit() or ":" in p.name)
 
     def veths(self) -> list[str]:
         return [name for name in self.ns.links() if name.startswith("veth")]
@@ -298,3 +301,14 @@ def test_verbose_status_runs_cni_check(net: NetNode) -> None:
     assert "CNI plugin bridge" in broken
     assert "eth0" in broken
     (net.daemon.cni_dir / "20-bridge.conflist").unlink()
+
+
+def test_a_dual_stack_pod_reports_both_addresses(net: NetNode) -> None:
+    net.write_network(name="20-dual.conflist", subnet6="fd00:88:9::/64")
+    pod_id = net.run_pod("dual")
+    with net.daemon.client() as client:
+        status = client.pod_status(pod_id).status.network
+    assert status.ip.startswith(f"{SUBNET}.")  # IPv4 first, as the kubelet expects
+    assert [ip.ip for ip in status.additional_ips] == [next(a for a in net.leases() if ":" in a)]
+    assert status.additional_ips[0].ip.startswith("fd00:88:9::")
+    (net.daemon.cni_dir / "20-dual.conflist").unlink()
