@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest protos docs bench pause clean
+.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 protos docs bench pause clean
 
 deps: $(VENV)/.installed build/pause/pause
 
@@ -31,6 +31,10 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## The cgroup-sensitive tests (pytest -m cgroup, plus PYTEST_ARGS) inside a pure cgroup v2 guest: ~2-3 minutes.
+test-cgroupv2: deps
+	VENV=$(VENV) scripts/test-cgroupv2 $(PYTEST_ARGS)
 
 ## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/api/_gen (committed).
 protos: deps

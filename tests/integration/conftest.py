@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
@@ -95,24 +96,4 @@ def cgroup_parent() -> Iterator[str]:
     """A cgroup parent of the test's own (the kubelet's pod cgroup), removed from every hierarchy after."""
     name = f"/moorage-test-{secrets.token_hex(4)}"
     yield name
-    deadline = time.monotonic() + 10
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        doomed = hierarchy / name.lstrip("/")
-        for sub in sorted((p for p in doomed.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            _rmdir_when_empty(sub, deadline)
-        if doomed.is_dir():
-            _rmdir_when_empty(doomed, deadline)
-
-
-def _rmdir_when_empty(path: Path, deadline: float) -> None:
-    """rmdir a cgroup, waiting while its last processes exit (EBUSY)."""
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    cgroups.remove(name)

@@ -19,7 +19,7 @@ import grpc
 from moorage.cli.client import CriClient
 from tests.fixtures.images import Image
 
-START_TIMEOUT = 20.0
+START_TIMEOUT = float(os.environ.get("MOORAGE_TEST_START_TIMEOUT", "20"))  # the emulated v2 guest needs more
 TEST_SANDBOX_IMAGE = "registry.invalid/pause:unused"
 """Tests' daemons name a sandbox image they never need, so their image store starts empty; the test of
 moorage's own pause image sets sandbox_image itself."""

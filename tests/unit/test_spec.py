@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import replace
@@ -396,6 +397,14 @@ def test_linux_namespaces_hostname_and_annotations(tmp_path: Path) -> None:
     assert s["annotations"]["io.kubernetes.cri.container-name"] == "app"
     assert s["annotations"]["io.kubernetes.cri.sandbox-namespace"] == "prod"
     assert "sysctl" not in s["linux"]
+
+
+def test_a_cgroup_namespace_on_cgroup_v2_unless_privileged(tmp_path: Path) -> None:
+    v2 = dataclasses.replace(inputs(tmp_path), cgroup_namespace=True)
+    assert {"type": "cgroup"} in spec.build(v2)["linux"]["namespaces"]
+    privileged = dataclasses.replace(inputs(tmp_path, sc=SC(privileged=True)), cgroup_namespace=True)
+    assert all(ns["type"] != "cgroup" for ns in spec.build(privileged)["linux"]["namespaces"])
+    assert all(ns["type"] != "cgroup" for ns in build(tmp_path)["linux"]["namespaces"])  # v1: the host's
 
 
 def test_no_hostname_with_the_host_uts_namespace(tmp_path: Path) -> None:

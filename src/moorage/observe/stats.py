@@ -46,6 +46,11 @@ def is_v1(root: Path = CGROUP_ROOT) -> bool:
     return (root / "memory" / "memory.stat").is_file()
 
 
+def is_unified(root: Path = CGROUP_ROOT) -> bool:
+    """Pure cgroup v2: the unified hierarchy is mounted at the root itself."""
+    return (root / "cgroup.controllers").is_file()
+
+
 def read_cgroup(path: str, root: Path = CGROUP_ROOT) -> CgroupStats:
     """The usage of the cgroup at ``path`` (``/moorage/<id>``, relative to each hierarchy)."""
     relative = path.strip("/")

@@ -31,6 +31,7 @@ from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
 from moorage.node.cgroups import driver as cgroup_driver
+from moorage.observe.stats import is_unified
 from moorage.runtime import conmon, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.container_records import ContainerRecords
@@ -174,6 +175,7 @@ class Containers:
                 seccomp_root=Path(self.config().runtime.seccomp_profile_root),
                 available_capabilities=current_capabilities(),
                 nofile_ceiling=nofile_ceiling(),
+                cgroup_namespace=is_unified(),
             )
         )
         (bundle / "config.json").write_text(json.dumps(spec))

@@ -67,6 +67,9 @@ class SpecInputs:
     available_capabilities: tuple[str, ...] = security.ALL_CAPABILITIES
     # The highest RLIMIT_NOFILE the runtime can grant; None = no ceiling. :func:`nofile_ceiling` gives the daemon's.
     nofile_ceiling: int | None = None
+    # A cgroup namespace of the container's own for unprivileged containers, as containerd and CRI-O give them on
+    # cgroup v2: /sys/fs/cgroup and /proc/self/cgroup then show the container's cgroup as the root.
+    cgroup_namespace: bool = False
 
 
 def nofile_ceiling() -> int | None:
@@ -123,7 +126,9 @@ def build(inputs: SpecInputs) -> dict[str, Any]:
         device_rules = [*devices.DEFAULT_DEVICE_RULES, *extra_rules]
 
     linux: dict[str, Any] = {
-        "namespaces": _namespaces(inputs.namespaces),
+        "namespaces": _namespaces(
+            {**inputs.namespaces, **({"cgroup": ""} if inputs.cgroup_namespace and not sc.privileged else {})}
+        ),
         "cgroupsPath": inputs.cgroups_path,
         "resources": resources.build(res, device_rules),
         "devices": device_nodes,

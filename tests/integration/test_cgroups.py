@@ -1,0 +1,199 @@
+"""Cgroup limits on a real daemon, on cgroup v1 and pure v2 alike (`make test-cgroupv2` runs these in a v2 guest):
+what the OCI runtime writes for the CRI resources, UpdateContainerResources, stats read from the cgroup, what the
+container sees at /sys/fs/cgroup, an OOM kill, unified keys (v2 only), and the cgroups gone with the pod.
+
+A container's cgroup is ``<pod cgroup_parent>/<container id>`` (the cgroupfs driver). Under the v2 guest's
+emulation every container costs seconds, so the module shares one daemon and each test runs one container.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moorage.api.cri import pb
+from tests.fixtures import cgroups
+from tests.fixtures.registry import Registry
+from tests.integration.daemon import DaemonProcess, PushedImage, running_node
+from tests.integration.test_containers import Pod, log_lines
+from tests.integration.test_stats import container_stats, wait_for_output
+
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup]
+
+MIB = 1 << 20
+POD_PIDS_MAX = 64
+ONE_MIB_IN_THE_SHELL = 'x=aaaa; i=0; while [ $i -lt 18 ]; do x="$x$x"; i=$((i+1)); done'
+"""Then the shell must stay (sh -c execs its last simple command, which would free the MiB)."""
+OWN_MEMORY_LIMIT = (
+    "f=/sys/fs/cgroup/memory.max; [ -e $f ] || f=/sys/fs/cgroup/memory/memory.limit_in_bytes; echo limit $(cat $f)"
+)
+"""What the container sees as its memory limit at /sys/fs/cgroup: its own cgroup's (v1: runc binds each
+hierarchy's container directory there; v2: only with a cgroup namespace of its own, as containerd and CRI-O
+give every unprivileged container on v2 hosts)."""
+
+
+@pytest.fixture(scope="module")
+def cg_node(registry: Registry) -> Iterator[DaemonProcess]:
+    """One daemon for the module (a start costs ~10 s in the emulated v2 guest)."""
+    with running_node(registry.host) as d:
+        yield d
+
+
+@pytest.fixture
+def pod(cg_node: DaemonProcess, busybox: PushedImage, tmp_path: Path) -> Iterator[Pod]:
+    """A pod in a cgroup parent of its own with a pod pids limit, both made as the kubelet makes them; the pod is
+    removed before its cgroup."""
+    with cgroups.pod_cgroup(pids_max=POD_PIDS_MAX) as parent:
+        p = Pod(cg_node, busybox.name, parent, tmp_path)
+        try:
+            yield p
+        finally:
+            with cg_node.client() as client:
+                client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+
+
+def parent_of(pod: Pod) -> str:
+    return pod.config.linux.cgroup_parent
+
+
+def start(pod: Pod, name: str, script: str, resources: pb.LinuxContainerResources) -> str:
+    container_id = pod.create(name, "sh", "-c", script, linux=pb.LinuxContainerConfig(resources=resources))
+    with pod.node.client() as client:
+        client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=60)
+    return container_id
+
+
+def update(pod: Pod, container_id: str, resources: pb.LinuxContainerResources) -> None:
+    with pod.node.client() as client:
+        request = pb.UpdateContainerResourcesRequest(container_id=container_id, linux=resources)
+        client.runtime.UpdateContainerResources(request, timeout=60)
+
+
+def limits(cgroup: str) -> dict[str, str]:
+    """The limits in a container's cgroup keyed by their v1 file names, on v2 too (but cpu.weight for cpu.shares)."""
+
+    def at(controller: str, file: str) -> str:
+        return cgroups.read(cgroups.directory(controller, cgroup) / file)
+
+    if cgroups.is_v2():
+        quota, period = at("cpu", "cpu.max").split()
+        return {
+            "cpu.weight": at("cpu", "cpu.weight"),
+            "cpu.cfs_quota_us": quota,
+            "cpu.cfs_period_us": period,
+            "memory.limit_in_bytes": at("memory", "memory.max"),
+            "cpuset.cpus": at("cpuset", "cpuset.cpus"),
+            "pids.max": at("pids", "pids.max"),
+        }
+    return {
+        "cpu.shares": at("cpu", "cpu.shares"),
+        "cpu.cfs_quota_us": at("cpu", "cpu.cfs_quota_us"),
+        "cpu.cfs_period_us": at("cpu", "cpu.cfs_period_us"),
+        "memory.limit_in_bytes": at("memory", "memory.limit_in_bytes"),
+        "cpuset.cpus": at("cpuset", "cpuset.cpus"),
+        "pids.max": at("pids", "pids.max"),
+    }
+
+
+def expected(shares: int, quota: int, period: int, memory: int, *, cpus: str, pids: str) -> dict[str, object]:
+    weight = {str(w) for w in cgroups.runc_cpu_weights(shares)}
+    return {
+        **({"cpu.weight": weight} if cgroups.is_v2() else {"cpu.shares": str(shares)}),
+        "cpu.cfs_quota_us": str(quota),
+        "cpu.cfs_period_us": str(period),
+        "memory.limit_in_bytes": str(memory),
+        "cpuset.cpus": cpus,
+        "pids.max": pids,
+    }
+
+
+def matches(actual: dict[str, str], wanted: dict[str, object]) -> bool:
+    return actual.keys() == wanted.keys() and all(
+        actual[k] in v if isinstance(v, set) else actual[k] == v for k, v in wanted.items()
+    )
+
+
+def test_limits_reach_the_cgroup_change_live_and_feed_the_stats(pod: Pod) -> None:
+    v2 = cgroups.is_v2()
+    all_cpus = "0-1" if (os.cpu_count() or 1) > 1 else "0"
+    unified = {"pids.max": "42", "memory.oom.group": "1"} if v2 else {}
+    resources = pb.LinuxContainerResources(
+        cpu_shares=512,
+        cpu_quota=50_000,
+        cpu_period=100_000,
+        memory_limit_in_bytes=64 * MIB,
+        cpuset_cpus="0",
+        cpuset_mems="0",
+        unified=unified,
+    )
+    script = f"{ONE_MIB_IN_THE_SHELL}; echo ready; while :; do sleep 1000; done"
+    container_id = start(pod, "limited", script, resources)
+    wait_for_output(pod, container_id, "ready", seconds=60)
+    cgroup = f"{parent_of(pod)}/{container_id}"
+
+    # v1 has no per-container pids limit in the CRI: the pod's (the kubelet's podPidsLimit) bounds it from above.
+    first = limits(cgroup)
+    assert matches(first, expected(512, 50_000, 100_000, 64 * MIB, cpus="0", pids="42" if v2 else "max")), first
+    if v2:
+        assert cgroups.read(cgroups.directory("memory", cgroup) / "memory.oom.group") == "1"
+        enabled = cgroups.read(cgroups.directory("cpu", parent_of(pod)) / "cgroup.subtree_control").split()
+        assert {"cpu", "cpuset", "memory", "pids"} <= set(enabled)
+    pod_pids = cgroups.directory("pids", parent_of(pod))
+    assert cgroups.read(pod_pids / "pids.max") == str(POD_PIDS_MAX)
+    assert int(cgroups.read(pod_pids / "pids.current")) >= 1  # the container's sleep counts against the pod
+
+    update(
+        pod,
+        container_id,
+        pb.LinuxContainerResources(
+            cpu_shares=1024,
+            cpu_quota=20_000,
+            cpu_period=50_000,
+            memory_limit_in_bytes=96 * MIB,
+            cpuset_cpus=all_cpus,
+            cpuset_mems="0",
+            unified={"pids.max": "64"} if v2 else {},
+        ),
+    )
+    second = limits(cgroup)
+    assert matches(second, expected(1024, 20_000, 50_000, 96 * MIB, cpus=all_cpus, pids="64" if v2 else "max")), second
+    assert pod.status(container_id).state == pb.ContainerState.CONTAINER_RUNNING
+
+    stats = container_stats(pod, container_id)
+    assert stats.attributes.id == container_id
+    assert 0 < stats.cpu.usage_core_nano_seconds.value <= cgroups.cpu_usage_ns(cgroup)
+    assert 512 * 1024 < stats.memory.working_set_bytes.value <= stats.memory.usage_bytes.value
+    assert 0 < cgroups.memory_usage(cgroup) <= 96 * MIB
+    assert stats.memory.available_bytes.value == 96 * MIB - stats.memory.working_set_bytes.value
+
+
+def test_a_container_sees_its_own_cgroup_at_sys_fs_cgroup(pod: Pod) -> None:
+    resources = pb.LinuxContainerResources(memory_limit_in_bytes=64 * MIB)
+    st = pod.wait_exit(start(pod, "viewer", f"{OWN_MEMORY_LIMIT}; cat /proc/self/cgroup", resources), 60)
+    seen = [text for stream, _, text in log_lines(st.log_path) if stream == "stdout"]
+    assert seen[0] == f"limit {64 * MIB}", seen
+    if cgroups.is_v2():
+        assert seen[1:] == ["0::/"]  # a cgroup namespace rooted at the container's own cgroup
+
+
+def test_an_oom_kill_is_reported_as_oomkilled(pod: Pod) -> None:
+    resources = pb.LinuxContainerResources(memory_limit_in_bytes=16 * MIB)
+    container_id = start(pod, "hog", "tail /dev/zero", resources)  # tail keeps its endless last line in memory
+    st = pod.wait_exit(container_id, 60)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+    if cgroups.is_v2():
+        events = cgroups.flat_keyed(cgroups.directory("memory", parent_of(pod)) / "memory.events")
+        assert int(events["oom_kill"]) >= 1  # counted in the pod's cgroup too (hierarchical)
+
+
+def test_removing_the_pod_removes_its_containers_cgroups(pod: Pod) -> None:
+    container_id = start(pod, "short", "exec sleep 1000", pb.LinuxContainerResources(memory_limit_in_bytes=32 * MIB))
+    cgroup = f"{parent_of(pod)}/{container_id}"
+    assert cgroups.directory("memory", cgroup).is_dir()
+    with pod.node.client() as client:
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+    assert cgroups.existing(cgroup) == []
+    assert cgroups.existing(parent_of(pod))  # the pod's own cgroup is the kubelet's to remove
