@@ -42,12 +42,12 @@ def cg_node(registry: Registry) -> Iterator[DaemonProcess]:
         yield d
 
 
-@pytest.fixture
-def pod(cg_node: DaemonProcess, busybox: PushedImage, tmp_path: Path) -> Iterator[Pod]:
+@pytest.fixture(params=["runc", "crun"])
+def pod(cg_node: DaemonProcess, busybox: PushedImage, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pod]:
     """A pod in a cgroup parent of its own with a pod pids limit, both made as the kubelet makes them; the pod is
     removed before its cgroup."""
     with cgroups.pod_cgroup(pids_max=POD_PIDS_MAX) as parent:
-        p = Pod(cg_node, busybox.name, parent, tmp_path)
+        p = Pod(cg_node, busybox.name, parent, tmp_path, handler=str(request.param))
         try:
             yield p
         finally:
@@ -125,6 +125,7 @@ def test_limits_reach_the_cgroup_change_live_and_feed_the_stats(pod: Pod) -> Non
         cpu_quota=50_000,
         cpu_period=100_000,
         memory_limit_in_bytes=64 * MIB,
+        memory_swap_limit_in_bytes=128 * MIB,
         cpuset_cpus="0",
         cpuset_mems="0",
         unified=unified,
@@ -135,6 +136,12 @@ def test_limits_reach_the_cgroup_change_live_and_feed_the_stats(pod: Pod) -> Non
     cgroup = f"{parent_of(pod)}/{container_id}"
 
     # v1 has no per-container pids limit in the CRI: the pod's (the kubelet's podPidsLimit) bounds it from above.
+    # The CRI's swap limit is memory + swap: v1's memsw file holds that; v2's memory.swap.max the swap alone.
+    memory_dir = cgroups.directory("memory", cgroup)
+    if v2:
+        assert cgroups.read(memory_dir / "memory.swap.max") == str(64 * MIB)
+    elif (memory_dir / "memory.memsw.limit_in_bytes").exists():
+        assert cgroups.read(memory_dir / "memory.memsw.limit_in_bytes") == str(128 * MIB)
     first = limits(cgroup)
     assert matches(first, expected(512, 50_000, 100_000, 64 * MIB, cpus="0", pids="42" if v2 else "max")), first
     if v2:

@@ -26,14 +26,15 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (s
 
 
 class Pod:
-    def __init__(self, node: DaemonProcess, image: str, cgroup_parent: str, tmp: Path) -> None:
+    def __init__(self, node: DaemonProcess, image: str, cgroup_parent: str, tmp: Path, handler: str = "") -> None:
         self.node = node
         self.image = image
         self.config = pod_config(cgroup_parent=cgroup_parent)
         self.config.log_directory = str(tmp / "logs")
         with node.client() as client:
             client.pull_image(image)
-            self.id = client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=self.config)).pod_sandbox_id
+            request = pb.RunPodSandboxRequest(config=self.config, runtime_handler=handler)
+            self.id = client.runtime.RunPodSandbox(request).pod_sandbox_id
 
     def create(self, name: str, *command: str, image: str = "", pod_id: str = "", **extra: object) -> str:
         extra.setdefault("log_path", f"{name}.log")
