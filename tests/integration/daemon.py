@@ -59,6 +59,9 @@ class DaemonProcess:
         """The test's config: ``extra`` TOML, plus temp paths that keep the host's /etc/cni, registries.conf
         and credential files out, plus ``image`` lines for the [image] table."""
         pause = "" if "sandbox_image" in extra else f'sandbox_image = "{TEST_SANDBOX_IMAGE}"\n'
+        driver = os.environ.get("MOORAGE_TEST_CGROUP_DRIVER", "")  # the systemd run of make test-cgroupv2
+        if driver and "cgroup_driver" not in extra:
+            pause += f'cgroup_driver = "{driver}"\n'
         self.config_path.write_text(
             f'registries_conf = "{self.registries_conf}"\n{pause}{extra}\n'
             f'[cni]\nconf_dir = "{self.cni_dir}"\n'

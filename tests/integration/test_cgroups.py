@@ -133,7 +133,7 @@ def test_limits_reach_the_cgroup_change_live_and_feed_the_stats(pod: Pod) -> Non
     script = f"{ONE_MIB_IN_THE_SHELL}; echo ready; while :; do sleep 1000; done"
     container_id = start(pod, "limited", script, resources)
     wait_for_output(pod, container_id, "ready", seconds=60)
-    cgroup = f"{parent_of(pod)}/{container_id}"
+    cgroup = cgroups.container_cgroup(parent_of(pod), container_id)
 
     # v1 has no per-container pids limit in the CRI: the pod's (the kubelet's podPidsLimit) bounds it from above.
     # The CRI's swap limit is memory + swap: v1's memsw file holds that; v2's memory.swap.max the swap alone.
@@ -146,10 +146,12 @@ def test_limits_reach_the_cgroup_change_live_and_feed_the_stats(pod: Pod) -> Non
     assert matches(first, expected(512, 50_000, 100_000, 64 * MIB, cpus="0", pids="42" if v2 else "max")), first
     if v2:
         assert cgroups.read(cgroups.directory("memory", cgroup) / "memory.oom.group") == "1"
-        enabled = cgroups.read(cgroups.directory("cpu", parent_of(pod)) / "cgroup.subtree_control").split()
+        pod_dir = cgroups.pod_dir(parent_of(pod))
+        enabled = cgroups.read(cgroups.directory("cpu", pod_dir) / "cgroup.subtree_control").split()
         assert {"cpu", "cpuset", "memory", "pids"} <= set(enabled)
-    pod_pids = cgroups.directory("pids", parent_of(pod))
-    assert cgroups.read(pod_pids / "pids.max") == str(POD_PIDS_MAX)
+    pod_pids = cgroups.directory("pids", cgroups.pod_dir(parent_of(pod)))
+    if cgroups.DRIVER == "cgroupfs":  # under systemd the kubelet sets the pod's TasksMax through systemd
+        assert cgroups.read(pod_pids / "pids.max") == str(POD_PIDS_MAX)
     assert int(cgroups.read(pod_pids / "pids.current")) >= 1  # the container's sleep counts against the pod
 
     update(
@@ -192,15 +194,15 @@ def test_an_oom_kill_is_reported_as_oomkilled(pod: Pod) -> None:
     st = pod.wait_exit(container_id, 60)
     assert (st.exit_code, st.reason) == (137, "OOMKilled")
     if cgroups.is_v2():
-        events = cgroups.flat_keyed(cgroups.directory("memory", parent_of(pod)) / "memory.events")
+        events = cgroups.flat_keyed(cgroups.directory("memory", cgroups.pod_dir(parent_of(pod))) / "memory.events")
         assert int(events["oom_kill"]) >= 1  # counted in the pod's cgroup too (hierarchical)
 
 
 def test_removing_the_pod_removes_its_containers_cgroups(pod: Pod) -> None:
     container_id = start(pod, "short", "exec sleep 1000", pb.LinuxContainerResources(memory_limit_in_bytes=32 * MIB))
-    cgroup = f"{parent_of(pod)}/{container_id}"
+    cgroup = cgroups.container_cgroup(parent_of(pod), container_id)
     assert cgroups.directory("memory", cgroup).is_dir()
     with pod.node.client() as client:
         client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
     assert cgroups.existing(cgroup) == []
-    assert cgroups.existing(parent_of(pod))  # the pod's own cgroup is the kubelet's to remove
+    assert cgroups.existing(cgroups.pod_dir(parent_of(pod)))  # the pod's own cgroup is the kubelet's to remove
