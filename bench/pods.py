@@ -48,11 +48,11 @@ import moorage
 from moorage.api.cri import pb
 from moorage.cli.client import CriClient
 from moorage.runtime.handlers import hybrid_cgroup2_mount
+from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOCAL_PAUSE_IMAGE = "localhost/moorage/pause:1.0"
 SLEEP = ["sleep", "1000000"]
 SETTLE_SECONDS = 2.0  # after the last start (or the warm-up), before memory is sampled
@@ -226,27 +226,6 @@ def attempt(what: str, fn: Callable[[], object]) -> None:
         fn()
     except Exception as exc:
         say(f"cleanup: {what}: {exc}")
-
-
-def remove_cgroup_tree(relative: str, seconds: float = 15.0) -> None:
-    """rmdir ``relative`` and everything under it in every hierarchy, deepest first, waiting out EBUSY while
-    the last processes exit."""
-    deadline = time.monotonic() + seconds
-    for hierarchy in sorted(CGROUP_ROOT.iterdir()):
-        top = hierarchy / relative.lstrip("/")
-        if not top.is_dir():
-            continue
-        for directory, _, _ in os.walk(top, topdown=False):
-            while True:
-                try:
-                    os.rmdir(directory)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
 
 
 def kill_pids(pids: Iterable[int]) -> None:
@@ -727,7 +706,7 @@ def main() -> None:
     finally:
         with uninterrupted():
             registry.close()
-            attempt("removing the benchmark's cgroups", lambda: remove_cgroup_tree(cgroup_parent))
+            attempt("removing the benchmark's cgroups", lambda: cgroups.remove(cgroup_parent))
             shutil.rmtree(tmp, ignore_errors=True)
     env = environment(args, binary, load)
     table = render(env, pods, floor)
