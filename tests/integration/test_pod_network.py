@@ -43,8 +43,9 @@ FAILING = {
 
 
 class NetNode:
-    def __init__(self, daemon: DaemonProcess, ns: NodeNetns, tmp: Path) -> None:
+    def __init__(self, daemon: DaemonProcess, ns: NodeNetns, tmp: Path, cgroup_parent: str) -> None:
         self.daemon, self.ns, self.tmp = daemon, ns, tmp
+        self.cgroup_parent = cgroup_parent  # else containers would go to the runtime's default /moorage
         self.leases_dir = tmp / "leases"
         self.bin = tmp / "bin"
         self.bin.mkdir()
@@ -91,7 +92,7 @@ class NetNode:
         return [name for name in self.ns.links() if name.startswith("veth")]
 
     def run_pod(self, name: str, **extra: Any) -> str:
-        config = pod_config(name, **extra)
+        config = pod_config(name, cgroup_parent=self.cgroup_parent, **extra)
         config.log_directory = str(self.tmp / "logs" / name)
         with self.daemon.client() as client:
             return client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
@@ -116,7 +117,7 @@ class NetNode:
         with self.daemon.client() as client:
             sandbox = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
             meta = client.runtime.PodSandboxStatus(sandbox).status.metadata
-            config = pod_config(meta.name)
+            config = pod_config(meta.name, cgroup_parent=self.cgroup_parent)
             config.log_directory = str(self.tmp / "logs" / meta.name)
             container = pb.ContainerConfig(
                 metadata=pb.ContainerMetadata(name=name),
@@ -138,10 +139,10 @@ def archive(registry: Registry, busybox: PushedImage, tmp_path_factory: pytest.T
 
 
 @pytest.fixture
-def net(archive: Path, tmp_path: Path) -> Iterator[NetNode]:
+def net(archive: Path, tmp_path: Path, cgroup_parent: str) -> Iterator[NetNode]:
     with node_netns(tmp_path) as ns:
         daemon = DaemonProcess()
-        node = NetNode(daemon, ns, tmp_path)
+        node = NetNode(daemon, ns, tmp_path, cgroup_parent)
         try:
             daemon.netns = ns.path
             _write_cni_section(daemon, node.bin)
@@ -204,7 +205,7 @@ def test_a_host_port_reaches_the_container(net: NetNode) -> None:
     mapping = pb.PortMapping(protocol=pb.Protocol.TCP, container_port=8080, host_port=18080)
     pod_id = net.run_pod("web")
     with net.daemon.client() as client:  # a second pod, with the port mapping
-        config = pod_config("mapped")
+        config = pod_config("mapped", cgroup_parent=net.cgroup_parent)
         config.port_mappings.append(mapping)
         config.log_directory = str(net.tmp / "logs" / "mapped")
         mapped = client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
