@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 protos docs bench pause clean
+.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd protos docs bench pause clean
 
 deps: $(VENV)/.installed build/pause/pause
 
@@ -35,6 +35,10 @@ pytest:
 ## The cgroup-sensitive tests (pytest -m cgroup, plus PYTEST_ARGS) inside a pure cgroup v2 guest: ~2-3 minutes.
 test-cgroupv2: deps
 	VENV=$(VENV) scripts/test-cgroupv2 $(PYTEST_ARGS)
+
+## The same, with systemd as PID 1 of a namespace in the guest and the daemons on the systemd driver: ~3 minutes.
+test-cgroupv2-systemd: deps
+	VENV=$(VENV) MOORAGE_VM_SYSTEMD=1 scripts/test-cgroupv2 $(PYTEST_ARGS)
 
 ## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/api/_gen (committed).
 protos: deps

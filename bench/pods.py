@@ -47,7 +47,8 @@ from typing import Any, TypeVar
 import moorage
 from moorage.api.cri import pb
 from moorage.cli.client import CriClient
-from moorage.runtime.handlers import hybrid_cgroup2_mount
+from moorage.node import cgroupinfo
+from moorage.runtime.handlers import cgroup_compatible
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
@@ -247,17 +248,8 @@ def runtime_cli(binary: str, root: Path, *args: str, check: bool = True) -> subp
 
 
 def runtime_command(binary: str, directory: Path) -> str:
-    """``binary``, or for crun on a hybrid cgroup host (which crun refuses) a wrapper like the one moorage runs
-    it through (see moorage.runtime.handlers): a private mount namespace without the cgroup2 mount."""
-    unified = hybrid_cgroup2_mount()
-    if unified is None or not first_line(binary, "--version").startswith("crun"):
-        return binary
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    wrapper = directory / f"{Path(binary).name}-cgroup-v1"
-    wrapper.write_text(f"#!/bin/sh\nexec {unshare} --mount --propagation private "
-                       f"/bin/sh -c 'umount {unified} && exec \"$0\" \"$@\"' {binary} \"$@\"\n")  # fmt: skip
-    wrapper.chmod(0o755)
-    return str(wrapper)
+    """``binary``, or for crun on a hybrid cgroup host (which crun refuses) the wrapper moorage runs it through."""
+    return cgroup_compatible(binary, cgroupinfo.detect(), directory / f"{Path(binary).name}-cgroup-v1")
 
 
 def delete_all(binary: str, root: Path) -> None:

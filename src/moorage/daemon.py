@@ -26,6 +26,8 @@ from moorage.api.runtime_service import RuntimeService
 from moorage.config import Config
 from moorage.errors import ConfigError, MoorageError, StartupError
 from moorage.images.service import ImageManager
+from moorage.node import cgroupinfo
+from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cni import Cni, NetworkConfig
 from moorage.observe import daemon_log, metrics
 from moorage.runtime import pause_image
@@ -40,7 +42,6 @@ log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 RELOADABLE = ("log.level", "log.format")
-SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")  # sd_booted(3): exists only while systemd is PID 1
 
 
 class Daemon:
@@ -52,7 +53,7 @@ class Daemon:
 
     async def run(self) -> None:
         root, state, socket = Path(self.config.root), Path(self.config.state), Path(self.config.socket)
-        _check_cgroup_driver(self.config.cgroup_driver)
+        cgroup_host = _cgroup_host(self.config.cgroup_driver)
         _make_dir(root, 0o700)
         _make_dir(state, 0o711)
         lock_fd = _lock_root(root)
@@ -72,7 +73,7 @@ class Daemon:
                 pod_cidrs=lambda: pod_cidr.value,
             )
             sandboxes = Sandboxes(store, lambda: self.config, PodNetwork(cni), EventBus())
-            containers = Containers(store, lambda: self.config, images, sandboxes)
+            containers = Containers(store, lambda: self.config, images, sandboxes, cgroup_host)
             sandboxes.infra = containers
             await self._local_pause_image(images, root)
             await sandboxes.load()
@@ -93,6 +94,7 @@ class Daemon:
                 state=str(state),
                 pid=os.getpid(),
                 cgroup_driver=self.config.cgroup_driver,
+                cgroups=cgroup_host.mode,
             )
             await self._stop.wait()
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
@@ -156,13 +158,19 @@ def _log_network(network: NetworkConfig | None, error: str) -> None:
         log.info("cni network ready", network=network.name, path=str(network.path), plugins=network.plugin_types)
 
 
-def _check_cgroup_driver(driver: str, systemd_dir: Path = SYSTEMD_RUNTIME_DIR) -> None:
-    """The systemd driver asks systemd for every container's scope: refuse to start where systemd is not running."""
-    if driver == "systemd" and not systemd_dir.is_dir():
+def _cgroup_host(driver: str) -> CgroupHost:
+    """The node's cgroup layout, read once; the systemd driver asks systemd for every container's scope, so refuse
+    to start where systemd is not running."""
+    try:
+        host = cgroupinfo.detect()
+    except (OSError, cgroupinfo.NoCgroupsError) as exc:
+        raise StartupError(f"cannot tell the node's cgroup layout: {exc}") from exc
+    if driver == "systemd" and not host.systemd:
         raise StartupError(
-            f"cgroup_driver = systemd, but systemd is not running on this node ({systemd_dir} is missing): "
+            "cgroup_driver = systemd, but systemd is not running on this node (/run/systemd/system is missing): "
             "set cgroup_driver = cgroupfs here, and the kubelet's cgroupDriver to cgroupfs too"
         )
+    return host
 
 
 def _make_dir(path: Path, mode: int) -> None:

@@ -34,6 +34,7 @@ def _leftovers() -> set[str]:
     root = Path("/sys/fs/cgroup")
     for hierarchy in [root, *(p for p in root.iterdir() if p.is_dir())]:
         found.update(f"cgroup {p}" for p in hierarchy.glob("moorage-test-*"))
+        found.update(f"cgroup {p}" for p in hierarchy.glob("moorage_test_*.slice"))  # pod slices (systemd driver)
         if (hierarchy / "moorage").is_dir():  # the runtime's default parent: a test pod without a cgroup_parent
             found.add(f"cgroup {hierarchy / 'moorage'}")
     return found

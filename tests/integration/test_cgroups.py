@@ -2,23 +2,32 @@
 what the OCI runtime writes for the CRI resources, UpdateContainerResources, stats read from the cgroup, what the
 container sees at /sys/fs/cgroup, an OOM kill, unified keys (v2 only), and the cgroups gone with the pod.
 
-A container's cgroup is ``<pod cgroup_parent>/<container id>`` (the cgroupfs driver). Under the v2 guest's
-emulation every container costs seconds, so the module shares one daemon and each test runs one container.
+The daemons use the driver the run chose (`tests/fixtures/cgroups.DRIVER`): on cgroupfs a container's cgroup is
+``<pod cgroup_parent>/<container id>``; on systemd (``MOORAGE_VM_SYSTEMD=1 make test-cgroupv2``, a real systemd as
+PID 1 in the guest) the pod's parent is a slice the test starts through systemd as a kubelet does, and each
+container a transient scope ``moorage-<id>.scope`` in it. Also here: RuntimeConfig names the driver, and
+`moorage check` reports a driver that does not fit the host's init system or the kubelet's config. Under the v2
+guest's emulation every container costs seconds, so the module shares one daemon and each test runs one container.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from moorage.api.cri import pb
+from moorage.node.cgroups import slice_dir, to_slice
 from tests.fixtures import cgroups
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod, log_lines
+from tests.integration.test_node_cli import moorage
 from tests.integration.test_stats import container_stats, wait_for_output
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroup]
@@ -150,8 +159,7 @@ def test_limits_reach_the_cgroup_change_live_and_feed_the_stats(pod: Pod) -> Non
         enabled = cgroups.read(cgroups.directory("cpu", pod_dir) / "cgroup.subtree_control").split()
         assert {"cpu", "cpuset", "memory", "pids"} <= set(enabled)
     pod_pids = cgroups.directory("pids", cgroups.pod_dir(parent_of(pod)))
-    if cgroups.DRIVER == "cgroupfs":  # under systemd the kubelet sets the pod's TasksMax through systemd
-        assert cgroups.read(pod_pids / "pids.max") == str(POD_PIDS_MAX)
+    assert cgroups.read(pod_pids / "pids.max") == str(POD_PIDS_MAX)  # the slice's TasksMax under systemd
     assert int(cgroups.read(pod_pids / "pids.current")) >= 1  # the container's sleep counts against the pod
 
     update(
@@ -206,3 +214,71 @@ def test_removing_the_pod_removes_its_containers_cgroups(pod: Pod) -> None:
         client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
     assert cgroups.existing(cgroup) == []
     assert cgroups.existing(cgroups.pod_dir(parent_of(pod)))  # the pod's own cgroup is the kubelet's to remove
+
+
+def test_runtime_config_reports_the_driver(cg_node: DaemonProcess) -> None:
+    with cg_node.client() as client:
+        answer = client.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=30)
+    assert answer.linux.cgroup_driver == pb.CgroupDriver.Value(cgroups.DRIVER.upper())
+
+
+@pytest.mark.skipif(cgroups.DRIVER != "systemd", reason="the systemd driver's conversion of a cgroupfs parent")
+def test_a_cgroupfs_style_parent_becomes_a_slice(cg_node: DaemonProcess, busybox: PushedImage, tmp_path: Path) -> None:
+    """A kubelet still on cgroupfs names its pod cgroup by path; the systemd driver puts it in the slice the
+    kubelet's own conversion names, and systemd creates that slice for the first scope."""
+    parent = f"/moorage-test-{secrets.token_hex(4)}/pod{secrets.token_hex(4)}"
+    slice_name = to_slice(parent)
+    assert slice_name == parent[1:].replace("-", "_").replace("/", "-") + ".slice"
+    p = Pod(cg_node, busybox.name, parent, tmp_path)
+    try:
+        container_id = p.run("scoped", "sleep", "1000")
+        scope = cgroups.CGROUP_ROOT / slice_dir(slice_name).lstrip("/") / f"moorage-{container_id}.scope"
+        assert (scope / "cgroup.procs").read_text().split(), f"no process in {scope}"
+        shown = subprocess.run(
+            ["systemctl", "show", "--property=ActiveState,Slice", f"moorage-{container_id}.scope"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert sorted(shown) == ["ActiveState=active", f"Slice={slice_name}"]
+    finally:
+        with cg_node.client() as client:
+            client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+        top = slice_name.split("-")[0] + ".slice"
+        subprocess.run(["systemctl", "stop", slice_name, top], check=False, capture_output=True)
+
+
+def test_moorage_check_reports_a_driver_that_does_not_fit(tmp_path: Path) -> None:
+    """On the real host: the driver against the init system (systemd or not), then against a kubelet's config."""
+    systemd = Path("/run/systemd/system").is_dir()
+    fitting = "systemd" if systemd else "cgroupfs"
+    other = "cgroupfs" if systemd else "systemd"
+    kubelet = tmp_path / "kubelet.yaml"
+
+    def check(driver: str, kubelet_driver: str) -> dict[str, dict[str, str]]:
+        config = tmp_path / f"{driver}.toml"
+        config.write_text(f'cgroup_driver = "{driver}"\n')
+        kubelet.write_text(f"kind: KubeletConfiguration\ncgroupDriver: {kubelet_driver}\nfailCgroupV1: false\n")
+        proc = moorage("check", "--json", "--config", str(config), "--kubelet-config", str(kubelet))
+        return {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+    fits = check(fitting, fitting)
+    assert fits["cgroup driver"]["status"] == "OK", fits["cgroup driver"]
+    assert (fits["cgroup driver vs kubelet"]["status"], fits["cgroup driver vs kubelet"]["detail"]) == (
+        "OK",
+        f"both {fitting}",
+    )
+
+    wrong = check(other, other)["cgroup driver"]
+    if systemd:  # cgroupfs under a running systemd: two managers of one tree
+        assert (wrong["status"], wrong["detail"]) == (
+            "WARN",
+            "cgroupfs on a systemd host: two managers write the cgroup tree",
+        )
+    else:
+        assert (wrong["status"], "systemd is not running" in wrong["detail"]) == ("FAIL", True), wrong
+
+    for driver, kubelet_driver in ((fitting, other), (other, fitting)):
+        mismatch = check(driver, kubelet_driver)["cgroup driver vs kubelet"]
+        assert mismatch["status"] == "FAIL", mismatch
+        assert mismatch["detail"] == f"moorage uses {driver}, {kubelet} says cgroupDriver: {kubelet_driver}"

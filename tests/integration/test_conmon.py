@@ -15,7 +15,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,14 @@ from pathlib import Path
 import pytest
 
 from moorage.errors import DeadlineExceeded, MoorageError, NotFound
+from moorage.node import cgroupinfo
 from moorage.runtime.conmon import ConmonPaths, conmon_pid, create_container, read_exit
+from moorage.runtime.handlers import cgroup_compatible
 from moorage.runtime.oci import OciRuntime
+from tests.fixtures import cgroups
 
 pytestmark = pytest.mark.integration
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CRI_LINE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d)"
 
 
@@ -111,35 +112,16 @@ def _cleanup(env: Env) -> None:
     for pid in live_conmons(env.state_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for controller in CGROUP_ROOT.iterdir():
-        for cg in controller.glob(f"{env.cgroup_prefix}-*"):
-            for sub in sorted(cg.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-                for _ in range(50):  # a just-killed task may linger a moment
-                    try:
-                        sub.rmdir()
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError:
-                        time.sleep(0.02)
+    names = {cg.name for hierarchy in cgroups.hierarchies() for cg in hierarchy.glob(f"{env.cgroup_prefix}-*")}
+    for name in names:
+        cgroups.remove(f"/{name}")  # waits while a just-killed task lingers
     shutil.rmtree(env.tmp, ignore_errors=True)
 
 
 def _hybrid_crun_wrapper(crun: str, tmp: Path) -> str:
     """crun 1.8 refuses a hybrid host whose cgroup2 mount still owns a controller (here hugetlb, not mounted as
-    v1): "cgroups in hybrid mode not supported, drop all controllers from cgroupv2". Rather than remount the
-    host's cgroups, run crun in a private mount namespace without the cgroup2 mount, so it sees plain v1."""
-    unified = CGROUP_ROOT / "unified" / "cgroup.controllers"
-    if not unified.exists() or not unified.read_text().strip():
-        return crun
-    wrapper = tmp / "crun-v1"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "exec unshare --mount --propagation private "
-        f'sh -c \'umount {CGROUP_ROOT}/unified && exec "$0" "$@"\' {crun} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return str(wrapper)
+    v1): run it the way the daemon does, through a wrapper without that mount."""
+    return cgroup_compatible(crun, cgroupinfo.detect(), tmp / "crun-v1")
 
 
 @pytest.fixture(params=["runc", "crun"])
@@ -189,7 +171,7 @@ def test_create_start_kill(env: Env) -> None:
         assert read_exit(env.state_dir / "exits", "sleeper") is None
 
         await env.runtime.update("sleeper", {"pids": {"limit": 42}})
-        assert (CGROUP_ROOT / "pids" / f"{env.cgroup_prefix}-sleeper" / "pids.max").read_text().strip() == "42"
+        assert cgroups.read(cgroups.directory("pids", f"/{env.cgroup_prefix}-sleeper") / "pids.max") == "42"
 
         await env.runtime.kill("sleeper", signal.SIGKILL)
         assert await env.wait_exit("sleeper") == 137

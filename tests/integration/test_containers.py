@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
+from tests.fixtures import cgroups
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_images import rpc_error
@@ -240,10 +241,13 @@ def test_update_container_resources_changes_the_cgroup(pod: Pod, cgroup_parent: 
             linux=pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=512),
         )
         client.runtime.UpdateContainerResources(request, timeout=30)
-    cgroup = Path("/sys/fs/cgroup/memory") / cgroup_parent.lstrip("/") / container_id
-    assert int((cgroup / "memory.limit_in_bytes").read_text()) == 64 << 20
-    cpu = Path("/sys/fs/cgroup/cpu") / cgroup_parent.lstrip("/") / container_id
-    assert int((cpu / "cpu.shares").read_text()) == 512
+    cgroup = cgroups.container_cgroup(cgroup_parent, container_id)
+    if cgroups.is_v2():
+        assert int(cgroups.read(cgroups.directory("memory", cgroup) / "memory.max")) == 64 << 20
+        assert int(cgroups.read(cgroups.directory("cpu", cgroup) / "cpu.weight")) in cgroups.runc_cpu_weights(512)
+    else:
+        assert int(cgroups.read(cgroups.directory("memory", cgroup) / "memory.limit_in_bytes")) == 64 << 20
+        assert int(cgroups.read(cgroups.directory("cpu", cgroup) / "cpu.shares")) == 512
 
 
 def test_an_oom_kill_is_reported_as_oomkilled(pod: Pod) -> None:

@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 
 from moorage.api.cri import pb
+from moorage.node import cgroupinfo
 from moorage.runtime import spec
+from moorage.runtime.handlers import cgroup_compatible
+from tests.fixtures import cgroups
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="running containers needs root"),
 ]
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 APPLETS = ("sh", "id", "cat", "ls", "sleep", "ps", "touch", "echo", "grep")
 
 
@@ -40,28 +42,10 @@ def make_rootfs(root: Path) -> None:
     (root / "etc/hostname").write_text("")
 
 
-def remove_cgroups(name: str) -> None:
-    for controller in CGROUP_ROOT.iterdir():
-        path = controller / name
-        if path.is_dir():
-            for child in sorted(path.rglob("*"), reverse=True):
-                if child.is_dir():
-                    child.rmdir()
-            path.rmdir()
-
-
 def crun_without_cgroup2(crun: str, tmp: Path) -> str:
     """crun 1.8 refuses a hybrid host whose cgroup2 mount holds a controller ("cgroups in hybrid mode not
-    supported"); this node's holds hugetlb. The wrapper runs crun in a private mount namespace without that mount,
-    where the host looks like plain cgroup v1 (as tests/integration/test_conmon.py does)."""
-    controllers = CGROUP_ROOT / "unified" / "cgroup.controllers"
-    if not controllers.exists() or not controllers.read_text().strip():
-        return crun
-    wrapper = tmp / "crun-v1"
-    script = f'umount {CGROUP_ROOT / "unified"} && exec {crun} "$@"'
-    wrapper.write_text(f"#!/bin/sh\nexec unshare --mount --propagation private sh -c '{script}' crun \"$@\"\n")
-    wrapper.chmod(0o755)
-    return str(wrapper)
+    supported"); this node's holds hugetlb. Run it the way the daemon does, through a wrapper without that mount."""
+    return cgroup_compatible(crun, cgroupinfo.detect(), tmp / "crun-v1")
 
 
 @pytest.fixture(params=["runc", "crun"])
@@ -78,7 +62,7 @@ def cgroup_name() -> Iterator[str]:
     try:
         yield name
     finally:
-        remove_cgroups(name)
+        cgroups.remove(name)
 
 
 def run(runtime: str, bundle: Path, state: Path) -> subprocess.CompletedProcess[str]:

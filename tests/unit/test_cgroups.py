@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from moorage.errors import InvalidArgument
-from moorage.node.cgroups import CgroupfsDriver, SystemdDriver, driver, slice_dir, to_slice
-from moorage.runtime.handlers import hybrid_cgroup2_mount
+from moorage.node.cgroupinfo import CgroupHost
+from moorage.node.cgroups import CgroupfsDriver, SystemdDriver, driver, leaf_dir, slice_dir, to_slice
 
 CID = "c0ffee"
 
@@ -86,11 +86,20 @@ def test_driver_by_name() -> None:
         driver("cgroupsv3")
 
 
-def test_hybrid_cgroup2_mount_only_when_it_holds_controllers(tmp_path: Path) -> None:
-    (tmp_path / "unified").mkdir()
-    (tmp_path / "unified" / "cgroup.controllers").write_text("\n")
-    assert hybrid_cgroup2_mount(tmp_path) is None  # hybrid, but an empty cgroup2: crun accepts it
-    (tmp_path / "unified" / "cgroup.controllers").write_text("hugetlb misc\n")
-    assert hybrid_cgroup2_mount(tmp_path) == tmp_path / "unified"
-    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
-    assert hybrid_cgroup2_mount(tmp_path) is None  # pure cgroup v2
+def test_the_hybrid_cgroup2_mount_is_in_use_only_when_it_holds_controllers() -> None:
+    v1 = {"memory": "/sys/fs/cgroup/memory"}
+    unified = "/sys/fs/cgroup/unified"
+    assert CgroupHost("hybrid", v1, unified, (), systemd=False).hybrid_v2_in_use is None  # crun accepts it
+    assert CgroupHost("hybrid", v1, unified, ("hugetlb", "misc"), systemd=False).hybrid_v2_in_use == unified
+    pure = CgroupHost("v2", {}, "/sys/fs/cgroup", ("cpu", "memory"), systemd=False)
+    assert (pure.hybrid_v2_in_use, pure.unified) == (None, True)
+
+
+def test_the_leaf_is_cruns_sub_cgroup_of_a_scope_when_there_is_one(tmp_path: Path) -> None:
+    scope = "/pod.slice/moorage-c1.scope"
+    (tmp_path / scope.lstrip("/")).mkdir(parents=True)
+    assert leaf_dir(scope, tmp_path) == scope  # runc: the scope itself
+    (tmp_path / scope.lstrip("/") / "container").mkdir()
+    assert leaf_dir(scope, tmp_path) == f"{scope}/container"  # crun's default run.oci.systemd.subgroup
+    (tmp_path / "moorage" / "c2" / "container").mkdir(parents=True)
+    assert leaf_dir("/moorage/c2", tmp_path) == "/moorage/c2"  # cgroupfs: a container's own sub-cgroup is its own

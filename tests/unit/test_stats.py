@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moorage.observe.stats import CpuRates, disk_usage, is_v1, read_cgroup
+from moorage.node.cgroupinfo import CgroupHost
+from moorage.observe.stats import CpuRates, disk_usage, read_cgroup
+
+
+def v1_host(root: Path) -> CgroupHost:
+    """A v1 layout with cpu and cpuacct sharing one hierarchy (as most distributions mount them)."""
+    controllers = {"cpu": "cpu,cpuacct", "cpuacct": "cpu,cpuacct", "memory": "memory", "pids": "pids"}
+    return CgroupHost("v1", {c: str(root / d) for c, d in controllers.items()}, None, (), systemd=False)
+
+
+def v2_host(root: Path) -> CgroupHost:
+    return CgroupHost("v2", {}, str(root), ("cpu", "memory", "pids"), systemd=False)
 
 
 def write(path: Path, text: str) -> None:
@@ -13,16 +24,14 @@ def write(path: Path, text: str) -> None:
 
 
 def test_v1_reads_each_controller_and_subtracts_inactive_file(tmp_path: Path) -> None:
-    write(tmp_path / "memory" / "memory.stat", "cache 0\n")  # the root: memory is mounted, so v1
     group = "pod/c1"
-    write(tmp_path / "cpuacct" / group / "cpuacct.usage", "123456789\n")
+    write(tmp_path / "cpu,cpuacct" / group / "cpuacct.usage", "123456789\n")
     write(tmp_path / "memory" / group / "memory.usage_in_bytes", "10000\n")
     write(tmp_path / "memory" / group / "memory.limit_in_bytes", "9223372036854771712\n")
     stat = "rss 1\ninactive_file 7\ntotal_rss 4000\ntotal_inactive_file 3000\ntotal_pgfault 50\ntotal_pgmajfault 2\n"
     write(tmp_path / "memory" / group / "memory.stat", stat)
     write(tmp_path / "pids" / group / "pids.current", "3\n")
-    assert is_v1(tmp_path)
-    st = read_cgroup("/pod/c1", tmp_path)
+    st = read_cgroup("/pod/c1", v1_host(tmp_path))
     assert (st.cpu_usage_ns, st.memory_usage, st.working_set, st.rss) == (123456789, 10000, 7000, 4000)
     assert (st.page_faults, st.major_page_faults, st.pids, st.available) == (50, 2, 3, None)
 
@@ -34,17 +43,14 @@ def test_v2_reads_the_unified_group_and_a_limit(tmp_path: Path) -> None:
     write(group / "memory.max", "8000\n")
     write(group / "memory.stat", "anon 1000\ninactive_file 6000\npgfault 9\npgmajfault 1\n")
     write(group / "pids.current", "2\n")
-    assert not is_v1(tmp_path)
-    st = read_cgroup("pod/c1", tmp_path)
+    st = read_cgroup("pod/c1", v2_host(tmp_path))
     assert (st.cpu_usage_ns, st.memory_usage, st.working_set, st.available) == (2_500_000, 5000, 0, 8000)
     assert (st.rss, st.page_faults, st.major_page_faults, st.pids) == (1000, 9, 1, 2)
 
 
 def test_a_gone_cgroup_reads_as_unknown(tmp_path: Path) -> None:
-    for root in (tmp_path, tmp_path / "v1"):
-        if root != tmp_path:
-            write(root / "memory" / "memory.stat", "")
-        st = read_cgroup("/gone", root)
+    for host in (v1_host(tmp_path), v2_host(tmp_path)):
+        st = read_cgroup("/gone", host)
         assert st.timestamp > 0
         assert (st.cpu_usage_ns, st.memory_usage, st.working_set, st.rss, st.pids) == (None,) * 5
 

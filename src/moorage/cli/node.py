@@ -35,14 +35,17 @@ def _roots_options(fn: F) -> F:
     return fn
 
 
+KUBELET_CONFIG = Path("/var/lib/kubelet/config.yaml")
+
+
 @click.command("check")
 @config_option
 @click.option(
     "--kubelet-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The kubelet's KubeletConfiguration file (kubeadm: /var/lib/kubelet/config.yaml): "
-    "compare its cgroupDriver and failCgroupV1 too.",
+    help="The kubelet's KubeletConfiguration file: compare its cgroupDriver and failCgroupV1 too. "
+    f"Default: {KUBELET_CONFIG} (where kubeadm writes it) when that file exists.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
 @_roots_options
@@ -65,6 +68,8 @@ def check(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     roots = preflight.HostRoots(proc=proc_dir, sys=sys_dir, run=run_dir)
+    if kubelet_config is None and KUBELET_CONFIG.is_file():
+        kubelet_config = KUBELET_CONFIG
     results = preflight.run_checks(config, roots, kubelet_config)
     failed = [r for r in results if not r.ok]
     if as_json:

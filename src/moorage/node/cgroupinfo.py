@@ -78,6 +78,16 @@ class CgroupHost:
     v2_controllers: tuple[str, ...]  # the v2 root's cgroup.controllers; () without cgroup2
     systemd: bool  # systemd is the init system and running (sd_booted)
 
+    @property
+    def unified(self) -> bool:
+        """Pure cgroup v2: one tree, whose controllers a parent enables for its children."""
+        return self.mode == "v2"
+
+    @property
+    def hybrid_v2_in_use(self) -> str | None:
+        """The cgroup2 mount of a hybrid host when it holds controllers (crun refuses such a host), else None."""
+        return self.v2_mount if self.mode == "hybrid" and self.v2_controllers else None
+
 
 @dataclass(frozen=True)
 class KubeletSettings:

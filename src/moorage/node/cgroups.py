@@ -13,12 +13,16 @@ The kubelet and the runtime must agree on one driver (RuntimeConfig reports ours
   still gets one slice per pod.
 
 systemd nests a slice under each of its dash-separated prefixes: ``a-b-c.slice`` lives at
-``/a.slice/a-b.slice/a-b-c.slice`` — :func:`slice_dir` expands that, which is where stats are read.
+``/a.slice/a-b.slice/a-b-c.slice`` — :func:`slice_dir` expands that, which is where stats are read. Under the
+systemd driver crun (unlike runc) runs the container in a sub-cgroup ``container`` of its scope and applies the
+limits there, since systemd lets the owner of a delegated scope manage only the cgroups below it:
+:func:`leaf_dir` finds it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from moorage.errors import InvalidArgument
@@ -27,6 +31,8 @@ SCOPE_PREFIX = "moorage"
 DEFAULT_CGROUPFS_PARENT = "/moorage"
 DEFAULT_SLICE = "moorage.slice"
 ROOT_SLICE = "-.slice"
+CRUN_SUBGROUP = "container"
+"""crun's default ``run.oci.systemd.subgroup``: the sub-cgroup of the scope the container runs in."""
 
 
 class CgroupDriver(Protocol):
@@ -142,3 +148,11 @@ def slice_dir(name: str) -> str:
     stem = name.removesuffix(".slice")
     parts = stem.split("-")
     return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def leaf_dir(container_dir: str, hierarchy: Path) -> str:
+    """Where the container's processes and limits are: ``container_dir``, or its ``container`` sub-cgroup when
+    the OCI runtime made one (crun under the systemd driver), looked up in ``hierarchy`` (a hierarchy's root)."""
+    if container_dir.endswith(".scope") and (hierarchy / container_dir.lstrip("/") / CRUN_SUBGROUP).is_dir():
+        return f"{container_dir}/{CRUN_SUBGROUP}"
+    return container_dir

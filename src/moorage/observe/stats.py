@@ -1,9 +1,8 @@
 """Resource usage of a cgroup and of a directory tree, read from the host (the CRI stats RPCs' source).
 
-Every reader takes the cgroup filesystem root, so tests can point it at a tree of their own. cgroup v1 applies
-when the memory controller is mounted at ``<root>/memory`` (then each controller has its own hierarchy,
-``<root>/cpuacct``, ``<root>/pids``, ...), else the unified hierarchy at ``<root>`` itself. A cgroup that is gone
-(its container exited and was cleaned up) reads as all ``None``: stats never fail for a missing file.
+Cgroups are read where the host's layout (:mod:`moorage.node.cgroupinfo`, detected once at start) says each
+controller is mounted, so tests can point it at a tree of their own. A cgroup that is gone (its container exited
+and was cleaned up) reads as all ``None``: stats never fail for a missing file.
 
 ``usage_nano_cores`` is a rate and needs two samples; :class:`CpuRates` keeps the previous one per key, as
 containerd does.
@@ -16,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from moorage.node.cgroupinfo import CgroupHost
+
 UNLIMITED = 1 << 62
 """Memory limits at or above this mean no limit (v1 writes PAGE_COUNTER_MAX pages as bytes)."""
 
@@ -42,42 +42,35 @@ class DiskUsage:
     inodes: int
 
 
-def is_v1(root: Path = CGROUP_ROOT) -> bool:
-    return (root / "memory" / "memory.stat").is_file()
-
-
-def is_unified(root: Path = CGROUP_ROOT) -> bool:
-    """Pure cgroup v2: the unified hierarchy is mounted at the root itself."""
-    return (root / "cgroup.controllers").is_file()
-
-
-def read_cgroup(path: str, root: Path = CGROUP_ROOT) -> CgroupStats:
-    """The usage of the cgroup at ``path`` (``/moorage/<id>``, relative to each hierarchy)."""
+def read_cgroup(path: str, host: CgroupHost) -> CgroupStats:
+    """The usage of the cgroup at ``path`` (``/moorage/<id>``, relative to each hierarchy) on ``host``'s layout:
+    the unified tree on v2, each controller's own hierarchy on v1 and hybrid (as the kubelet reads them)."""
     relative = path.strip("/")
-    return _read_v1(relative, root) if is_v1(root) else _read_v2(relative, root)
+    if host.unified and host.v2_mount is not None:
+        return _read_v2(Path(host.v2_mount) / relative)
+    return _read_v1({name: Path(point) / relative for name, point in host.v1_controllers.items()})
 
 
-def _read_v1(relative: str, root: Path) -> CgroupStats:
-    memory = root / "memory" / relative
-    stat = _flat_keyed(memory / "memory.stat")
-    usage = _int(memory / "memory.usage_in_bytes")
+def _read_v1(groups: dict[str, Path]) -> CgroupStats:
+    memory, cpuacct, pids = (groups.get(c) for c in ("memory", "cpuacct", "pids"))
+    stat = _flat_keyed(memory / "memory.stat") if memory else {}
+    usage = _int(memory / "memory.usage_in_bytes") if memory else None
     inactive = stat.get("total_inactive_file", stat.get("inactive_file"))
     working_set = None if usage is None else max(usage - (inactive or 0), 0)
     return CgroupStats(
         timestamp=time.time_ns(),
-        cpu_usage_ns=_int(root / "cpuacct" / relative / "cpuacct.usage"),
+        cpu_usage_ns=_int(cpuacct / "cpuacct.usage") if cpuacct else None,
         memory_usage=usage,
         working_set=working_set,
-        available=_available(_int(memory / "memory.limit_in_bytes"), working_set),
+        available=_available(_int(memory / "memory.limit_in_bytes") if memory else None, working_set),
         rss=stat.get("total_rss", stat.get("rss")),
         page_faults=stat.get("total_pgfault", stat.get("pgfault")),
         major_page_faults=stat.get("total_pgmajfault", stat.get("pgmajfault")),
-        pids=_int(root / "pids" / relative / "pids.current"),
+        pids=_int(pids / "pids.current") if pids else None,
     )
 
 
-def _read_v2(relative: str, root: Path) -> CgroupStats:
-    group = root / relative
+def _read_v2(group: Path) -> CgroupStats:
     cpu = _flat_keyed(group / "cpu.stat")
     stat = _flat_keyed(group / "memory.stat")
     usage = _int(group / "memory.current")

@@ -30,8 +30,8 @@ from moorage.errors import FailedPrecondition, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
+from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import driver as cgroup_driver
-from moorage.observe.stats import is_unified
 from moorage.runtime import conmon, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.container_records import ContainerRecords
@@ -62,7 +62,14 @@ KILL_WAIT_SECONDS = 10.0
 
 
 class Containers:
-    def __init__(self, store: Store, config: Callable[[], Config], images: ImageManager, sandboxes: Sandboxes) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Callable[[], Config],
+        images: ImageManager,
+        sandboxes: Sandboxes,
+        host: CgroupHost,
+    ) -> None:
         self.config = config
         self.images = images
         self.sandboxes = sandboxes
@@ -70,8 +77,9 @@ class Containers:
         self.root = Path(config().root)
         self._exited: dict[str, asyncio.Event] = {}
         self.cgroups = cgroup_driver(config().cgroup_driver)
-        self.usage = UsageReader(self.layer_dir, self.cgroups)
-        self.handlers = Handlers(config, self.state, self.cgroups)
+        self.cgroup_host = host
+        self.usage = UsageReader(self.layer_dir, self.cgroups, host)
+        self.handlers = Handlers(config, self.state, self.cgroups, host)
         self.records = ContainerRecords(store, sandboxes.events)
 
     async def load(self) -> None:
@@ -175,7 +183,7 @@ class Containers:
                 seccomp_root=Path(self.config().runtime.seccomp_profile_root),
                 available_capabilities=current_capabilities(),
                 nofile_ceiling=nofile_ceiling(),
-                cgroup_namespace=is_unified(),
+                cgroup_namespace=self.cgroup_host.unified,
             )
         )
         (bundle / "config.json").write_text(json.dumps(spec))

@@ -23,8 +23,8 @@ import structlog
 
 from moorage.config import Config
 from moorage.errors import InvalidArgument
+from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import CgroupDriver
-from moorage.observe.stats import CGROUP_ROOT
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.oci import OciRuntime
 
@@ -32,13 +32,11 @@ log = structlog.get_logger(__name__)
 
 
 class Handlers:
-    def __init__(
-        self, config: Callable[[], Config], state: Path, cgroups: CgroupDriver, cgroup_root: Path = CGROUP_ROOT
-    ) -> None:
+    def __init__(self, config: Callable[[], Config], state: Path, cgroups: CgroupDriver, host: CgroupHost) -> None:
         self._config = config
         self._state = state
         self._cgroups = cgroups
-        self._cgroup_root = cgroup_root
+        self._host = host
         self._paths: dict[str, str] = {}
 
     def runtime(self, handler: str) -> OciRuntime:
@@ -55,46 +53,49 @@ class Handlers:
 
     def _executable(self, name: str, path: str) -> str:
         binary = find_binary(path) or path
-        unified = hybrid_cgroup2_mount(self._cgroup_root)
-        if unified is None or not _is_crun(binary):
-            return binary
-        wrapper = self._state / "wrappers" / f"{name}-cgroup-v1"
-        wrapper.parent.mkdir(parents=True, exist_ok=True)
-        unshare = shutil.which("unshare") or "/usr/bin/unshare"
-        script = (
-            "#!/bin/sh\n"
-            f"# moorage: run {binary} without the hybrid cgroup2 mount {unified} (see moorage.runtime.handlers)\n"
-            f"exec {unshare} --mount --propagation private "
-            f'/bin/sh -c \'umount {unified} && exec "$0" "$@"\' {binary} "$@"\n'
-        )
-        if not wrapper.exists() or wrapper.read_text() != script:
-            tmp = wrapper.with_suffix(".tmp")
-            tmp.write_text(script)
-            tmp.chmod(0o755)
-            tmp.rename(wrapper)
-        log.warning(
-            "crun refuses hybrid cgroup hosts whose cgroup2 mount holds controllers; running it without that mount",
-            handler=name,
-            runtime=binary,
-            cgroup2_mount=str(unified),
-            wrapper=str(wrapper),
-        )
-        return str(wrapper)
+        runnable = cgroup_compatible(binary, self._host, self._state / "wrappers" / f"{name}-cgroup-v1")
+        if runnable != binary:
+            log.warning(
+                "crun refuses hybrid cgroup hosts whose cgroup2 mount holds controllers; running it without it",
+                handler=name,
+                runtime=binary,
+                cgroup2_mount=self._host.hybrid_v2_in_use,
+                wrapper=runnable,
+            )
+        return runnable
 
 
-def hybrid_cgroup2_mount(cgroup_root: Path = CGROUP_ROOT) -> Path | None:
-    """The cgroup2 mount of a hybrid host when it holds controllers (what crun refuses), else None."""
-    unified = cgroup_root / "unified"
-    if (cgroup_root / "cgroup.controllers").exists():
-        return None  # pure cgroup v2
-    try:
-        controllers = (unified / "cgroup.controllers").read_text().split()
-    except OSError:
-        return None
-    return unified if controllers else None
+def cgroup_compatible(binary: str, host: CgroupHost, wrapper: Path) -> str:
+    """``binary``, or for crun on a hybrid host whose cgroup2 mount holds controllers (which crun refuses) the
+    path of ``wrapper``, written to run it without that mount."""
+    unified = host.hybrid_v2_in_use
+    if unified is None or not is_crun(binary):
+        return binary
+    write_hybrid_wrapper(binary, unified, wrapper)
+    return str(wrapper)
 
 
-def _is_crun(binary: str) -> bool:
+def write_hybrid_wrapper(binary: str, cgroup2_mount: str, wrapper: Path) -> None:
+    """Write (atomically, and only when it changed) an executable ``wrapper`` that runs ``binary`` in a private
+    mount namespace without the hybrid host's ``cgroup2_mount``, where the host looks like plain cgroup v1."""
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    script = (
+        "#!/bin/sh\n"
+        f"# moorage: run {binary} without the hybrid cgroup2 mount {cgroup2_mount} (see moorage.runtime.handlers)\n"
+        f"exec {unshare} --mount --propagation private "
+        f'/bin/sh -c \'umount {cgroup2_mount} && exec "$0" "$@"\' {binary} "$@"\n'
+    )
+    if wrapper.exists() and wrapper.read_text() == script:
+        return
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    tmp = wrapper.with_suffix(".tmp")
+    tmp.write_text(script)
+    tmp.chmod(0o755)
+    tmp.rename(wrapper)
+
+
+def is_crun(binary: str) -> bool:
+    """Whether ``binary`` is crun (by its ``--version``)."""
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, timeout=10, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):

@@ -13,18 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from moorage.api.cri import pb
-from moorage.node.cgroups import CgroupDriver
-from moorage.observe.stats import CGROUP_ROOT, CgroupStats, CpuRates, DiskUsage, disk_usage, read_cgroup
+from moorage.node.cgroupinfo import CgroupHost
+from moorage.node.cgroups import CgroupDriver, leaf_dir
+from moorage.observe.stats import CgroupStats, CpuRates, DiskUsage, disk_usage, read_cgroup
 from moorage.state.models import ContainerRecord, SandboxRecord
 
 
 class UsageReader:
-    def __init__(
-        self, layer_dir: Callable[[str], Path], cgroups: CgroupDriver, cgroup_root: Path = CGROUP_ROOT
-    ) -> None:
+    def __init__(self, layer_dir: Callable[[str], Path], cgroups: CgroupDriver, host: CgroupHost) -> None:
         self._layer_dir = layer_dir
         self._cgroups = cgroups
-        self._cgroup_root = cgroup_root
+        self._host = host
         self._rates = CpuRates()
 
     def forget(self, key: str) -> None:
@@ -52,7 +51,7 @@ class UsageReader:
         linux = pb.LinuxPodSandboxStats(containers=containers)
         pod_dir = self._cgroups.pod_dir(pod.linux.cgroup_parent)
         if pod_dir is not None:
-            cgroup = await asyncio.to_thread(read_cgroup, pod_dir, self._cgroup_root)
+            cgroup = await asyncio.to_thread(read_cgroup, pod_dir, self._host)
             cpu, memory = self._cpu(f"pod:{sandbox.id}", cgroup), _memory(cgroup)
             if cpu is not None:
                 linux.cpu.CopyFrom(cpu)
@@ -68,7 +67,10 @@ class UsageReader:
         )
 
     def _sample(self, cgroup: str, upper: Path) -> tuple[CgroupStats, DiskUsage]:
-        return read_cgroup(cgroup, self._cgroup_root), disk_usage(upper)
+        hierarchy = self._host.v2_mount if self._host.unified else self._host.v1_controllers.get("memory")
+        if hierarchy is not None:
+            cgroup = leaf_dir(cgroup, Path(hierarchy))
+        return read_cgroup(cgroup, self._host), disk_usage(upper)
 
     def _cpu(self, key: str, cgroup: CgroupStats) -> pb.CpuUsage | None:
         if cgroup.cpu_usage_ns is None:
