@@ -36,7 +36,9 @@ from moorage.runtime.events import EventBus
 from moorage.runtime.network import PodNetwork
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.streams import StreamBackend
 from moorage.store.db import Store
+from moorage.streaming.server import StreamingServer
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +82,9 @@ class Daemon:
             await containers.load()
             await containers.recover()
             await sandboxes.recover()
-            runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers)
+            streaming = StreamingServer(self.config.streaming.address, StreamBackend(sandboxes, containers))
+            await streaming.start()
+            runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers, streaming)
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             monitor = asyncio.create_task(containers.monitor(), name="exit-monitor")
@@ -95,10 +99,12 @@ class Daemon:
                 pid=os.getpid(),
                 cgroup_driver=self.config.cgroup_driver,
                 cgroups=cgroup_host.mode,
+                streaming=streaming.base_url,
             )
             await self._stop.wait()
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
             await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
+            await streaming.stop()
             monitor.cancel()
             cni_watch.cancel()
         finally:

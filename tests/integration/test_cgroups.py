@@ -282,3 +282,80 @@ def test_moorage_check_reports_a_driver_that_does_not_fit(tmp_path: Path) -> Non
         mismatch = check(driver, kubelet_driver)["cgroup driver vs kubelet"]
         assert mismatch["status"] == "FAIL", mismatch
         assert mismatch["detail"] == f"moorage uses {driver}, {kubelet} says cgroupDriver: {kubelet_driver}"
+
+
+def io_devices(cgroup: str) -> dict[str, tuple[int, int]]:
+    """``major:minor`` → (bytes read, bytes written) from the cgroup's own file: v2 io.stat, v1 blkio's."""
+    out: dict[str, tuple[int, int]] = {}
+    if cgroups.is_v2():
+        for line in cgroups.read(cgroups.directory("io", cgroup) / "io.stat").splitlines():
+            device, *items = line.split()
+            values = dict(item.split("=", 1) for item in items)
+            out[device] = (int(values["rbytes"]), int(values["wbytes"]))
+        return out
+    path = cgroups.directory("blkio", cgroup) / "blkio.throttle.io_service_bytes_recursive"
+    for line in cgroups.read(path).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in ("Read", "Write"):
+            read, write = out.get(parts[0], (0, 0))
+            out[parts[0]] = (int(parts[2]), write) if parts[1] == "Read" else (read, int(parts[2]))
+    return out
+
+
+def test_metrics_and_stats_mirror_the_cgroup(pod: Pod) -> None:
+    """ListPodSandboxMetrics as the kubelet reads it for /metrics/cadvisor: every sample described with its label
+    keys, values matching the cgroup files; the container first reads files from a block device (this checkout:
+    a virtio disk in the v2 guest), so a cgroup that accounts I/O has reads to show."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    resources = pb.LinuxContainerResources(memory_limit_in_bytes=64 * MIB)
+    script = f"cat /docs/* > /dev/null; {ONE_MIB_IN_THE_SHELL}; echo ready; while :; do sleep 1000; done"
+    mount = pb.Mount(container_path="/docs", host_path=str(docs), readonly=True)
+    container_id = pod.create(
+        "measured", "sh", "-c", script, linux=pb.LinuxContainerConfig(resources=resources), mounts=[mount]
+    )
+    with pod.node.client() as client:
+        client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=60)
+    wait_for_output(pod, container_id, "ready", seconds=60)
+    cgroup = cgroups.container_cgroup(parent_of(pod), container_id)
+    with pod.node.client() as client:
+        described = {
+            d.name: list(d.label_keys)
+            for d in client.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest(), timeout=30).descriptors
+        }
+        answer = client.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=30)
+    devices_after = io_devices(cgroup)
+    [ours] = [m for m in answer.pod_metrics if m.pod_sandbox_id == pod.id]
+    [container] = [c for c in ours.container_metrics if c.container_id == container_id]
+    meta = pod.config.metadata
+    labels = [meta.name, meta.namespace, "measured", container_id, pod.image]
+    samples: dict[tuple[str, ...], int] = {}
+    for metric in container.metrics:
+        assert len(metric.label_values) == len(described[metric.name]), metric
+        assert list(metric.label_values[:5]) == labels
+        samples[(metric.name, *metric.label_values[5:])] = metric.value.value
+
+    assert samples[("container_spec_memory_limit_bytes",)] == 64 * MIB
+    assert 512 * 1024 < samples[("container_memory_working_set_bytes",)] <= samples[("container_memory_usage_bytes",)]
+    assert samples[("container_memory_usage_bytes",)] <= 64 * MIB
+    assert samples[("container_processes",)] >= 2  # sh and its sleep
+    assert samples[("container_start_time_seconds",)] == pod.status(container_id).started_at // 10**9
+    assert samples[("container_cpu_usage_seconds_total",)] <= cgroups.cpu_usage_ns(cgroup) // 10**9
+    for device, (read, written) in devices_after.items():  # counters: the metric was read first
+        assert samples.get(("container_fs_reads_bytes_total", device), 0) <= read
+        assert samples.get(("container_fs_writes_bytes_total", device), 0) <= written
+    if cgroups.is_v2():  # v1's blkio counts only throttled I/O on current kernels
+        assert any(read > 0 for read, _ in devices_after.values()), devices_after
+        assert any(samples.get(("container_fs_reads_bytes_total", d), 0) > 0 for d in devices_after), samples
+
+    stats = container_stats(pod, container_id)
+    unified = cgroups.CGROUP_ROOT if cgroups.is_v2() else cgroups.CGROUP_ROOT / "unified"  # hybrid: PSI lives there
+    pressure = unified / cgroup.lstrip("/") / "cpu.pressure"
+    if pressure.exists():  # PSI on (runc makes the cgroup in a hybrid host's cgroup2 tree too): the stats carry it
+        assert stats.cpu.HasField("psi")
+        assert stats.cpu.psi.Some.Total <= int(cgroups.read(pressure).split("total=")[1].split()[0]) * 1000
+        assert stats.memory.HasField("psi")
+        assert stats.io.HasField("psi")
+    if cgroups.is_v2():
+        assert stats.swap.swap_usage_bytes.value <= int(
+            cgroups.read(cgroups.directory("memory", cgroup) / "memory.swap.current")
+        )

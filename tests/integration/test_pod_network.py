@@ -201,6 +201,29 @@ def test_pods_get_ips_reach_each_other_and_release_them(net: NetNode) -> None:
     assert len(net.veths()) == 1
 
 
+def test_pod_traffic_shows_in_stats_and_metrics(net: NetNode) -> None:
+    """PodSandboxStats and ListPodSandboxMetrics count the pod's eth0 as the kernel does inside its namespace."""
+    first, second = net.run_pod("first"), net.run_pod("second")
+    ping = net.in_pod(first, "busybox", "ping", "-c", "3", "-s", "1000", "-W", "3", net.ip(second))
+    assert ping.returncode == 0, ping.stderr
+    with net.daemon.client() as client:
+        stats = client.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=second), timeout=30).stats
+        metrics = client.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
+    kernel = {
+        line.split(":")[0].strip(): line.split(":")[1].split()
+        for line in net.in_pod(second, "cat", "/proc/net/dev").stdout.splitlines()[2:]
+    }
+    eth0 = stats.linux.network.default_interface
+    assert eth0.name == "eth0"
+    assert 3 * 1000 <= eth0.rx_bytes.value <= int(kernel["eth0"][0])
+    assert 3 * 1000 <= eth0.tx_bytes.value <= int(kernel["eth0"][8])
+    assert [i.name for i in stats.linux.network.interfaces] == []  # lo is left out, as the kubelet does
+    [pod] = [m for m in metrics if m.pod_sandbox_id == second]
+    received = {m.name: m for m in pod.metrics}["container_network_receive_bytes_total"]
+    assert list(received.label_values) == ["second", "default", "", second, "", "eth0"]
+    assert eth0.rx_bytes.value <= received.value.value <= int(kernel["eth0"][0])
+
+
 def test_a_host_port_reaches_the_container(net: NetNode) -> None:
     mapping = pb.PortMapping(protocol=pb.Protocol.TCP, container_port=8080, host_port=18080)
     pod_id = net.run_pod("web")

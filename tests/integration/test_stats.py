@@ -108,6 +108,24 @@ def test_stats_of_a_busy_container_and_its_pod(pod: Pod) -> None:
         ).stats
         assert list(none) == []
 
+        # The Stream forms send the same items in batches.
+        request = pb.StreamContainerStatsRequest(filter=pb.ContainerStatsFilter(pod_sandbox_id=pod.id))
+        streamed = [s for batch in client.runtime.StreamContainerStats(request) for s in batch.container_stats]
+        assert {s.attributes.id for s in streamed} == {busy, idle}
+        pods_request = pb.StreamPodSandboxStatsRequest(filter=pb.PodSandboxStatsFilter(label_selector={"app": "web"}))
+        streamed_pods = [
+            s for batch in client.runtime.StreamPodSandboxStats(pods_request) for s in batch.pod_sandbox_stats
+        ]
+        assert [s.attributes.id for s in streamed_pods] == [pod.id]
+        metrics = [
+            m
+            for batch in client.runtime.StreamPodSandboxMetrics(pb.StreamPodSandboxMetricsRequest())
+            for m in batch.pod_sandbox_metrics
+        ]
+        [ours] = [m for m in metrics if m.pod_sandbox_id == pod.id]
+        assert {c.container_id for c in ours.container_metrics} == {busy, idle}
+        assert list(ours.metrics) == []  # a loopback-only pod network: no interface to count
+
 
 def test_stats_of_what_does_not_exist_are_not_found(pod: Pod) -> None:
     with pod.node.client() as client:

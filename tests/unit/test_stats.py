@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from moorage.node.cgroupinfo import CgroupHost
-from moorage.observe.stats import CpuRates, disk_usage, read_cgroup
+from moorage.observe.stats import CpuRates, DeviceIo, Pressure, PsiLine, disk_usage, read_cgroup
 
 
 def v1_host(root: Path) -> CgroupHost:
@@ -73,3 +74,60 @@ def test_cpu_rate_needs_two_samples() -> None:
     assert rates.rate("c", 4_000_000_000, 0) is None  # counter reset
     rates.forget("c")
     assert rates.rate("c", 5_000_000_000, 0) is None
+
+
+PRESSURE = "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=42\n"
+
+
+def test_v2_reads_cpu_split_swap_oom_pressure_and_io(tmp_path: Path) -> None:
+    group = tmp_path / "pod" / "c1"
+    write(group / "cpu.stat", "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n")
+    write(group / "memory.current", "5000\n")
+    write(group / "memory.max", "max\n")
+    write(group / "memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n")
+    write(group / "memory.swap.current", "4096\n")
+    write(group / "memory.swap.max", "65536\n")
+    write(group / "cpu.pressure", PRESSURE)
+    write(group / "io.pressure", PRESSURE)
+    write(
+        group / "io.stat",
+        "253:0 rbytes=8192 wbytes=4096 rios=2 wios=1 dbytes=0 dios=0\n8:16 rbytes=1 wbytes=0 rios=1 wios=0\n",
+    )
+    st = read_cgroup("/pod/c1", v2_host(tmp_path))
+    assert (st.cpu_usage_ns, st.cpu_user_ns, st.cpu_system_ns) == (3_000_000, 2_000_000, 1_000_000)
+    assert (st.memory_limit, st.available, st.oom_kills) == (None, None, 1)  # memory.max "max": no limit
+    assert (st.swap_usage, st.swap_limit) == (4096, 65536)
+    assert set(st.pressure) == {"cpu", "io"}  # no memory.pressure file: none reported
+    assert st.pressure["cpu"] == Pressure(PsiLine(123456, 1.5, 0.75, 0.1), PsiLine(42, 0.0, 0.0, 0.0))
+    assert st.io == (DeviceIo(253, 0, 8192, 4096, 2, 1), DeviceIo(8, 16, 1, 0, 1, 0))
+
+
+def test_v1_reads_memsw_as_swap_cpuacct_ticks_oom_and_blkio(tmp_path: Path) -> None:
+    group = "pod/c1"
+    memory = tmp_path / "memory" / group
+    write(memory / "memory.usage_in_bytes", "10000\n")
+    write(memory / "memory.limit_in_bytes", "20000\n")
+    write(memory / "memory.memsw.usage_in_bytes", "12000\n")
+    write(memory / "memory.memsw.limit_in_bytes", "50000\n")
+    write(memory / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
+    write(tmp_path / "cpu,cpuacct" / group / "cpuacct.stat", "user 7\nsystem 3\n")
+    blkio = tmp_path / "blkio" / group
+    write(
+        blkio / "blkio.throttle.io_service_bytes_recursive", "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 1\nTotal 12288\n"
+    )
+    write(blkio / "blkio.throttle.io_serviced_recursive", "8:0 Read 1\n8:0 Write 2\nTotal 3\n")
+    host = v1_host(tmp_path)
+    host = CgroupHost(
+        "hybrid",
+        {**host.v1_controllers, "blkio": str(tmp_path / "blkio")},
+        str(tmp_path / "unified"),
+        ("hugetlb",),
+        systemd=False,
+    )
+    write(tmp_path / "unified" / group / "memory.pressure", PRESSURE)
+    st = read_cgroup(group, host)
+    tick = 10**9 // os.sysconf("SC_CLK_TCK")
+    assert (st.cpu_user_ns, st.cpu_system_ns) == (7 * tick, 3 * tick)
+    assert (st.memory_limit, st.swap_usage, st.swap_limit, st.oom_kills) == (20000, 2000, 30000, 4)
+    assert st.io == (DeviceIo(8, 0, 4096, 8192, 1, 2),)
+    assert set(st.pressure) == {"memory"}  # a hybrid host's PSI comes from its cgroup2 mount

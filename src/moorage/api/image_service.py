@@ -10,14 +10,13 @@ from typing import Any
 import grpc
 
 from moorage.api import validate
+from moorage.api.batching import batches
 from moorage.api.cri import pb
 from moorage.images import auth
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-STREAM_BATCH = 100
 
 
 class ImageService:
@@ -49,8 +48,8 @@ class ImageService:
         self, request: pb.StreamImagesRequest, context: Context
     ) -> AsyncIterator[pb.StreamImagesResponse]:
         records = await self._images.list(request.filter.image.image if request.HasField("filter") else "")
-        for start in range(0, len(records), STREAM_BATCH):
-            yield pb.StreamImagesResponse(images=[self._image(r) for r in records[start : start + STREAM_BATCH]])
+        for batch in batches(records):
+            yield pb.StreamImagesResponse(images=[self._image(r) for r in batch])
 
     async def RemoveImage(self, request: pb.RemoveImageRequest, context: Context) -> pb.RemoveImageResponse:
         # Idempotent: removing what is not there succeeds (api.proto).

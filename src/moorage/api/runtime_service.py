@@ -1,128 +1,47 @@
 """CRI RuntimeService: one short method per RPC, delegating to :mod:`moorage.runtime`.
 
-RPCs not listed here answer UNIMPLEMENTED (see :mod:`moorage.api.handlers`).
+The stats and metrics RPCs are in :mod:`moorage.api.stats_rpcs`; RPCs in neither answer UNIMPLEMENTED (see
+:mod:`moorage.api.handlers`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-import grpc
 
 import moorage
 from moorage.api import validate
+from moorage.api.batching import batches
 from moorage.api.cri import pb
+from moorage.api.stats_rpcs import StatsRpcs
+from moorage.api.views import Context, container_status, matches, pod_status
 from moorage.config import Config
-from moorage.errors import NotFound, ResourceExhausted
+from moorage.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from moorage.runtime import conditions
 from moorage.runtime.containers import Containers
 from moorage.runtime.events import Event, Overflow
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
-from moorage.state.models import (
-    CONTAINER_CREATED,
-    CONTAINER_CREATING,
-    CONTAINER_EXITED,
-    CONTAINER_RUNNING,
-    READY,
-    ContainerRecord,
-    SandboxRecord,
-)
-
-Context = grpc.aio.ServicerContext[Any, Any]
+from moorage.state.models import CONTAINER_RUNNING, READY
+from moorage.streaming.server import StreamingServer
 
 CGROUP_DRIVERS = {"systemd": pb.CgroupDriver.SYSTEMD, "cgroupfs": pb.CgroupDriver.CGROUPFS}
 
 
-STREAM_BATCH = 100
-
-
-def pod_status(record: SandboxRecord) -> pb.PodSandboxStatus:
-    config = pb.PodSandboxConfig.FromString(record.config)
-    return pb.PodSandboxStatus(
-        id=record.id,
-        metadata=config.metadata,
-        state=pb.PodSandboxState.SANDBOX_READY if record.state == READY else pb.PodSandboxState.SANDBOX_NOTREADY,
-        created_at=record.created_at,
-        network=pb.PodSandboxNetworkStatus(
-            ip=record.status.ips[0] if record.status.ips else "",
-            additional_ips=[pb.PodIP(ip=ip) for ip in record.status.ips[1:]],
-        ),
-        linux=pb.LinuxPodSandboxStatus(
-            namespaces=pb.Namespace(options=config.linux.security_context.namespace_options)
-        ),
-        labels=config.labels,
-        annotations=config.annotations,
-        runtime_handler=record.status.runtime_handler,
-    )
-
-
-CONTAINER_STATES = {
-    CONTAINER_CREATING: pb.ContainerState.CONTAINER_UNKNOWN,
-    CONTAINER_CREATED: pb.ContainerState.CONTAINER_CREATED,
-    CONTAINER_RUNNING: pb.ContainerState.CONTAINER_RUNNING,
-    CONTAINER_EXITED: pb.ContainerState.CONTAINER_EXITED,
-}
-
-
-def container_status(record: ContainerRecord) -> pb.ContainerStatus:
-    config = pb.ContainerConfig.FromString(record.config)
-    st = record.status
-    return pb.ContainerStatus(
-        id=record.id,
-        metadata=config.metadata,
-        state=CONTAINER_STATES[record.state],
-        created_at=record.created_at,
-        started_at=st.started_at,
-        finished_at=st.finished_at,
-        exit_code=st.exit_code,
-        image=pb.ImageSpec(image=st.image, annotations=config.image.annotations),
-        image_ref=record.image_id,  # the image id, as Kubernetes 1.36 requires (= Image.id)
-        image_id=record.image_id,
-        reason=st.reason,
-        message=st.message,
-        labels=config.labels,
-        annotations=config.annotations,
-        mounts=config.mounts,
-        log_path=st.log_path,
-    )
-
-
-def _matches(
-    spec: pb.PodSandboxFilter | pb.ContainerFilter | pb.PodSandboxStatsFilter | pb.ContainerStatsFilter | None,
-    item_id: str,
-    status: pb.PodSandboxStatus | pb.ContainerStatus,
-) -> bool:
-    """The List filters: an id prefix, a state (not in the stats filters), labels that must all match (api.proto)."""
-    if spec is None:
-        return True
-    if spec.id and not item_id.startswith(spec.id):
-        return False
-    if (
-        isinstance(spec, (pb.PodSandboxFilter, pb.ContainerFilter))
-        and spec.HasField("state")
-        and status.state != spec.state.state
-    ):
-        return False
-    return all(status.labels.get(k) == v for k, v in spec.label_selector.items())
-
-
-class RuntimeService:
+class RuntimeService(StatsRpcs):
     def __init__(
         self,
         config: Callable[[], Config],
         pod_cidr: PodCidr,
         sandboxes: Sandboxes,
         containers: Containers,
+        streaming: StreamingServer,
     ) -> None:
+        super().__init__(sandboxes, containers)
         self._config = config
         self._pod_cidr = pod_cidr
-        self._sandboxes = sandboxes
-        self._containers = containers
+        self._streaming = streaming
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -233,8 +152,8 @@ class RuntimeService:
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
         items = await self._pods(request.filter if request.HasField("filter") else None)
-        for start in range(0, len(items), STREAM_BATCH):
-            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + STREAM_BATCH])
+        for batch in batches(items):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=batch)
 
     async def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: Context) -> pb.StopPodSandboxResponse:
         # api.proto: stopping a sandbox that does not exist (any more) is not an error.
@@ -260,7 +179,7 @@ class RuntimeService:
         out = []
         for record in await self._sandboxes.all():
             status = pod_status(record)
-            if not _matches(spec, record.id, status):
+            if not matches(spec, record.id, status):
                 continue
             out.append(
                 pb.PodSandbox(
@@ -320,13 +239,45 @@ class RuntimeService:
         self, request: pb.StreamContainersRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainersResponse]:
         items = await self._list_containers(request.filter if request.HasField("filter") else None)
-        for start in range(0, len(items), STREAM_BATCH):
-            yield pb.StreamContainersResponse(containers=items[start : start + STREAM_BATCH])
+        for batch in batches(items):
+            yield pb.StreamContainersResponse(containers=batch)
 
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Context) -> pb.ExecSyncResponse:
         container_id = await self._existing("containers", request.container_id, "container_id")
         result = await self._containers.exec_sync(container_id, list(request.cmd), max(int(request.timeout), 0))
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    # Streaming: the RPC answers a URL of the streaming server, where the client connects to run it. --------
+
+    async def Exec(self, request: pb.ExecRequest, context: Context) -> pb.ExecResponse:
+        resolved = pb.ExecRequest()
+        resolved.CopyFrom(request)
+        resolved.container_id, _ = await self._running(request.container_id, "exec in it")
+        return pb.ExecResponse(url=self._streaming.exec_url(resolved))
+
+    async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.AttachResponse:
+        resolved = pb.AttachRequest()
+        resolved.CopyFrom(request)
+        resolved.container_id, config = await self._running(request.container_id, "attach")
+        if request.stdin and not config.stdin:
+            raise InvalidArgument(f"container {resolved.container_id} was created without stdin; attach without it")
+        return pb.AttachResponse(url=self._streaming.attach_url(resolved))
+
+    async def _running(self, ref: str, to: str) -> tuple[str, pb.ContainerConfig]:
+        """The full id and config of the running container ``ref`` names, else NOT_FOUND/FAILED_PRECONDITION."""
+        container_id = await self._existing("containers", ref, "container_id")
+        record = await self._containers.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot {to}")
+        return container_id, pb.ContainerConfig.FromString(record.config)
+
+    async def PortForward(self, request: pb.PortForwardRequest, context: Context) -> pb.PortForwardResponse:
+        sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        sandbox = await self._sandboxes.get(sandbox_id)
+        if sandbox.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready; cannot forward ports to it")
+        resolved = pb.PortForwardRequest(pod_sandbox_id=sandbox_id, port=request.port)
+        return pb.PortForwardResponse(url=self._streaming.port_forward_url(resolved))
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Context
@@ -345,7 +296,7 @@ class RuntimeService:
         out = []
         for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
             status = container_status(record)
-            if not _matches(spec, record.id, status):
+            if not matches(spec, record.id, status):
                 continue
             out.append(
                 pb.Container(
@@ -362,56 +313,3 @@ class RuntimeService:
                 )
             )
         return out
-
-    # Stats: what the kubelet polls for its summary API and eviction. ------------------------------------------
-
-    async def ContainerStats(self, request: pb.ContainerStatsRequest, context: Context) -> pb.ContainerStatsResponse:
-        container_id = await self._existing("containers", request.container_id, "container_id")
-        return pb.ContainerStatsResponse(stats=await self._containers.stats(container_id))
-
-    async def ListContainerStats(
-        self, request: pb.ListContainerStatsRequest, context: Context
-    ) -> pb.ListContainerStatsResponse:
-        return pb.ListContainerStatsResponse(
-            stats=await self._container_stats(request.filter if request.HasField("filter") else None)
-        )
-
-    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: Context) -> pb.PodSandboxStatsResponse:
-        sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
-        return pb.PodSandboxStatsResponse(stats=await self._containers.pod_stats(sandbox_id))
-
-    async def ListPodSandboxStats(
-        self, request: pb.ListPodSandboxStatsRequest, context: Context
-    ) -> pb.ListPodSandboxStatsResponse:
-        return pb.ListPodSandboxStatsResponse(
-            stats=await self._pod_stats(request.filter if request.HasField("filter") else None)
-        )
-
-    async def _container_stats(self, spec: pb.ContainerStatsFilter | None) -> list[pb.ContainerStats]:
-        out = []
-        for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
-            if _matches(spec, record.id, container_status(record)):
-                with contextlib.suppress(NotFound):  # removed meanwhile
-                    out.append(await self._containers.stats(record.id))
-        return out
-
-    async def _pod_stats(self, spec: pb.PodSandboxStatsFilter | None) -> list[pb.PodSandboxStats]:
-        out = []
-        for record in await self._sandboxes.all():
-            if _matches(spec, record.id, pod_status(record)):
-                with contextlib.suppress(NotFound):  # removed meanwhile
-                    out.append(await self._containers.pod_stats(record.id))
-        return out
-
-    # ------------------------------------------------------------------------------------------------------
-
-    async def _maybe(self, table: Any, ref: str, field: str) -> str | None:
-        index = self._sandboxes.index if table == "sandboxes" else self._containers.index
-        return index.resolve(validate.object_id(ref, field))
-
-    async def _existing(self, table: Any, ref: str, field: str) -> str:
-        found = await self._maybe(table, ref, field)
-        if found is None:
-            kind = "pod sandbox" if table == "sandboxes" else "container"
-            raise NotFound(f"{kind} {ref!r} not found ({field})")
-        return found

@@ -110,6 +110,7 @@ def conmon_argv(
     log_path: Path,
     terminal: bool = False,
     stdin: bool = False,
+    leave_stdin_open: bool = False,
     log_level: str = "error",
 ) -> list[str]:
     argv = [
@@ -137,6 +138,8 @@ def conmon_argv(
         argv.append("--terminal")
     if stdin:
         argv.append("--stdin")
+    if stdin and leave_stdin_open:
+        argv.append("--leave-stdin-open")  # else the first attach that closes stdin closes it (CRI stdin_once)
     return argv
 
 
@@ -175,6 +178,7 @@ async def create_container(
     log_path: Path,
     terminal: bool = False,
     stdin: bool = False,
+    leave_stdin_open: bool = False,
     timeout: float = DEFAULT_CREATE_TIMEOUT,
 ) -> int:
     """Run ``<runtime> create`` under a daemonized conmon; return the container's pid (state "created").
@@ -191,7 +195,15 @@ async def create_container(
         raise AlreadyExists(f"create container {cid}: {paths.container_dir} already exists") from exc
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = conmon_argv(
-        conmon, runtime, paths, name=name, bundle=bundle, log_path=log_path, terminal=terminal, stdin=stdin
+        conmon,
+        runtime,
+        paths,
+        name=name,
+        bundle=bundle,
+        log_path=log_path,
+        terminal=terminal,
+        stdin=stdin,
+        leave_stdin_open=leave_stdin_open,
     )
     try:
         async with asyncio.timeout(timeout):

@@ -199,6 +199,7 @@ class Containers:
             log_path=log_path,
             terminal=config.tty,
             stdin=config.stdin,
+            leave_stdin_open=not config.stdin_once,
         )
 
     # --- the pause (infra) container of pods sharing one PID namespace ----------------------------------
@@ -248,7 +249,7 @@ class Containers:
         record = await self.get(container_id)
         if record.state != CONTAINER_CREATED:
             raise FailedPrecondition(f"container {container_id} is {record.state}, not CREATED; it cannot start")
-        runtime = await self._runtime_of(record)
+        runtime = await self.runtime_of(record)
         started = time.time_ns()
         await runtime.start(container_id)
         await self.records.save(record.moved(CONTAINER_RUNNING, started_at=started))
@@ -261,7 +262,7 @@ class Containers:
         record = await self.get(container_id)
         if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
             return
-        runtime = await self._runtime_of(record)
+        runtime = await self.runtime_of(record)
         exit_file = self.conmon_paths(container_id).exit_file
         if timeout > 0:
             await _signal(runtime, container_id, _parse_signal(record.status.stop_signal))
@@ -304,14 +305,14 @@ class Containers:
         record = await self.get(container_id)
         if record.state != CONTAINER_RUNNING:
             raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot exec in it")
-        return await exec_sync(await self._runtime_of(record), container_id, self.bundle(container_id), cmd, timeout)
+        return await exec_sync(await self.runtime_of(record), container_id, self.bundle(container_id), cmd, timeout)
 
     async def update_resources(self, container_id: str, linux: pb.LinuxContainerResources) -> None:
         """Apply new limits to a running container, and keep them in its config for later restarts."""
         record = await self.get(container_id)
         if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
             raise FailedPrecondition(f"container {container_id} is {record.state}; only a live one can be updated")
-        await (await self._runtime_of(record)).update(container_id, resources.build(linux, []))
+        await (await self.runtime_of(record)).update(container_id, resources.build(linux, []))
         config = pb.ContainerConfig.FromString(record.config)
         config.linux.resources.CopyFrom(linux)
         data = config.SerializeToString()
@@ -351,6 +352,15 @@ class Containers:
         pod = pb.PodSandboxConfig.FromString(sandbox.config)
         containers = [await self.usage.container(record, pod) for record in await self.all(sandbox_id)]
         return await self.usage.pod(sandbox, pod, containers)
+
+    async def metrics(self) -> list[pb.PodSandboxMetrics]:
+        """ListPodSandboxMetrics: every ready pod with its running containers."""
+        out = []
+        for sandbox in await self.sandboxes.all():
+            if sandbox.state == READY:
+                pod = pb.PodSandboxConfig.FromString(sandbox.config)
+                out.append(await self.usage.pod_metrics(sandbox, pod, await self.all(sandbox.id)))
+        return out
 
     # --- exits ----------------------------------------------------------------------------------------------
 
@@ -407,7 +417,7 @@ class Containers:
     async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
         return self.records.all(sandbox_id)
 
-    async def _runtime_of(self, record: ContainerRecord) -> OciRuntime:
+    async def runtime_of(self, record: ContainerRecord) -> OciRuntime:
         sandbox = await self.sandboxes.get(record.sandbox_id)
         return self.runtime(sandbox.status.runtime_handler)
 

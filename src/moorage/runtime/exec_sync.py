@@ -38,11 +38,7 @@ async def exec_sync(
 ) -> ExecResult:
     if not cmd:
         raise InvalidArgument("cmd is required")
-    spec = json.loads((bundle / "config.json").read_text())
-    process = dict(spec["process"], args=list(cmd), terminal=False)
-    name = uuid.uuid4().hex[:12]
-    process_file, pid_file = bundle / f"exec-{name}.json", bundle / f"exec-{name}.pid"
-    process_file.write_text(json.dumps(process))
+    process_file, pid_file = write_process(bundle, cmd)
     try:
         proc = await asyncio.create_subprocess_exec(
             *runtime.exec_argv(container_id, process_file, pid_file=pid_file),
@@ -56,7 +52,7 @@ async def exec_sync(
         try:
             stdout, stderr, code = await asyncio.wait_for(asyncio.shield(reading), timeout or None)
         except TimeoutError:
-            _kill_exec(pid_file, proc)
+            kill_exec(pid_file, proc)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reading, 10)
             raise DeadlineExceeded(
@@ -78,7 +74,18 @@ async def _capped(stream: asyncio.StreamReader) -> bytes:
     return bytes(kept)
 
 
-def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
+def write_process(bundle: Path, cmd: Sequence[str], terminal: bool = False) -> tuple[Path, Path]:
+    """The exec's OCI process (the container's own, with ``cmd``) written beside the bundle's config, and where
+    the runtime is to write the command's pid."""
+    spec = json.loads((bundle / "config.json").read_text())
+    process = dict(spec["process"], args=list(cmd), terminal=terminal)
+    name = uuid.uuid4().hex[:12]
+    process_file, pid_file = bundle / f"exec-{name}.json", bundle / f"exec-{name}.pid"
+    process_file.write_text(json.dumps(process))
+    return process_file, pid_file
+
+
+def kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
     """Kill the exec'd command (its pid is in the pid file), and the runtime's client with it."""
     with contextlib.suppress(OSError, ValueError):
         os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)

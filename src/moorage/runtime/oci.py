@@ -141,9 +141,17 @@ class OciRuntime:
             await self._run(["update", f"--resources={f.name}", cid], cid)
 
     def exec_argv(
-        self, cid: str, process_json: Path, *, pid_file: Path | None = None, detach: bool = False, tty: bool = False
+        self,
+        cid: str,
+        process_json: Path,
+        *,
+        pid_file: Path | None = None,
+        detach: bool = False,
+        tty: bool = False,
+        console_socket: Path | None = None,
     ) -> list[str]:
-        """argv of ``exec --process <process.json>`` for a caller that runs (and streams) it itself."""
+        """argv of ``exec --process <process.json>`` for a caller that runs (and streams) it itself; with a
+        ``console_socket`` the runtime sends the TTY's master end there."""
         args = ["exec", f"--process={process_json}"]
         if pid_file is not None:
             args.append(f"--pid-file={pid_file}")
@@ -151,4 +159,6 @@ class OciRuntime:
             args.append("--detach")
         if tty:
             args.append("--tty")
+        if console_socket is not None:
+            args.append(f"--console-socket={console_socket}")
         return self.argv(*args, cid)

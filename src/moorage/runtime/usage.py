@@ -9,14 +9,17 @@ process usage are left unset. Network usage is left unset until pods get CNI net
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from moorage.api.cri import pb
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import CgroupDriver, leaf_dir
-from moorage.observe.stats import CgroupStats, CpuRates, DiskUsage, disk_usage, read_cgroup
-from moorage.state.models import ContainerRecord, SandboxRecord
+from moorage.node.netdev import DEFAULT_INTERFACE, InterfaceCounters, read_counters
+from moorage.observe.stats import CgroupStats, CpuRates, DiskUsage, Pressure, PsiLine, disk_usage, read_cgroup
+from moorage.runtime import pod_metrics
+from moorage.state.models import CONTAINER_RUNNING, ContainerRecord, SandboxRecord
 
 
 class UsageReader:
@@ -43,6 +46,8 @@ class UsageReader:
             cpu=self._cpu(record.id, cgroup),
             memory=_memory(cgroup),
             writable_layer=_filesystem(disk, self._layer_dir(record.id).parent),
+            swap=_swap(cgroup),
+            io=_io(cgroup),
         )
 
     async def pod(
@@ -59,6 +64,12 @@ class UsageReader:
                 linux.memory.CopyFrom(memory)
             if cgroup.pids is not None:
                 linux.process.CopyFrom(pb.ProcessUsage(timestamp=cgroup.timestamp, process_count=_u64(cgroup.pids)))
+            io = _io(cgroup)
+            if io is not None:
+                linux.io.CopyFrom(io)
+        network = _network(await self._interfaces(sandbox))
+        if network is not None:
+            linux.network.CopyFrom(network)
         return pb.PodSandboxStats(
             attributes=pb.PodSandboxAttributes(
                 id=sandbox.id, metadata=pod.metadata, labels=pod.labels, annotations=pod.annotations
@@ -66,11 +77,47 @@ class UsageReader:
             linux=linux,
         )
 
-    def _sample(self, cgroup: str, upper: Path) -> tuple[CgroupStats, DiskUsage]:
+    async def pod_metrics(
+        self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig, records: list[ContainerRecord]
+    ) -> pb.PodSandboxMetrics:
+        """The pod's network samples and its running containers' cgroup samples (see :mod:`pod_metrics`)."""
+        meta = pod.metadata
+        containers = []
+        for record in records:
+            if record.state != CONTAINER_RUNNING:
+                continue  # its cgroup is gone or not made yet
+            cgroup = await asyncio.to_thread(
+                self._read, self._cgroups.container_dir(pod.linux.cgroup_parent, record.id)
+            )
+            name = pb.ContainerConfig.FromString(record.config).metadata.name
+            labels = (meta.name, meta.namespace, name, record.id, record.status.image)
+            samples = pod_metrics.container_metrics(labels, cgroup, record.status.started_at)
+            containers.append(pb.ContainerMetrics(container_id=record.id, metrics=samples))
+        interfaces = await self._interfaces(sandbox)
+        return pb.PodSandboxMetrics(
+            pod_sandbox_id=sandbox.id,
+            metrics=pod_metrics.network_metrics((meta.name, meta.namespace, "", sandbox.id, ""), interfaces),
+            container_metrics=containers,
+        )
+
+    async def _interfaces(self, sandbox: SandboxRecord) -> list[InterfaceCounters]:
+        """The pod's own net namespace's interfaces; none for a hostNetwork pod or one whose namespace is gone."""
+        netns = sandbox.status.namespaces.get("network")
+        if not netns:
+            return []
+        try:
+            return await asyncio.to_thread(read_counters, Path(netns))
+        except (OSError, RuntimeError):
+            return []
+
+    def _read(self, cgroup: str) -> CgroupStats:
         hierarchy = self._host.v2_mount if self._host.unified else self._host.v1_controllers.get("memory")
         if hierarchy is not None:
             cgroup = leaf_dir(cgroup, Path(hierarchy))
-        return read_cgroup(cgroup, self._host), disk_usage(upper)
+        return read_cgroup(cgroup, self._host)
+
+    def _sample(self, cgroup: str, upper: Path) -> tuple[CgroupStats, DiskUsage]:
+        return self._read(cgroup), disk_usage(upper)
 
     def _cpu(self, key: str, cgroup: CgroupStats) -> pb.CpuUsage | None:
         if cgroup.cpu_usage_ns is None:
@@ -79,6 +126,7 @@ class UsageReader:
             timestamp=cgroup.timestamp,
             usage_core_nano_seconds=_u64(cgroup.cpu_usage_ns),
             usage_nano_cores=_u64(self._rates.rate(key, cgroup.timestamp, cgroup.cpu_usage_ns)),
+            psi=_psi(cgroup.pressure.get("cpu")),
         )
 
 
@@ -93,7 +141,58 @@ def _memory(cgroup: CgroupStats) -> pb.MemoryUsage | None:
         rss_bytes=_u64(cgroup.rss),
         page_faults=_u64(cgroup.page_faults),
         major_page_faults=_u64(cgroup.major_page_faults),
+        psi=_psi(cgroup.pressure.get("memory")),
     )
+
+
+def _network(interfaces: list[InterfaceCounters]) -> pb.NetworkUsage | None:
+    """eth0 (what CNI plugins name the pod's side) as the default interface, the others after it."""
+    if not interfaces:
+        return None
+
+    def usage(i: InterfaceCounters) -> pb.NetworkInterfaceUsage:
+        return pb.NetworkInterfaceUsage(
+            name=i.name,
+            rx_bytes=_u64(i.rx_bytes),
+            rx_errors=_u64(i.rx_errors),
+            tx_bytes=_u64(i.tx_bytes),
+            tx_errors=_u64(i.tx_errors),
+        )
+
+    default = next((i for i in interfaces if i.name == DEFAULT_INTERFACE), None)
+    return pb.NetworkUsage(
+        timestamp=time.time_ns(),
+        default_interface=usage(default) if default is not None else None,
+        interfaces=[usage(i) for i in interfaces if i is not default],
+    )
+
+
+def _swap(cgroup: CgroupStats) -> pb.SwapUsage | None:
+    if cgroup.swap_usage is None:
+        return None
+    available = None if cgroup.swap_limit is None else max(cgroup.swap_limit - cgroup.swap_usage, 0)
+    return pb.SwapUsage(
+        timestamp=cgroup.timestamp, swap_usage_bytes=_u64(cgroup.swap_usage), swap_available_bytes=_u64(available)
+    )
+
+
+def _io(cgroup: CgroupStats) -> pb.IoUsage | None:
+    """The CRI's block I/O usage is its pressure (the byte counts go to ListPodSandboxMetrics)."""
+    pressure = cgroup.pressure.get("io")
+    return None if pressure is None else pb.IoUsage(timestamp=cgroup.timestamp, psi=_psi(pressure))
+
+
+def _psi(pressure: Pressure | None) -> pb.PsiStats | None:
+    """A PSI file as the CRI carries it: total stall time in nanoseconds, the averages in percent."""
+    if pressure is None:
+        return None
+
+    def data(line: PsiLine | None) -> pb.PsiData | None:
+        if line is None:
+            return None
+        return pb.PsiData(Total=line.total_us * 1000, Avg10=line.avg10, Avg60=line.avg60, Avg300=line.avg300)
+
+    return pb.PsiStats(Some=data(pressure.some), Full=data(pressure.full))
 
 
 def _filesystem(disk: DiskUsage, layers: Path) -> pb.FilesystemUsage:

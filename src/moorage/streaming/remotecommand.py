@@ -1,0 +1,117 @@
+"""Kubernetes' remote command protocol over SPDY (exec and attach): which streams the client opens, and how the
+outcome is reported on the error stream.
+
+Versions (``X-Stream-Protocol-Version``, the client's order of preference wins): ``v4.channel.k8s.io`` reports
+the outcome as a JSON ``metav1.Status`` (Success, or Failure with reason NonZeroExitCode and the exit code as a
+cause, which is how kubectl learns the exit code); ``v3`` adds the ``resize`` stream for a TTY (JSON
+``{"Width": w, "Height": h}`` objects, one after another); ``v2`` and ``channel.k8s.io`` write a plain error
+message. The client opens an ``error`` stream and one stream per requested channel (header ``streamType``);
+the server waits for all of them before it starts the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from moorage.streaming.session import Session, Stream
+
+V4, V3, V2, V1 = "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"
+PROTOCOLS = (V4, V3, V2, V1)
+"""What the server speaks, newest first (kubectl asks for v4 first)."""
+
+
+class StreamsMissing(Exception):
+    """The client did not open the streams the request needs in time."""
+
+
+@dataclass(frozen=True)
+class Options:
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    tty: bool
+
+
+@dataclass
+class Channels:
+    error: Stream
+    stdin: Stream | None = None
+    stdout: Stream | None = None
+    stderr: Stream | None = None
+    resize: Stream | None = None
+
+
+def negotiate(offered: list[str]) -> str | None:
+    """The first protocol the client offers that we speak; "" (the legacy v1) when it offers none."""
+    if not offered:
+        return ""
+    return next((p for p in offered if p in PROTOCOLS), None)
+
+
+async def accept_channels(session: Session, options: Options, protocol: str, timeout: float) -> Channels:
+    """Wait for the client's streams: error, then each requested one (resize only for a TTY from v3 on)."""
+    wanted = {"error"} | {name for name in ("stdin", "stdout", "stderr") if getattr(options, name)}
+    if options.tty and protocol in (V4, V3):
+        wanted.add("resize")
+    found: dict[str, Stream] = {}
+
+    async def gather() -> None:
+        while not wanted <= found.keys():
+            stream = await session.next_stream()
+            if stream is None:
+                raise StreamsMissing("the client went away before opening its streams")
+            kind = stream.header("streamType")
+            if kind not in wanted or kind in found:
+                await stream.close()  # not one we asked for: answered, then ignored
+                continue
+            found[kind] = stream
+
+    try:
+        await asyncio.wait_for(gather(), timeout)
+    except TimeoutError:
+        missing = ", ".join(sorted(wanted - found.keys()))
+        raise StreamsMissing(f"timed out after {timeout:g} s waiting for the client's streams: {missing}") from None
+    return Channels(**found)
+
+
+async def resizes(stream: Stream | None) -> AsyncIterator[tuple[int, int]]:
+    """The terminal sizes the client sends, as (width, height), until it closes the stream."""
+    if stream is None:
+        return
+    decoder, buffer = json.JSONDecoder(), ""
+    while chunk := await stream.read():
+        buffer += chunk.decode(errors="replace")
+        while buffer.strip():
+            try:
+                size, end = decoder.raw_decode(buffer.lstrip())
+            except json.JSONDecodeError:
+                break  # an object split across frames: wait for the rest
+            buffer = buffer.lstrip()[end:]
+            if isinstance(size, dict):
+                yield int(size.get("Width", 0)), int(size.get("Height", 0))
+
+
+def outcome(protocol: str, exit_code: int | None, error: str, cmd: list[str]) -> bytes:
+    """What goes on the error stream when the command ended: nothing for success before v4."""
+    if protocol != V4:
+        if error:
+            return error.encode()
+        if exit_code:
+            return f"command terminated with non-zero exit code: exit code {exit_code}".encode()
+        return b""
+    if error:
+        status = {"metadata": {}, "status": "Failure", "message": error, "reason": "InternalError"}
+    elif exit_code:
+        status = {
+            "metadata": {},
+            "status": "Failure",
+            "message": f"command terminated with non-zero exit code: command {cmd} exited with {exit_code}",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},
+        }
+    else:
+        status = {"metadata": {}, "status": "Success"}
+    return json.dumps(status, separators=(",", ":")).encode()

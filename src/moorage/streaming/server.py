@@ -1,0 +1,331 @@
+"""The streaming server: where the URLs of the Exec, Attach and PortForward RPCs lead.
+
+The kubelet (or the API server it forwards to) calls Exec, gets ``http://<address>/exec/<token>`` and opens it
+with an HTTP upgrade to SPDY/3.1; the token names the request, is good for one connection and expires after
+:data:`TOKEN_TTL` seconds, as in the kubelet's own streaming server. HTTP/1.1 is parsed with h11; the upgraded
+connection is a :class:`~moorage.streaming.session.Session`. Exec and attach speak the remote command protocol
+(:mod:`moorage.streaming.remotecommand`), port-forward ``portforward.k8s.io``: per forwarded connection the
+client opens an ``error`` and a ``data`` stream with the same ``requestID`` and the ``port``, and the server
+connects to that port on the pod's loopback, inside its net namespace.
+
+WebSocket upgrades (``v5.channel.k8s.io``) are refused with 400 for now; the API server and the kubelet speak
+SPDY to runtimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import h11
+import structlog
+
+from moorage.api.cri import pb
+from moorage.errors import InvalidArgument, MoorageError, ResourceExhausted, StartupError
+from moorage.runtime.exec_stream import ExecIO
+from moorage.streaming import remotecommand
+from moorage.streaming.session import Session, Stream
+
+log = structlog.get_logger(__name__)
+
+TOKEN_TTL = 60.0
+MAX_IN_FLIGHT = 1000
+REQUEST_TIMEOUT = 30.0  # to send the HTTP request, and then to open every stream
+MAX_REQUEST_BYTES = 64 << 10
+PORT_FORWARD = "portforward.k8s.io"
+
+
+class StreamingRuntime(Protocol):
+    async def exec(self, container_id: str, cmd: list[str], io: ExecIO) -> int: ...
+
+    async def attach(self, container_id: str, io: ExecIO) -> None: ...
+
+    async def port_forward(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``port`` on the pod's loopback."""
+        ...
+
+
+@dataclass(frozen=True)
+class Pending:
+    kind: str  # "exec", "attach" or "portforward"
+    request: Request
+    expires: float
+
+
+Request = pb.ExecRequest | pb.AttachRequest | pb.PortForwardRequest
+
+
+class Tokens:
+    """Requests waiting for their connection: single use, expiring, bounded."""
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[str, Pending] = OrderedDict()
+
+    def add(self, kind: str, request: Request) -> str:
+        self._expire()
+        if len(self._pending) >= MAX_IN_FLIGHT:
+            raise ResourceExhausted(f"{MAX_IN_FLIGHT} streaming requests are waiting for their connection already")
+        token = secrets.token_urlsafe(12)
+        self._pending[token] = Pending(kind, request, time.monotonic() + TOKEN_TTL)
+        return token
+
+    def take(self, kind: str, token: str) -> Request | None:
+        self._expire()
+        pending = self._pending.get(token)
+        if pending is None or pending.kind != kind:
+            return None
+        del self._pending[token]
+        return pending.request
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._pending and next(iter(self._pending.values())).expires < now:
+            self._pending.popitem(last=False)
+
+
+class StreamingServer:
+    def __init__(self, address: str, runtime: StreamingRuntime) -> None:
+        self._address = address
+        self._runtime = runtime
+        self._tokens = Tokens()
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.base_url = ""
+
+    async def start(self) -> None:
+        host, _, port = self._address.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        try:
+            self._server = await asyncio.start_server(self._connection, host, int(port or 0))
+        except OSError as exc:
+            raise StartupError(f"streaming.address {self._address}: cannot listen: {exc.strerror}") from exc
+        bound = self._server.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self.base_url = f"http://{shown}:{bound[1]}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+    # --- the RPCs' side ------------------------------------------------------------------------------------
+
+    def exec_url(self, request: pb.ExecRequest) -> str:
+        if not request.cmd:
+            raise InvalidArgument("cmd is required")
+        _check_stdio(request)
+        return f"{self.base_url}/exec/{self._tokens.add('exec', request)}"
+
+    def attach_url(self, request: pb.AttachRequest) -> str:
+        _check_stdio(request)
+        return f"{self.base_url}/attach/{self._tokens.add('attach', request)}"
+
+    def port_forward_url(self, request: pb.PortForwardRequest) -> str:
+        for port in request.port:
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"port {port} is not a TCP port (1-65535)")
+        return f"{self.base_url}/portforward/{self._tokens.add('portforward', request)}"
+
+    # --- connections -----------------------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except Exception as exc:  # one broken connection must not take the server down
+            log.warning("streaming connection failed", error=str(exc))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        try:
+            request = await asyncio.wait_for(_read_request(http, reader), REQUEST_TIMEOUT)
+        except (TimeoutError, h11.RemoteProtocolError, ConnectionError):
+            return
+        if request is None:
+            return
+        headers: dict[str, list[str]] = {name.decode().lower(): [] for name, _ in request.headers}
+        for name, value in request.headers:
+            headers[name.decode().lower()].append(value.decode(errors="replace"))
+        kind, _, token = urlsplit(request.target.decode()).path.strip("/").partition("/")
+        pending = self._tokens.take(kind, token) if request.method in (b"GET", b"POST") else None
+        if pending is None:
+            await _respond(
+                http, writer, 404, f"no pending {kind or 'streaming'} request for this URL (expired or used)"
+            )
+            return
+        if "upgrade" not in ",".join(headers.get("connection", [])).lower():
+            await _respond(http, writer, 400, "a streaming request must ask for a connection upgrade")
+            return
+        if [u.lower() for u in headers.get("upgrade", [])] != ["spdy/3.1"]:
+            await _respond(http, writer, 400, f"upgrade to {headers.get('upgrade')} is not supported; use SPDY/3.1")
+            return
+        offered = [v.strip() for value in headers.get("x-stream-protocol-version", []) for v in value.split(",")]
+        if isinstance(pending, pb.PortForwardRequest):
+            protocol = PORT_FORWARD if PORT_FORWARD in offered else None
+            supported: tuple[str, ...] = (PORT_FORWARD,)
+        else:
+            protocol = remotecommand.negotiate(offered)
+            supported = remotecommand.PROTOCOLS
+        if protocol is None:
+            extra = [("X-Accepted-Stream-Protocol-Versions", ", ".join(supported))]
+            await _respond(http, writer, 403, f"none of the offered protocols {offered} is supported", extra)
+            return
+        switch = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]
+        if protocol:
+            switch.append(("X-Stream-Protocol-Version", protocol))
+        writer.write(http.send(h11.InformationalResponse(status_code=101, headers=switch)))
+        await writer.drain()
+        session = Session(reader, writer, http.trailing_data[0])
+        runner = asyncio.create_task(session.run())
+        try:
+            if isinstance(pending, pb.PortForwardRequest):
+                await self._port_forward(session, pending, runner)
+            else:
+                await self._remote_command(session, pending, protocol, runner)
+        finally:
+            await session.close()
+            runner.cancel()
+
+    async def _remote_command(
+        self, session: Session, request: pb.ExecRequest | pb.AttachRequest, protocol: str, runner: asyncio.Task[None]
+    ) -> None:
+        """Exec or attach: the client's streams, the command (or the attachment) until it ends, the outcome."""
+        options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
+        try:
+            channels = await remotecommand.accept_channels(session, options, protocol, REQUEST_TIMEOUT)
+        except remotecommand.StreamsMissing as exc:
+            log.warning("exec stream not used", container=request.container_id, error=str(exc))
+            return
+        io = ExecIO(
+            stdin=channels.stdin,
+            stdout=channels.stdout,
+            stderr=channels.stderr,
+            tty=request.tty,
+            resizes=remotecommand.resizes(channels.resize) if channels.resize is not None else None,
+        )
+        cmd = list(request.cmd) if isinstance(request, pb.ExecRequest) else []
+        work = (
+            self._runtime.exec(request.container_id, cmd, io) if cmd else self._runtime.attach(request.container_id, io)
+        )
+        running: asyncio.Task[int | None] = asyncio.create_task(work)
+        done, _ = await asyncio.wait({running, runner}, return_when=asyncio.FIRST_COMPLETED)
+        if running not in done:  # the client went away: the command is killed
+            running.cancel()
+            with contextlib.suppress(BaseException):
+                await running
+            return
+        code, error = None, ""
+        try:
+            code = running.result()
+        except MoorageError as exc:
+            error = exc.message
+        await channels.error.write(remotecommand.outcome(protocol, code, error, cmd))
+        for stream in (channels.stdout, channels.stderr, channels.error):
+            if stream is not None:
+                await stream.close()
+
+    async def _port_forward(self, session: Session, request: pb.PortForwardRequest, runner: asyncio.Task[None]) -> None:
+        pairs: dict[str, dict[str, Stream]] = {}
+        forwards: set[asyncio.Task[None]] = set()
+        allowed = set(request.port)
+        try:
+            while (stream := await session.next_stream()) is not None:
+                request_id = stream.header("requestID")
+                pair = pairs.setdefault(request_id, {})
+                pair[stream.header("streamType")] = stream
+                if {"data", "error"} <= pair.keys():
+                    del pairs[request_id]
+                    task = asyncio.create_task(self._forward(request.pod_sandbox_id, pair, allowed))
+                    forwards.add(task)
+                    task.add_done_callback(forwards.discard)
+        finally:
+            for task in forwards:
+                task.cancel()
+
+    async def _forward(self, sandbox_id: str, pair: dict[str, Stream], allowed: set[int]) -> None:
+        data, error = pair["data"], pair["error"]
+        try:
+            port = int(data.header("port"))
+            if allowed and port not in allowed:
+                raise InvalidArgument(f"port {port} was not among the PortForward request's ports {sorted(allowed)}")
+            reader, writer = await self._runtime.port_forward(sandbox_id, port)
+        except (ValueError, MoorageError, OSError) as exc:
+            message = exc.message if isinstance(exc, MoorageError) else str(exc)
+            await error.write(f"error forwarding port {data.header('port')} to pod {sandbox_id}: {message}".encode())
+            await error.close()
+            await data.close()
+            return
+        await error.close()
+
+        async def upstream() -> None:
+            while chunk := await data.read():
+                writer.write(chunk)
+                await writer.drain()
+            with contextlib.suppress(OSError):
+                writer.write_eof()
+
+        async def downstream() -> None:
+            while chunk := await reader.read(1 << 16):
+                await data.write(chunk)
+            await data.close()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+
+def _check_stdio(request: pb.ExecRequest | pb.AttachRequest) -> None:
+    if request.tty and request.stderr:
+        raise InvalidArgument("tty and stderr cannot both be true (a terminal has one output stream)")
+    if not (request.stdin or request.stdout or request.stderr):
+        raise InvalidArgument("one of stdin, stdout or stderr must be true")
+
+
+async def _read_request(http: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+    """The request, read through its end (a body, if any, is dropped): h11 accepts a protocol switch only then."""
+    request = None
+    while True:
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            http.receive_data(await reader.read(1 << 14))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            continue
+        elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+            return request
+        else:
+            return None  # the client closed the connection
+
+
+async def _respond(
+    http: h11.Connection,
+    writer: asyncio.StreamWriter,
+    status: int,
+    message: str,
+    extra: list[tuple[str, str]] | None = None,
+) -> None:
+    body = (message + "\n").encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *(extra or [])]
+    with contextlib.suppress(h11.LocalProtocolError, ConnectionError):
+        writer.write(http.send(h11.Response(status_code=status, headers=headers)))
+        writer.write(http.send(h11.Data(data=body)))
+        writer.write(http.send(h11.EndOfMessage()))
+        await writer.drain()

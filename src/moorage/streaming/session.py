@@ -1,0 +1,164 @@
+"""A server-side SPDY/3 session on an upgraded connection: the client opens the streams (one per channel:
+stdin, stdout, stderr, error, resize; or a data and an error stream per forwarded port), the server answers
+each with SYN_REPLY and then reads and writes them.
+
+Lifecycle::
+
+    session = Session(reader, writer)
+    runner = asyncio.create_task(session.run())     # reads frames until the client goes away
+    stdout = await session.next_stream()            # None once the connection is gone
+    await stdout.write(b"hello")
+    await stdout.close()                            # our half: DATA with FIN
+    await session.close()                           # GOAWAY, then the socket
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from moorage.streaming import spdy
+
+log = structlog.get_logger(__name__)
+
+MAX_STREAMS = 64  # a client opens at most 5 streams for exec, 2 per port for port-forward
+
+
+class Stream:
+    """One SPDY stream opened by the client. ``read`` returns b"" once the client closed its half."""
+
+    def __init__(self, session: Session, stream_id: int, headers: dict[str, list[str]]) -> None:
+        self.id = stream_id
+        self.headers = headers
+        self._session = session
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.remote_closed = False
+        self.local_closed = False
+
+    def header(self, name: str) -> str:
+        values = self.headers.get(name.lower())
+        return values[0] if values else ""
+
+    async def read(self) -> bytes:
+        if self.remote_closed and self._inbox.empty():
+            return b""
+        return await self._inbox.get()
+
+    async def write(self, data: bytes) -> None:
+        if not self.local_closed and data:
+            await self._session.send(self._session.encoder.data(self.id, data))
+
+    async def close(self) -> None:
+        """Half-close: no more data from us."""
+        if not self.local_closed:
+            self.local_closed = True
+            await self._session.send(self._session.encoder.data(self.id, b"", fin=True))
+
+    def _received(self, data: bytes, fin: bool) -> None:
+        if data:
+            self._inbox.put_nowait(data)
+        if fin:
+            self._ended()
+
+    def _ended(self) -> None:
+        if not self.remote_closed:
+            self.remote_closed = True
+            self._inbox.put_nowait(b"")
+
+
+class Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes = b"") -> None:
+        self._reader = reader
+        self._writer = writer
+        self._leftover = leftover
+        self.encoder = spdy.Encoder()
+        self._decoder = spdy.Decoder()
+        self._lock = asyncio.Lock()
+        self._streams: dict[int, Stream] = {}
+        self._new: asyncio.Queue[Stream | None] = asyncio.Queue()
+        self._last_id = 0
+        self.closed = False
+
+    async def next_stream(self) -> Stream | None:
+        """The next stream the client opens (already answered), or None once the connection is gone."""
+        if self.closed and self._new.empty():
+            return None
+        return await self._new.get()
+
+    async def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        async with self._lock:
+            try:
+                self._writer.write(frame)
+                await self._writer.drain()
+            except (ConnectionError, OSError):
+                self._gone()
+
+    async def run(self) -> None:
+        """Read frames until the client hangs up, sends GOAWAY or breaks the protocol."""
+        try:
+            if self._leftover:
+                await self._handle(self._decoder.feed(self._leftover))
+            while not self.closed and (data := await self._reader.read(1 << 16)):
+                await self._handle(self._decoder.feed(data))
+        except spdy.ProtocolError as exc:
+            log.warning("streaming client broke the SPDY protocol; closing", error=str(exc))
+            await self.send(self.encoder.goaway(self._last_id, 1))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._gone()
+
+    async def close(self) -> None:
+        if not self.closed:
+            await self.send(self.encoder.goaway(self._last_id))
+        self._gone()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    async def _handle(self, frames: list[spdy.Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, spdy.DataFrame):
+                stream = self._streams.get(frame.stream_id)
+                if stream is not None:
+                    stream._received(frame.data, frame.fin)
+            elif frame.type == spdy.SYN_STREAM:
+                await self._open(frame)
+            elif frame.type == spdy.RST_STREAM:
+                stream = self._streams.pop(frame.stream_id, None)
+                if stream is not None:
+                    stream.local_closed = True
+                    stream._ended()
+            elif frame.type == spdy.HEADERS and frame.fin and frame.stream_id in self._streams:
+                self._streams[frame.stream_id]._ended()
+            elif frame.type == spdy.PING and frame.ping_id % 2 == 1:  # the client's ping: echo it
+                await self.send(self.encoder.ping(frame.ping_id))
+            elif frame.type == spdy.GOAWAY:
+                self._gone()
+
+    async def _open(self, frame: spdy.ControlFrame) -> None:
+        if frame.stream_id in self._streams or frame.stream_id % 2 == 0:
+            await self.send(self.encoder.rst_stream(frame.stream_id, spdy.PROTOCOL_ERROR))
+            return
+        if len(self._streams) >= MAX_STREAMS:
+            await self.send(self.encoder.rst_stream(frame.stream_id, spdy.REFUSED_STREAM))
+            return
+        stream = Stream(self, frame.stream_id, frame.headers)
+        self._streams[frame.stream_id] = stream
+        self._last_id = max(self._last_id, frame.stream_id)
+        await self.send(self.encoder.syn_reply(frame.stream_id))
+        if frame.fin:
+            stream._ended()
+        self._new.put_nowait(stream)
+
+    def _gone(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for stream in self._streams.values():
+            stream._ended()
+        self._new.put_nowait(None)

@@ -1,0 +1,237 @@
+"""Exec, attach and port-forward through the streaming server, driven by a client built on moby/spdystream, the SPDY
+library kubectl, the API server and the kubelet use (tests/streamclient, compiled from Debian's Go packages).
+
+The Exec and PortForward RPCs answer a URL; the client upgrades to SPDY/3.1 there, negotiates the protocol
+version, opens its streams, and learns the command's exit code from the v4 status on the error stream.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.cri import pb
+from tests.integration.daemon import DaemonProcess
+from tests.integration.test_containers import Pod
+from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
+
+pytestmark = pytest.mark.integration
+
+CLIENT_SOURCE = Path(__file__).resolve().parents[1] / "streamclient" / "main.go"
+GO_LIBRARIES = "/usr/share/gocode"  # golang-github-docker-spdystream-dev (moby/spdystream)
+
+
+@pytest.fixture(scope="session")
+def streamclient(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("streamclient") / "streamclient"
+    env = dict(os.environ, GO111MODULE="off", GOPATH=GO_LIBRARIES, GOCACHE=str(out.parent / "cache"), GOFLAGS="")
+    subprocess.run(
+        ["go", "build", "-o", str(out), CLIENT_SOURCE.name], cwd=CLIENT_SOURCE.parent, env=env, check=True, timeout=300
+    )
+    return out
+
+
+def client(binary: Path, *args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(binary), *args], input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+def exec_url(pod: Pod, container_id: str, cmd: list[str], **options: bool) -> str:
+    with pod.node.client() as c:
+        request = pb.ExecRequest(container_id=container_id, cmd=cmd, **options)
+        return c.runtime.Exec(request, timeout=30).url
+
+
+@pytest.fixture
+def sleeper(pod: Pod) -> str:
+    return pod.run("sleeper", "sleep", "1000")
+
+
+def test_exec_streams_stdout_and_stderr_and_reports_the_exit_code(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    script = "echo out; echo err >&2; echo more; exit 3"
+    url = exec_url(pod, sleeper, ["sh", "-c", script], stdout=True, stderr=True)
+    assert url.startswith("http://127.0.0.1:")
+    done = client(streamclient, "exec", url, "-stderr")
+    assert done.stdout == b"out\nmore\n"
+    assert b"err\n" in done.stderr
+    assert b"PROTOCOL: v4.channel.k8s.io" in done.stderr
+    assert done.returncode == 3, done.stderr  # from the Failure status's ExitCode cause, as kubectl reads it
+
+    ok = client(streamclient, "exec", exec_url(pod, sleeper, ["true"], stdout=True))
+    assert (ok.returncode, ok.stdout) == (0, b"")
+
+
+def test_exec_feeds_stdin_until_the_client_closes_it(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    data = b"".join(b"line %d\n" % i for i in range(20000))  # ~200 KiB: many frames each way
+    url = exec_url(pod, sleeper, ["sh", "-c", "cat; echo end"], stdin=True, stdout=True)
+    done = client(streamclient, "exec", url, "-stdin", stdin=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data + b"end\n"
+
+
+def test_exec_with_a_terminal_gets_its_size(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    url = exec_url(pod, sleeper, ["sh", "-c", "sleep 1; stty size; tty"], stdin=True, stdout=True, tty=True)
+    done = client(streamclient, "exec", url, "-stdin", "-tty", "-width", "91", "-height", "37")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().replace("\r\n", "\n").splitlines()
+    assert lines[0] == "37 91"  # rows cols, from the client's resize
+    assert lines[1].startswith("/dev/pts/")
+
+
+def test_older_protocols_get_a_plain_error_message(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    url = exec_url(pod, sleeper, ["sh", "-c", "exit 4"], stdout=True)
+    done = client(streamclient, "exec", url, "-protocol", "v2.channel.k8s.io")
+    assert b"PROTOCOL: v2.channel.k8s.io" in done.stderr
+    assert done.returncode == 102
+    assert b"ERROR: command terminated with non-zero exit code: exit code 4" in done.stderr
+
+
+def test_a_url_serves_once_and_only_protocols_it_speaks(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    url = exec_url(pod, sleeper, ["true"], stdout=True)
+    refused = client(streamclient, "exec", url, "-protocol", "v9.channel.k8s.io")
+    assert refused.returncode == 101
+    assert b"HTTP 403" in refused.stderr
+    assert b"ACCEPTED: v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io" in refused.stderr
+    again = client(streamclient, "exec", url)
+    assert again.returncode == 101
+    assert b"HTTP 404" in again.stderr  # the token was used by the refused attempt
+
+
+def test_a_command_that_cannot_start_is_reported_on_the_error_stream(
+    pod: Pod, sleeper: str, streamclient: Path
+) -> None:
+    done = client(streamclient, "exec", exec_url(pod, sleeper, ["/no/such/program"], stdout=True))
+    assert done.returncode == 103  # a Failure status without an exit code
+    assert b"/no/such/program" in done.stderr
+
+
+def test_a_client_that_goes_away_takes_the_command_with_it(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    url = exec_url(pod, sleeper, ["sleep", "777"], stdout=True)
+    proc = subprocess.Popen([str(streamclient), "exec", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(lambda: _processes("sleep 777"), 20), "the exec never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _wait_for(lambda: not _processes("sleep 777"), 20), "the exec outlived its client"
+
+
+def test_bad_exec_requests_are_refused(pod: Pod, sleeper: str) -> None:
+    cases = [
+        (pb.ExecRequest(container_id=sleeper, cmd=["sh"], tty=True, stderr=True, stdout=True), "INVALID_ARGUMENT"),
+        (pb.ExecRequest(container_id=sleeper, cmd=["sh"]), "INVALID_ARGUMENT"),
+        (pb.ExecRequest(container_id=sleeper, stdout=True), "INVALID_ARGUMENT"),
+        (pb.ExecRequest(container_id="f" * 64, cmd=["sh"], stdout=True), "NOT_FOUND"),
+    ]
+    with pod.node.client() as c:
+        for request, code in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                c.runtime.Exec(request, timeout=30)
+            assert err.value.code().name == code, request
+        created = pod.create("never-started", "sleep", "1")
+        with pytest.raises(grpc.RpcError) as err:
+            c.runtime.Exec(pb.ExecRequest(container_id=created, cmd=["true"], stdout=True), timeout=30)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "not RUNNING" in str(err.value.details())
+
+
+def attach_url(pod: Pod, container_id: str, **options: bool) -> str:
+    with pod.node.client() as c:
+        return c.runtime.Attach(pb.AttachRequest(container_id=container_id, **options), timeout=30).url
+
+
+def test_attach_relays_output_until_the_container_exits(pod: Pod, streamclient: Path) -> None:
+    container_id = pod.run("talker", "sh", "-c", "sleep 2; echo out; echo err >&2; sleep 0.5")
+    done = client(streamclient, "attach", attach_url(pod, container_id, stdout=True, stderr=True), "-stderr")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"out\n"
+    assert b"err\n" in done.stderr
+
+
+def test_attach_feeds_stdin_and_closes_it_once(pod: Pod, streamclient: Path) -> None:
+    container_id = pod.run("reader", "sh", "-c", "cat; echo closed", stdin=True, stdin_once=True)
+    url = attach_url(pod, container_id, stdin=True, stdout=True)
+    done = client(streamclient, "attach", url, "-stdin", stdin=b"hello\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"hello\nclosed\n"  # the client closed stdin: with stdin_once so did the container's
+    assert pod.wait_exit(container_id, 20).exit_code == 0
+
+
+def test_attach_to_a_terminal_gets_its_size(pod: Pod, streamclient: Path) -> None:
+    container_id = pod.run("console", "sh", "-c", "sleep 2; stty size", stdin=True, tty=True)
+    url = attach_url(pod, container_id, stdin=True, stdout=True, tty=True)
+    done = client(streamclient, "attach", url, "-stdin", "-tty", "-width", "100", "-height", "40")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().replace("\r\n", "\n") == "40 100\n"
+
+
+def test_attach_with_stdin_needs_a_container_with_stdin(pod: Pod, sleeper: str) -> None:
+    with pod.node.client() as c, pytest.raises(grpc.RpcError) as err:
+        c.runtime.Attach(pb.AttachRequest(container_id=sleeper, stdin=True, stdout=True), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "without stdin" in str(err.value.details())
+
+
+def test_port_forward_reaches_the_pods_loopback(pod: Pod, streamclient: Path) -> None:
+    pod.run("echo-server", "busybox", "nc", "-ll", "-p", "8080", "-e", "busybox", "cat")
+    with pod.node.client() as c:
+        url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
+    assert "/portforward/" in url
+    done = None
+    for _ in range(50):  # until nc listens
+        done = client(streamclient, "portforward", url, "8080", stdin=b"hello over spdy\n")
+        if done.returncode == 0:
+            break
+        time.sleep(0.2)
+        with pod.node.client() as c:
+            url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
+    assert done is not None
+    assert done.returncode == 0, done.stderr
+    assert b"PROTOCOL: portforward.k8s.io" in done.stderr
+    assert done.stdout == b"hello over spdy\n"
+
+    with pod.node.client() as c:  # nothing listens on 8081 in the pod (the node's 8081 is not the pod's)
+        url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id), timeout=30).url
+    refused = client(streamclient, "portforward", url, "8081")
+    assert refused.returncode == 102
+    assert b"cannot connect to port 8081" in refused.stderr
+
+
+def test_port_forward_to_an_unknown_pod_is_not_found(daemon: DaemonProcess) -> None:
+    with daemon.client() as c, pytest.raises(grpc.RpcError) as err:
+        c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id="e" * 64, port=[80]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _processes(cmdline: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _wait_for(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_exec() -> Iterator[None]:
+    yield
+    for pid in _processes("sleep 777"):
+        os.kill(pid, signal.SIGKILL)
