@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +237,69 @@ def _no_stray_exec() -> Iterator[None]:
     yield
     for pid in _processes("sleep 777"):
         os.kill(pid, signal.SIGKILL)
+
+
+# --- the CLI's client side (moorage exec / attach / port-forward), against the same server ---------------------
+
+
+def cli(node: DaemonProcess, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    argv = [sys.executable, "-m", "moorage.cli.main", "--endpoint", node.endpoint, "--timeout", "60", *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, timeout=90, check=False)
+
+
+def test_moorage_exec_streams_and_exits_with_the_commands_code(pod: Pod, sleeper: str) -> None:
+    done = cli(pod.node, "exec", sleeper[:12], "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert (done.returncode, done.stdout) == (5, b"out\n"), done.stderr
+    assert done.stderr == b"err\n"
+    echoed = cli(pod.node, "exec", "-i", sleeper, "cat", stdin=b"typed\n")
+    assert (echoed.returncode, echoed.stdout) == (0, b"typed\n"), echoed.stderr
+    synced = cli(pod.node, "exec", "-s", sleeper, "sh", "-c", "echo sync; exit 2")
+    assert (synced.returncode, synced.stdout) == (2, b"sync\n")
+    missing = cli(pod.node, "exec", sleeper, "/no/such/program")
+    assert missing.returncode == 1
+    assert b"/no/such/program" in missing.stderr
+
+
+def test_moorage_exec_t_carries_the_local_terminal(pod: Pod, sleeper: str) -> None:
+    """Under script(1)'s terminal sized 77x22: the remote terminal gets that size, and output comes back raw."""
+    command = (
+        f"stty cols 77 rows 22; {sys.executable} -m moorage.cli.main --endpoint {pod.node.endpoint} "
+        f"exec -t {sleeper} sh -c 'sleep 1; stty size; tty'"
+    )
+    done = subprocess.run(
+        ["script", "-qec", command, "/dev/null"], capture_output=True, timeout=90, check=False, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.decode().replace("\r", "").splitlines()
+    assert "22 77" in lines
+    assert any(line.startswith("/dev/pts/") for line in lines)
+
+
+def test_moorage_attach_follows_the_output(pod: Pod) -> None:
+    container_id = pod.run("talker-cli", "sh", "-c", "sleep 2; echo attached-output; sleep 0.5")
+    done = cli(pod.node, "attach", container_id)
+    assert (done.returncode, done.stdout) == (0, b"attached-output\n"), done.stderr
+
+
+def test_moorage_port_forward_listens_locally(pod: Pod) -> None:
+    pod.run("echo-cli", "busybox", "nc", "-ll", "-p", "8080", "-e", "busybox", "cat")
+    argv = [sys.executable, "-m", "moorage.cli.main", "--endpoint", pod.node.endpoint, "port-forward", pod.id, "0:8080"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        local = int(line.split(":")[1].split()[0])
+        answer = b""
+        for _ in range(50):  # until nc listens in the pod
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
+                conn.sendall(b"through the cli\n")
+                conn.shutdown(socket.SHUT_WR)
+                answer = b"".join(iter(lambda: conn.recv(4096), b""))
+            if answer:
+                break
+            time.sleep(0.2)
+        assert answer == b"through the cli\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from moorage import config as config_mod
 from moorage.api.cri import pb
-from moorage.cli import containers, logs, node, pods
+from moorage.cli import containers, logs, node, pods, streams
 from moorage.cli.client import DEFAULT_ENDPOINT
 from moorage.cli.common import call as _call
 from moorage.cli.common import client_for as _client
@@ -224,7 +224,7 @@ def image_fsinfo(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(json_format.MessageToDict(response), indent=2))
 
 
-for _command in (*pods.COMMANDS, *containers.COMMANDS, logs.logs):
+for _command in (*pods.COMMANDS, *containers.COMMANDS, logs.logs, *streams.COMMANDS):
     cli.add_command(_command)
 cli.add_command(node.check)
 cli.add_command(node.node_group)

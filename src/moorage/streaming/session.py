@@ -1,12 +1,13 @@
-"""A server-side SPDY/3 session on an upgraded connection: the client opens the streams (one per channel:
-stdin, stdout, stderr, error, resize; or a data and an error stream per forwarded port), the server answers
-each with SYN_REPLY and then reads and writes them.
+"""A SPDY/3 session on an upgraded connection. The client opens the streams (one per channel: stdin, stdout,
+stderr, error, resize; or a data and an error stream per forwarded port) with :meth:`Session.open`; the server
+takes them from :meth:`Session.next_stream`, already answered with SYN_REPLY; then both read and write them.
 
 Lifecycle::
 
     session = Session(reader, writer)
-    runner = asyncio.create_task(session.run())     # reads frames until the client goes away
-    stdout = await session.next_stream()            # None once the connection is gone
+    runner = asyncio.create_task(session.run())     # reads frames until the peer goes away
+    stdout = await session.next_stream()            # server: None once the connection is gone
+    stdout = await session.open({"streamType": "stdout"})  # client: once the server answered
     await stdout.write(b"hello")
     await stdout.close()                            # our half: DATA with FIN
     await session.close()                           # GOAWAY, then the socket
@@ -24,6 +25,7 @@ from moorage.streaming import spdy
 log = structlog.get_logger(__name__)
 
 MAX_STREAMS = 64  # a client opens at most 5 streams for exec, 2 per port for port-forward
+REPLY_TIMEOUT = 30.0
 
 
 class Stream:
@@ -79,6 +81,8 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._new: asyncio.Queue[Stream | None] = asyncio.Queue()
         self._last_id = 0
+        self._next_own_id = 1  # a client's streams have odd ids
+        self._replies: dict[int, asyncio.Future[None]] = {}
         self.closed = False
 
     async def next_stream(self) -> Stream | None:
@@ -86,6 +90,21 @@ class Session:
         if self.closed and self._new.empty():
             return None
         return await self._new.get()
+
+    async def open(self, headers: dict[str, str]) -> Stream:
+        """A new stream with ``headers``, once the server has answered it. Raises ConnectionError."""
+        stream_id, self._next_own_id = self._next_own_id, self._next_own_id + 2
+        stream = Stream(self, stream_id, {k.lower(): [v] for k, v in headers.items()})
+        self._streams[stream_id] = stream
+        reply = self._replies[stream_id] = asyncio.get_running_loop().create_future()
+        await self.send(self.encoder.syn_stream(stream_id, headers))
+        try:
+            await asyncio.wait_for(reply, REPLY_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionError(f"no reply to stream {headers} in {REPLY_TIMEOUT:g} s") from None
+        finally:
+            self._replies.pop(stream_id, None)
+        return stream
 
     async def send(self, frame: bytes) -> None:
         if self.closed:
@@ -128,6 +147,10 @@ class Session:
                     stream._received(frame.data, frame.fin)
             elif frame.type == spdy.SYN_STREAM:
                 await self._open(frame)
+            elif frame.type == spdy.SYN_REPLY:
+                reply = self._replies.get(frame.stream_id)
+                if reply is not None and not reply.done():
+                    reply.set_result(None)
             elif frame.type == spdy.RST_STREAM:
                 stream = self._streams.pop(frame.stream_id, None)
                 if stream is not None:
@@ -161,4 +184,7 @@ class Session:
         self.closed = True
         for stream in self._streams.values():
             stream._ended()
+        for reply in self._replies.values():
+            if not reply.done():
+                reply.set_exception(ConnectionError("the connection closed before the stream was answered"))
         self._new.put_nowait(None)

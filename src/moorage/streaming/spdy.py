@@ -1,5 +1,6 @@
 """SPDY/3 framing, sans I/O: what kubectl, the API server and the kubelet speak for exec, attach and
-port-forward (``Upgrade: SPDY/3.1``, Go's moby/spdystream). Only what a streaming *server* needs.
+port-forward (``Upgrade: SPDY/3.1``, Go's moby/spdystream). What a streaming server needs, and a client that
+opens streams (``moorage exec``).
 
 Frames (draft-mbelshe-httpbis-spdy-00, §2.2): a control frame starts with bit 1, the version (3), the type, then
 flags and a 24-bit length; a data frame starts with bit 0 and the 31-bit stream id. Header blocks (SYN_STREAM,
@@ -178,6 +179,11 @@ class Encoder:
             flags = FLAG_FIN if fin and last else 0
             out += struct.pack(">IB", stream_id & 0x7FFFFFFF, flags) + len(chunk).to_bytes(3, "big") + chunk
         return bytes(out)
+
+    def syn_stream(self, stream_id: int, headers: dict[str, str], fin: bool = False) -> bytes:
+        """A client's new stream: id, no associated stream, priority 0, then the header block."""
+        body = struct.pack(">IIBB", stream_id, 0, 0, 0) + self._header_block(headers)
+        return _control(SYN_STREAM, FLAG_FIN if fin else 0, body)
 
     def syn_reply(self, stream_id: int, headers: dict[str, str] | None = None, fin: bool = False) -> bytes:
         body = struct.pack(">I", stream_id) + self._header_block(headers or {})
