@@ -195,6 +195,12 @@ class StreamingSection:
         "host:port of the exec/attach/port-forward server; port 0 picks a free port.",
         listen_address(optional=False),
     )
+    idle_timeout: int = key(
+        14400,
+        "Seconds an exec/attach/port-forward connection may pass without a frame either way before it is closed "
+        "(and its command killed), as the kubelet's streamingConnectionIdleTimeout; 0 never closes it.",
+        at_least(0),
+    )
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,11 @@ class Daemon:
             await containers.load()
             await containers.recover()
             await sandboxes.recover()
-            streaming = StreamingServer(self.config.streaming.address, StreamBackend(sandboxes, containers))
+            streaming = StreamingServer(
+                self.config.streaming.address,
+                StreamBackend(sandboxes, containers),
+                idle_timeout=self.config.streaming.idle_timeout,
+            )
             await streaming.start()
             runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers, streaming)
             admin = AdminService(images)

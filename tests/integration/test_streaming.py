@@ -20,7 +20,8 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
-from tests.integration.daemon import DaemonProcess
+from tests.fixtures.registry import Registry
+from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 
@@ -122,6 +123,32 @@ def test_a_client_that_goes_away_takes_the_command_with_it(pod: Pod, sleeper: st
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert _wait_for(lambda: not _processes("sleep 777"), 20), "the exec outlived its client"
+
+
+@pytest.fixture
+def idle_node(unstarted: DaemonProcess, registry: Registry) -> DaemonProcess:
+    """A daemon that closes streaming connections idle for 2 s."""
+    unstarted.trust_registry(registry.host)
+    unstarted.loopback_network()
+    with unstarted.config_path.open("a") as config:
+        config.write("[streaming]\nidle_timeout = 2\n")
+    unstarted.start()
+    return unstarted
+
+
+def test_an_idle_connection_is_closed_and_its_command_killed(
+    idle_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, streamclient: Path
+) -> None:
+    idle_pod = Pod(idle_node, busybox.name, cgroup_parent, tmp_path)
+    try:
+        container_id = idle_pod.run("sleeper", "sleep", "1000")
+        url = exec_url(idle_pod, container_id, ["sleep", "778"], stdout=True)
+        done = client(streamclient, "exec", url, timeout=60)  # no frame either way: the server hangs up
+        assert b"PROTOCOL: v4.channel.k8s.io" in done.stderr
+        assert _wait_for(lambda: not _processes("sleep 778"), 20), "the idle exec was not killed"
+    finally:
+        with idle_node.client() as c:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=idle_pod.id), timeout=60)
 
 
 def test_bad_exec_requests_are_refused(pod: Pod, sleeper: str) -> None:
@@ -235,7 +262,7 @@ def _wait_for(condition: object, seconds: float) -> bool:
 @pytest.fixture(autouse=True)
 def _no_stray_exec() -> Iterator[None]:
     yield
-    for pid in _processes("sleep 777"):
+    for pid in _processes("sleep 777") + _processes("sleep 778"):
         os.kill(pid, signal.SIGKILL)
 
 

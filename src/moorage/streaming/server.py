@@ -90,8 +90,9 @@ class Tokens:
 
 
 class StreamingServer:
-    def __init__(self, address: str, runtime: StreamingRuntime) -> None:
+    def __init__(self, address: str, runtime: StreamingRuntime, idle_timeout: float = 0) -> None:
         self._address = address
+        self._idle_timeout = idle_timeout
         self._runtime = runtime
         self._tokens = Tokens()
         self._server: asyncio.Server | None = None
@@ -189,7 +190,7 @@ class StreamingServer:
             switch.append(("X-Stream-Protocol-Version", protocol))
         writer.write(http.send(h11.InformationalResponse(status_code=101, headers=switch)))
         await writer.drain()
-        session = Session(reader, writer, http.trailing_data[0])
+        session = Session(reader, writer, http.trailing_data[0], self._idle_timeout)
         runner = asyncio.create_task(session.run())
         try:
             if isinstance(pending, pb.PortForwardRequest):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
@@ -71,8 +72,12 @@ class Stream:
 
 
 class Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes = b"") -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes = b"", idle_timeout: float = 0
+    ) -> None:
         self._reader = reader
+        self._idle_timeout = idle_timeout
+        self._active = time.monotonic()
         self._writer = writer
         self._leftover = leftover
         self.encoder = spdy.Encoder()
@@ -109,6 +114,7 @@ class Session:
     async def send(self, frame: bytes) -> None:
         if self.closed:
             return
+        self._active = time.monotonic()
         async with self._lock:
             try:
                 self._writer.write(frame)
@@ -117,11 +123,12 @@ class Session:
                 self._gone()
 
     async def run(self) -> None:
-        """Read frames until the client hangs up, sends GOAWAY or breaks the protocol."""
+        """Read frames until the peer hangs up, sends GOAWAY, breaks the protocol or lets the session go idle."""
         try:
             if self._leftover:
                 await self._handle(self._decoder.feed(self._leftover))
-            while not self.closed and (data := await self._reader.read(1 << 16)):
+            while not self.closed and (data := await self._read()):
+                self._active = time.monotonic()
                 await self._handle(self._decoder.feed(data))
         except spdy.ProtocolError as exc:
             log.warning("streaming client broke the SPDY protocol; closing", error=str(exc))
@@ -130,6 +137,20 @@ class Session:
             pass
         finally:
             self._gone()
+
+    async def _read(self) -> bytes:
+        """The next bytes from the peer; b"" once nothing went either way for the idle timeout."""
+        while True:
+            if not self._idle_timeout:
+                return await self._reader.read(1 << 16)
+            left = self._active + self._idle_timeout - time.monotonic()
+            if left <= 0:
+                log.info("streaming session idle; closing", idle_timeout=self._idle_timeout)
+                return b""
+            try:
+                return await asyncio.wait_for(self._reader.read(1 << 16), left)
+            except TimeoutError:
+                continue  # frames we sent meanwhile count as activity: look again
 
     async def close(self) -> None:
         if not self.closed:
