@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -95,15 +96,31 @@ def test_older_protocols_get_a_plain_error_message(pod: Pod, sleeper: str, strea
     assert b"ERROR: command terminated with non-zero exit code: exit code 4" in done.stderr
 
 
-def test_a_url_serves_once_and_only_protocols_it_speaks(pod: Pod, sleeper: str, streamclient: Path) -> None:
-    url = exec_url(pod, sleeper, ["true"], stdout=True)
+def test_a_url_serves_one_connection_and_only_protocols_it_speaks(pod: Pod, sleeper: str, streamclient: Path) -> None:
+    url = exec_url(pod, sleeper, ["echo", "served"], stdout=True)
     refused = client(streamclient, "exec", url, "-protocol", "v9.channel.k8s.io")
     assert refused.returncode == 101
     assert b"HTTP 403" in refused.stderr
     assert b"ACCEPTED: v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io" in refused.stderr
+    websocket = _raw_upgrade(url, "websocket")
+    assert websocket.startswith(b"HTTP/1.1 400 "), websocket
+    assert b"use SPDY/3.1" in websocket
+    served = client(streamclient, "exec", url)  # refusals leave the URL to the fallback: it serves once
+    assert (served.returncode, served.stdout) == (0, b"served\n"), served.stderr
     again = client(streamclient, "exec", url)
     assert again.returncode == 101
-    assert b"HTTP 404" in again.stderr  # the token was used by the refused attempt
+    assert b"HTTP 404" in again.stderr
+
+
+def _raw_upgrade(url: str, protocol: str) -> bytes:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n".encode()
+        )
+        return b"".join(iter(lambda: conn.recv(4096), b""))
 
 
 def test_a_command_that_cannot_start_is_reported_on_the_error_stream(

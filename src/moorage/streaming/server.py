@@ -8,8 +8,9 @@ connection is a :class:`~moorage.streaming.session.Session`. Exec and attach spe
 client opens an ``error`` and a ``data`` stream with the same ``requestID`` and the ``port``, and the server
 connects to that port on the pod's loopback, inside its net namespace.
 
-WebSocket upgrades (``v5.channel.k8s.io``) are refused with 400 for now; the API server and the kubelet speak
-SPDY to runtimes.
+WebSocket upgrades (``v5.channel.k8s.io``) are refused with 400 for now, leaving the URL usable: client-go's
+fallback executor (crictl, kubectl) then retries it with SPDY, which the API server and the kubelet speak to
+runtimes anyway.
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ class Tokens:
         self._pending[token] = Pending(kind, request, time.monotonic() + TOKEN_TTL)
         return token
 
-    def take(self, kind: str, token: str) -> Request | None:
+    def peek(self, kind: str, token: str) -> Request | None:
         self._expire()
         pending = self._pending.get(token)
-        if pending is None or pending.kind != kind:
-            return None
-        del self._pending[token]
-        return pending.request
+        return pending.request if pending is not None and pending.kind == kind else None
+
+    def take(self, kind: str, token: str) -> Request | None:
+        request = self.peek(kind, token)
+        if request is not None:
+            del self._pending[token]
+        return request
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -162,7 +166,9 @@ class StreamingServer:
         for name, value in request.headers:
             headers[name.decode().lower()].append(value.decode(errors="replace"))
         kind, _, token = urlsplit(request.target.decode()).path.strip("/").partition("/")
-        pending = self._tokens.take(kind, token) if request.method in (b"GET", b"POST") else None
+        # The token is used up only by a connection that gets served: a client whose WebSocket upgrade is refused
+        # falls back to SPDY on the same URL (client-go's fallback executor, crictl).
+        pending = self._tokens.peek(kind, token) if request.method in (b"GET", b"POST") else None
         if pending is None:
             await _respond(
                 http, writer, 404, f"no pending {kind or 'streaming'} request for this URL (expired or used)"
@@ -184,6 +190,9 @@ class StreamingServer:
         if protocol is None:
             extra = [("X-Accepted-Stream-Protocol-Versions", ", ".join(supported))]
             await _respond(http, writer, 403, f"none of the offered protocols {offered} is supported", extra)
+            return
+        if self._tokens.take(kind, token) is None:  # expired, or taken by a racing connection meanwhile
+            await _respond(http, writer, 404, f"no pending {kind} request for this URL (expired or used)")
             return
         switch = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]
         if protocol:
