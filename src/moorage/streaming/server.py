@@ -203,7 +203,7 @@ class StreamingServer:
         runner = asyncio.create_task(session.run())
         try:
             if isinstance(pending, pb.PortForwardRequest):
-                await self._port_forward(session, pending, runner)
+                await self._port_forward(session, pending)
             else:
                 await self._remote_command(session, pending, protocol, runner)
         finally:
@@ -248,7 +248,7 @@ class StreamingServer:
             if stream is not None:
                 await stream.close()
 
-    async def _port_forward(self, session: Session, request: pb.PortForwardRequest, runner: asyncio.Task[None]) -> None:
+    async def _port_forward(self, session: Session, request: pb.PortForwardRequest) -> None:
         pairs: dict[str, dict[str, Stream]] = {}
         forwards: set[asyncio.Task[None]] = set()
         allowed = set(request.port)
