@@ -1,0 +1,23 @@
+"""Containers: Create, Start, Stop (signal, then SIGKILL), Remove, ExecSync and friends, and the exit monitor.
+
+Each container runs under its own conmon (CRI-O's model): conmon holds its stdio, writes the CRI log file
+and records the exit code, so containers keep running and logging while moorage restarts. The class is split
+by RPC group, as CRI-O and containerd split their servers:
+
+- :mod:`.base`: the collaborators, a container's paths and records, taking a container apart;
+- :mod:`.create`: CreateContainer and the pause container;
+- :mod:`.lifecycle`: Start, Stop, Remove, the exit monitor and start-up recovery;
+- :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog.
+"""
+
+from __future__ import annotations
+
+from moorage.runtime.containers.create import Create
+from moorage.runtime.containers.lifecycle import Lifecycle
+from moorage.runtime.containers.operations import Operations
+
+__all__ = ["Containers"]
+
+
+class Containers(Create, Lifecycle, Operations):
+    """Every container of the node (pause containers aside, which live and die with their pod)."""

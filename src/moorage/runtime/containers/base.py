@@ -1,0 +1,146 @@
+"""What every part of :class:`~moorage.runtime.containers.Containers` shares: its collaborators, where a
+container's files are, its records, and taking apart whatever exists of a container."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from moorage.config import Config
+from moorage.errors import NotFound
+from moorage.images.service import ImageManager
+from moorage.node.cgroupinfo import CgroupHost
+from moorage.node.cgroups import driver as cgroup_driver
+from moorage.runtime import conmon, writable
+from moorage.runtime.container_records import ContainerRecords
+from moorage.runtime.handlers import Handlers
+from moorage.runtime.oci import OciRuntime
+from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.usage import UsageReader
+from moorage.state.index import Index
+from moorage.state.models import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_RUNNING, ContainerRecord
+from moorage.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+KILL_WAIT_SECONDS = 10.0
+
+
+class ContainerBase:
+    def __init__(
+        self,
+        store: Store,
+        config: Callable[[], Config],
+        images: ImageManager,
+        sandboxes: Sandboxes,
+        host: CgroupHost,
+    ) -> None:
+        self.config = config
+        self.images = images
+        self.sandboxes = sandboxes
+        self.state = Path(config().state)
+        self.root = Path(config().root)
+        self.cgroups = cgroup_driver(config().cgroup_driver)
+        self.cgroup_host = host
+        self.usage = UsageReader(self.layer_dir, self.cgroups, host)
+        self.handlers = Handlers(config, self.state, self.cgroups, host)
+        self.records = ContainerRecords(store, sandboxes.events)
+
+    async def load(self) -> None:
+        """Fill the in-memory index from the store (start-up, before anything is served or recovered)."""
+        await self.records.load()
+
+    # --- paths and runtimes ---------------------------------------------------------------------------------
+
+    def bundle(self, container_id: str) -> Path:
+        return self.state / "bundles" / container_id
+
+    def layer_dir(self, container_id: str) -> Path:
+        return self.root / "containers" / container_id
+
+    def conmon_paths(self, container_id: str) -> conmon.ConmonPaths:
+        return conmon.ConmonPaths(self.state, container_id)
+
+    def log_path(self, record: ContainerRecord) -> Path:
+        """Where conmon writes the CRI log: the kubelet's pod log dir + path, else beside the bundle."""
+        return Path(record.status.log_path) if record.status.log_path else self.bundle(record.id) / "container.log"
+
+    def runtime(self, handler: str) -> OciRuntime:
+        return self.handlers.runtime(handler)
+
+    # --- records ---------------------------------------------------------------------------------------------
+
+    @property
+    def index(self) -> Index[ContainerRecord]:
+        return self.records.index
+
+    async def get(self, container_id: str) -> ContainerRecord:
+        return await self.records.get(container_id)
+
+    async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
+        return self.records.all(sandbox_id)
+
+    async def runtime_of(self, record: ContainerRecord) -> OciRuntime:
+        sandbox = await self.sandboxes.get(record.sandbox_id)
+        return self.runtime(sandbox.status.runtime_handler)
+
+    # --- taking a container apart, and its exit ---------------------------------------------------------------
+
+    async def _undo(self, container_id: str, handler: str) -> None:
+        await self._teardown(container_id, handler)
+        await self.records.delete(container_id)
+
+    async def _teardown(self, container_id: str, handler: str) -> None:
+        """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
+        runtime = self.runtime(handler)
+        with contextlib.suppress(NotFound):
+            await runtime.delete(container_id, force=True)
+        await asyncio.to_thread(writable.remove, self.layer_dir(container_id), self.bundle(container_id) / "rootfs")
+        paths = self.conmon_paths(container_id)
+        for path in (paths.exit_file,):
+            path.unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, paths.container_dir, True)
+        await asyncio.to_thread(shutil.rmtree, self.bundle(container_id), True)
+
+    async def _record_exit(self, container_id: str) -> None:
+        record = await self.get(container_id)
+        if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            return
+        paths = self.conmon_paths(container_id)
+        code = conmon.read_exit(paths.exits_dir, container_id)
+        if code is None:
+            return
+        finished = max(paths.exit_file.stat().st_mtime_ns, record.status.started_at)  # mtimes are coarse
+        oom = (paths.container_dir / "oom").exists()
+        reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+        await self.records.save(record.moved(CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason))
+        log.info("container exited", container=container_id, exit_code=code, reason=reason)
+
+
+async def send_signal(runtime: OciRuntime, container_id: str, sig: signal.Signals) -> None:
+    try:
+        await runtime.kill(container_id, int(sig))
+    except NotFound:
+        pass
+    except Exception as exc:  # already stopped: the runtime refuses to signal it; the exit file tells
+        log.debug("signal not delivered", container=container_id, signal=sig.name, error=str(exc))
+
+
+async def wait_for(path: Path, seconds: float) -> bool:
+    """Poll for ``path``: every 5 ms at first (a killed process is usually reaped and its exit file written
+    within a few ms), backing off to every 50 ms."""
+    deadline = time.monotonic() + seconds
+    interval = 0.005
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, 0.05)
+    return path.exists()

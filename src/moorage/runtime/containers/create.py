@@ -1,0 +1,179 @@
+"""CreateContainer, and the pause (infra) container of pods that share one PID namespace.
+
+Persist first: a container is stored as CREATING before its root filesystem and its conmon are made, and
+becomes CREATED once the runtime holds it; a failure undoes what was made, a crash is undone at the next start
+(:meth:`~moorage.runtime.containers.lifecycle.Lifecycle.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+from pathlib import Path
+
+from moorage.api.cri import pb
+from moorage.errors import FailedPrecondition, NotFound
+from moorage.images.auth import Credentials
+from moorage.images.catalog import ImageRecord, config_json
+from moorage.runtime import conmon, writable
+from moorage.runtime.conditions import find_binary
+from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
+from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling
+from moorage.state.models import (
+    CONTAINER_CREATED,
+    CONTAINER_CREATING,
+    READY,
+    ContainerRecord,
+    ContainerStatus,
+    SandboxRecord,
+    container_name,
+)
+
+
+class Create(ContainerBase):
+    async def create(self, sandbox_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
+        sandbox = await self.sandboxes.get(sandbox_id)
+        if sandbox.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready ({sandbox.state})")
+        image = await self.images.find(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} is not on the node; pull it first (config.image.image)")
+        pod = sandbox_config if sandbox_config.HasField("metadata") else pb.PodSandboxConfig.FromString(sandbox.config)
+        meta = pod.metadata
+        image_doc = config_json(image)
+        runtime_config = image_doc.get("config") if isinstance(image_doc.get("config"), dict) else {}
+        record = ContainerRecord(
+            id=secrets.token_hex(32),
+            sandbox_id=sandbox_id,
+            name=container_name(config.metadata.name, config.metadata.attempt, meta.name, meta.namespace, meta.uid),
+            state=CONTAINER_CREATING,
+            created_at=time.time_ns(),
+            image_id=image.id,
+            config=config.SerializeToString(),
+            status=ContainerStatus(
+                log_path=str(Path(pod.log_directory) / config.log_path) if pod.log_directory and config.log_path
+                else "",
+                image=config.image.image,
+                stop_signal=str(runtime_config.get("StopSignal") or "") if isinstance(runtime_config, dict) else "",
+            ),
+        )  # fmt: skip
+        await self.records.insert(record)
+        try:
+            pid = await self._make(record, config, pod, sandbox, image)
+            await self.records.save(record.moved(CONTAINER_CREATED, pid=pid))
+        except BaseException:
+            await asyncio.shield(self._undo(record.id, sandbox.status.runtime_handler))
+            raise
+        log.info("container created", container=record.id, name=record.name, pid=pid)
+        return record.id
+
+    async def _make(
+        self,
+        record: ContainerRecord,
+        config: pb.ContainerConfig,
+        pod: pb.PodSandboxConfig,
+        sandbox: SandboxRecord,
+        image: ImageRecord,
+    ) -> int:
+        bundle = self.bundle(record.id)
+        rootfs = bundle / "rootfs"
+        bundle.mkdir(parents=True, mode=0o700)
+        chain = [layer.chain_id for layer in image.layers]
+        await asyncio.to_thread(
+            writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs
+        )
+        image_doc = config_json(image)
+        namespaces = dict(sandbox.status.namespaces)
+        pid_modes = (
+            pod.linux.security_context.namespace_options.pid,
+            config.linux.security_context.namespace_options.pid,
+        )
+        if pb.NamespaceMode.NODE in pid_modes:
+            pass  # the node's PID namespace
+        elif pid_modes[0] == pb.NamespaceMode.POD and record.id != sandbox.id:
+            namespaces["pid"] = f"/proc/{sandbox.status.infra_pid}/ns/pid"  # the pod's, held by its pause process
+        else:
+            namespaces["pid"] = ""  # a PID namespace of its own (or, for the pause container, the pod's new one)
+        spec = build(
+            SpecInputs(
+                container=config,
+                sandbox=pod,
+                image_config=image_doc.get("config") or {},  # type: ignore[arg-type]
+                rootfs=rootfs,
+                namespaces=namespaces,
+                cgroups_path=self.cgroups.spec_path(pod.linux.cgroup_parent, record.id),
+                hostname=Path(sandbox.status.files["/etc/hostname"]).read_text().strip(),
+                pod_files={k: Path(v) for k, v in sandbox.status.files.items()},
+                oom_score_adj_floor=_own_oom_score_adj(),
+                seccomp_root=Path(self.config().runtime.seccomp_profile_root),
+                available_capabilities=current_capabilities(),
+                nofile_ceiling=nofile_ceiling(),
+                cgroup_namespace=self.cgroup_host.unified,
+            )
+        )
+        (bundle / "config.json").write_text(json.dumps(spec))
+        log_path = self.log_path(record)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        return await conmon.create_container(
+            find_binary(self.config().runtime.conmon) or self.config().runtime.conmon,
+            self.runtime(sandbox.status.runtime_handler),
+            cid=record.id,
+            name=record.name,
+            bundle=bundle,
+            state_dir=self.state,
+            log_path=log_path,
+            terminal=config.tty,
+            stdin=config.stdin,
+            leave_stdin_open=not config.stdin_once,
+        )
+
+    # --- the pause (infra) container of pods sharing one PID namespace ----------------------------------
+
+    async def start_infra(self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig) -> int:
+        """Run the pod's pause process in the pod's namespaces and a new PID namespace; returns its pid.
+
+        It is not a CRI container: it has no record of its own and is not listed; it lives and dies with
+        the pod, under the pod's id."""
+        name = self.config().sandbox_image
+        image = await self.images.find(name)
+        if image is None:
+            image = await self.images.pull(name, Credentials())
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="POD"),
+            image=pb.ImageSpec(image=name),
+            linux=pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(
+                    seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.ProfileType.RuntimeDefault),
+                    no_new_privs=True,
+                    capabilities=pb.Capability(drop_capabilities=["ALL"]),
+                )
+            ),
+        )
+        infra = ContainerRecord(
+            sandbox.id, sandbox.id, sandbox.name, CONTAINER_CREATING, time.time_ns(), image.id, b"", ContainerStatus()
+        )
+        try:
+            pid = await self._make(infra, config, pod, sandbox, image)
+            await self.runtime(sandbox.status.runtime_handler).start(sandbox.id)
+        except BaseException:
+            await asyncio.shield(self.remove_infra(sandbox))
+            raise
+        log.info("pause container started", sandbox=sandbox.id, pid=pid, image=name)
+        return pid
+
+    async def stop_infra(self, sandbox: SandboxRecord) -> None:
+        await send_signal(self.runtime(sandbox.status.runtime_handler), sandbox.id, signal.SIGKILL)
+        await wait_for(self.conmon_paths(sandbox.id).exit_file, KILL_WAIT_SECONDS)
+
+    async def remove_infra(self, sandbox: SandboxRecord) -> None:
+        await self._teardown(sandbox.id, sandbox.status.runtime_handler)
+
+
+def _own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,99 @@
+"""StartContainer, StopContainer (the image's STOPSIGNAL, then SIGKILL), RemoveContainer, and the exit monitor.
+
+conmon records each exit code in an exit file; :meth:`Lifecycle.monitor` turns them into EXITED records, also
+for exits that happened while moorage was down (:meth:`Lifecycle.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from moorage.errors import FailedPrecondition, NotFound
+from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
+from moorage.state.models import CONTAINER_CREATED, CONTAINER_CREATING, CONTAINER_RUNNING
+
+MONITOR_INTERVAL = 0.2
+
+
+class Lifecycle(ContainerBase):
+    async def start(self, container_id: str) -> None:
+        record = await self.get(container_id)
+        if record.state != CONTAINER_CREATED:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not CREATED; it cannot start")
+        runtime = await self.runtime_of(record)
+        started = time.time_ns()
+        await runtime.start(container_id)
+        await self.records.save(record.moved(CONTAINER_RUNNING, started_at=started))
+        await self._record_exit(container_id)  # it may be done already, before the monitor could see it running
+        log.info("container started", container=container_id)
+
+    async def stop(self, container_id: str, timeout: int) -> None:
+        """The image's STOPSIGNAL (default SIGTERM), then SIGKILL after ``timeout`` seconds; a stopped
+        container is left as it is (api.proto)."""
+        record = await self.get(container_id)
+        if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            return
+        runtime = await self.runtime_of(record)
+        exit_file = self.conmon_paths(container_id).exit_file
+        if timeout > 0:
+            await send_signal(runtime, container_id, _parse_signal(record.status.stop_signal))
+            if await wait_for(exit_file, timeout):
+                await self._record_exit(container_id)
+                return
+        await send_signal(runtime, container_id, signal.SIGKILL)
+        if not await wait_for(exit_file, KILL_WAIT_SECONDS):
+            raise FailedPrecondition(f"container {container_id} did not exit {KILL_WAIT_SECONDS} s after SIGKILL")
+        await self._record_exit(container_id)
+
+    async def remove(self, container_id: str) -> None:
+        record = await self.get(container_id)
+        if record.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            await self.stop(container_id, 0)
+        sandbox = await self.sandboxes.get(record.sandbox_id)
+        await self._undo(container_id, sandbox.status.runtime_handler)
+        self.usage.forget(container_id)
+        log.info("container removed", container=container_id)
+
+    # --- exits ----------------------------------------------------------------------------------------------
+
+    async def monitor(self) -> None:
+        """Record every exit conmon reports, for as long as the daemon runs."""
+        exits = self.conmon_paths("x").exits_dir
+        seen: set[str] = set()
+        while True:
+            names = set(os.listdir(exits)) if exits.is_dir() else set()
+            seen &= names  # forget removed containers
+            for name in names - seen:
+                try:
+                    await self._record_exit(name)
+                except NotFound:
+                    pass  # a pause container, or removed meanwhile
+                except Exception as exc:  # one unreadable exit must not stop the monitor; retried next round
+                    log.error("cannot record a container exit", container=name, error=str(exc))
+                    continue
+                seen.add(name)
+            await asyncio.sleep(MONITOR_INTERVAL)
+
+    async def recover(self) -> None:
+        for record in await self.all():
+            if record.state == CONTAINER_CREATING:
+                sandbox = await self.sandboxes.get(record.sandbox_id)
+                log.warning("removing a container a crash interrupted while it was made", container=record.id)
+                await self._undo(record.id, sandbox.status.runtime_handler)
+            else:
+                await self._record_exit(record.id)
+
+
+def _parse_signal(name: str) -> signal.Signals:
+    """An image's STOPSIGNAL (``SIGQUIT``, ``QUIT``, ``3``) → the signal; SIGTERM when unset or unknown."""
+    text = name.strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text))
+        except ValueError:
+            return signal.SIGTERM
+    text = text if text.startswith("SIG") else f"SIG{text}"
+    return getattr(signal.Signals, text, signal.SIGTERM)

@@ -1,0 +1,53 @@
+"""ExecSync, UpdateContainerResources and ReopenContainerLog: what is done to a live container."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from moorage.api.cri import pb
+from moorage.errors import FailedPrecondition
+from moorage.runtime.containers.base import ContainerBase, log, wait_for
+from moorage.runtime.exec_sync import ExecResult, exec_sync
+from moorage.runtime.spec import resources
+from moorage.state.models import CONTAINER_CREATED, CONTAINER_RUNNING
+
+
+class Operations(ContainerBase):
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
+        record = await self.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot exec in it")
+        return await exec_sync(await self.runtime_of(record), container_id, self.bundle(container_id), cmd, timeout)
+
+    async def update_resources(self, container_id: str, linux: pb.LinuxContainerResources) -> None:
+        """Apply new limits to a running container, and keep them in its config for later restarts."""
+        record = await self.get(container_id)
+        if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            raise FailedPrecondition(f"container {container_id} is {record.state}; only a live one can be updated")
+        await (await self.runtime_of(record)).update(container_id, resources.build(linux, []))
+        config = pb.ContainerConfig.FromString(record.config)
+        config.linux.resources.CopyFrom(linux)
+        data = config.SerializeToString()
+        await self.records.save_config(container_id, data)
+        log.info("container resources updated", container=container_id)
+
+    async def reopen_log(self, container_id: str) -> None:
+        """After the kubelet rotated the log file: conmon opens ``log_path`` anew (ctl message 2)."""
+        record = await self.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}; only a running one has a log open")
+        ctl = self.bundle(container_id) / "ctl"
+        try:
+            fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot reach conmon of container {container_id}: {exc.strerror}") from None
+        try:
+            os.write(fd, b"2 0 0\n")
+        finally:
+            os.close(fd)
+        log_path = (
+            Path(record.status.log_path) if record.status.log_path else self.bundle(container_id) / "container.log"
+        )
+        if not await wait_for(log_path, 5):
+            raise FailedPrecondition(f"conmon did not reopen the log of container {container_id} at {log_path}")
