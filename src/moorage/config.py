@@ -147,6 +147,13 @@ class RuntimeSection:
         "",
         "The pause program the local sandbox image is built from; empty: the one `make pause` builds.",
     )
+    disk_usage_period: int = key(
+        10,
+        "Seconds between walks of every container's writable layer for its disk usage (ContainerStats' "
+        "writable_layer, which the kubelet's eviction reads): the stats RPCs answer from the last walk, as "
+        "containerd's stats_collect_period. A new container is walked when first asked for.",
+        at_least(1),
+    )
     seccomp_profile_root: str = key(
         "/var/lib/kubelet/seccomp",
         "Where Localhost seccomp profiles named by pods are found (the kubelet's <root-dir>/seccomp).",

@@ -93,6 +93,9 @@ class Daemon:
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             monitor = asyncio.create_task(containers.monitor(), name="exit-monitor")
             cni_watch = asyncio.create_task(cni.watch(on_change=_log_network), name="cni-watch")
+            disk_walk = asyncio.create_task(
+                containers.usage.sync_disk(containers.all, self.config.runtime.disk_usage_period), name="disk-usage"
+            )
             self._serve_metrics()
             self._install_signal_handlers()
             log.info(
@@ -111,6 +114,7 @@ class Daemon:
             await streaming.stop()
             monitor.cancel()
             cni_watch.cancel()
+            disk_walk.cancel()
         finally:
             if images is not None:
                 await images.close()

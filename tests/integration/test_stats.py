@@ -9,7 +9,9 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
+from tests.fixtures.registry import Registry
 from tests.integration import test_containers
+from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_containers import Pod
 from tests.integration.test_images import rpc_error
 
@@ -141,3 +143,36 @@ def test_an_exited_container_still_reports_its_writable_layer(pod: Pod) -> None:
     stats = container_stats(pod, done)
     assert stats.attributes.id == done
     assert stats.writable_layer.used_bytes.value >= 4 * KIB
+
+
+@pytest.fixture
+def walking_node(unstarted: DaemonProcess, registry: Registry) -> DaemonProcess:
+    """A daemon that walks the writable layers every second."""
+    unstarted.trust_registry(registry.host)
+    unstarted.loopback_network()
+    with unstarted.config_path.open("a") as config:
+        config.write("[runtime]\ndisk_usage_period = 1\n")
+    unstarted.start()
+    return unstarted
+
+
+def test_writable_layer_usage_comes_from_the_background_walk(
+    walking_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    walked = Pod(walking_node, busybox.name, cgroup_parent, tmp_path)
+    try:
+        container_id = walked.run("writer", "sleep", "1000")
+        first = container_stats(walked, container_id).writable_layer
+        with walking_node.client() as c:
+            write = ["busybox", "dd", "if=/dev/zero", "of=/tmp/written-later", "bs=1048576", "count=2"]
+            assert c.runtime.ExecSync(pb.ExecSyncRequest(container_id=container_id, cmd=write)).exit_code == 0
+        deadline, later = time.monotonic() + 30, first
+        while later.used_bytes.value < first.used_bytes.value + (2 << 20) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            later = container_stats(walked, container_id).writable_layer
+        assert later.used_bytes.value >= first.used_bytes.value + (2 << 20)  # the next walk saw it
+        assert later.timestamp > first.timestamp  # the time of the walk, not of the call
+        assert later.inodes_used.value > first.inodes_used.value  # the file (and /tmp, copied up)
+    finally:
+        with walking_node.client() as c:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=walked.id), timeout=60)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from moorage.api.cri import pb
@@ -28,16 +28,32 @@ class UsageReader:
         self._cgroups = cgroups
         self._host = host
         self._rates = CpuRates()
+        self._disk: dict[str, DiskUsage] = {}
 
     def forget(self, key: str) -> None:
-        """Drop the previous cpu sample of a removed container or pod."""
+        """Drop what is kept of a removed container or pod: its previous cpu sample, its last disk walk."""
         self._rates.forget(key)
+        self._disk.pop(key, None)
+
+    async def sync_disk(self, containers: Callable[[], Awaitable[list[ContainerRecord]]], period: float) -> None:
+        """Walk every container's writable layer each ``period`` seconds, for as long as the daemon runs: the
+        walk reads every file's metadata, too slow to repeat on each stats call of a busy node."""
+        while True:
+            await asyncio.sleep(period)
+            records = await containers()
+            for gone in self._disk.keys() - {r.id for r in records}:
+                del self._disk[gone]  # removed meanwhile: its walk must not linger
+            for record in records:
+                await self._walk(record.id)
+
+    async def _walk(self, container_id: str) -> DiskUsage:
+        usage = await asyncio.to_thread(disk_usage, self._layer_dir(container_id) / "upper")
+        self._disk[container_id] = usage
+        return usage
 
     async def container(self, record: ContainerRecord, pod: pb.PodSandboxConfig) -> pb.ContainerStats:
-        upper = self._layer_dir(record.id) / "upper"
-        cgroup, disk = await asyncio.to_thread(
-            self._sample, self._cgroups.container_dir(pod.linux.cgroup_parent, record.id), upper
-        )
+        cgroup = await asyncio.to_thread(self._read, self._cgroups.container_dir(pod.linux.cgroup_parent, record.id))
+        disk = self._disk.get(record.id) or await self._walk(record.id)
         config = pb.ContainerConfig.FromString(record.config)
         return pb.ContainerStats(
             attributes=pb.ContainerAttributes(
@@ -115,9 +131,6 @@ class UsageReader:
         if hierarchy is not None:
             cgroup = leaf_dir(cgroup, Path(hierarchy))
         return read_cgroup(cgroup, self._host)
-
-    def _sample(self, cgroup: str, upper: Path) -> tuple[CgroupStats, DiskUsage]:
-        return self._read(cgroup), disk_usage(upper)
 
     def _cpu(self, key: str, cgroup: CgroupStats) -> pb.CpuUsage | None:
         if cgroup.cpu_usage_ns is None:
