@@ -60,6 +60,8 @@ bench: deps
 	$(PY) bench/startup.py
 	PYTHONPATH=. $(PY) bench/unpack.py
 	PYTHONPATH=. $(PY) bench/pull.py
+	PYTHONPATH=. $(PY) bench/pods.py
+	PYTHONPATH=. $(PY) bench/exec.py
 
 pause: build/pause/pause
 
