@@ -6,7 +6,7 @@ GEN := src/moorage/api/_gen
 
 .PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd protos docs bench pause clean
 
-deps: $(VENV)/.installed build/pause/pause
+deps: $(VENV)/.installed build/pause/pause build/pinns/pinns
 
 $(VENV)/.installed: pyproject.toml scripts/debian-packages.txt scripts/install-deps
 	VENV=$(VENV) scripts/install-deps
@@ -65,8 +65,11 @@ bench: deps
 
 pause: build/pause/pause
 
-build/pause/pause: src/moorage/runtime/pause/pause.c scripts/build-pause
-	scripts/build-pause $@
+build/pause/pause: src/moorage/runtime/pause/pause.c scripts/build-static
+	scripts/build-static $< $@
+
+build/pinns/pinns: src/moorage/node/pinns/pinns.c scripts/build-static
+	scripts/build-static $< $@
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -50,9 +50,21 @@ def holders(inode: int) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def pin_dir(tmp_path: Path) -> Iterator[Path]:
-    """A pin directory; whatever is still pinned in it is unpinned after the test."""
+@pytest.fixture(scope="session")
+def pinns(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C namespace helper, built for the tests (``make`` builds it into the source tree for the daemon)."""
+    out = tmp_path_factory.mktemp("pinns") / "pinns"
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([str(repo / "scripts" / "build-static"), str(repo / ns.PINNS_SOURCE), str(out)], check=True)
+    return out
+
+
+@pytest.fixture(params=["pinns", "python"])
+def pin_dir(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A pin directory, with each helper: the C one, and the Python one used where it is not built; whatever is
+    still pinned in it is unpinned after the test."""
+    helper = request.getfixturevalue("pinns") if request.param == "pinns" else tmp_path / "no-pinns"
+    monkeypatch.setattr(ns, "PINNS", helper)
     directory = tmp_path / "pins"
     try:
         yield directory

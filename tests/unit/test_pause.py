@@ -1,4 +1,4 @@
-"""Our pause program: built by scripts/build-pause, exits 0 on SIGTERM/SIGINT, reaps orphans as PID 1."""
+"""Our pause program: built by scripts/build-static, exits 0 on SIGTERM/SIGINT, reaps orphans as PID 1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-pause"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "build-static"
+SOURCE = REPO / "src" / "moorage" / "runtime" / "pause" / "pause.c"
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="building pause needs gcc")
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="building pa
 @pytest.fixture(scope="module")
 def pause(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pause") / "pause"
-    printed = subprocess.run([str(SCRIPT), str(out)], check=True, capture_output=True, text=True).stdout
+    printed = subprocess.run([str(SCRIPT), str(SOURCE), str(out)], check=True, capture_output=True, text=True).stdout
     assert printed.strip() == str(out)
     return out
 
@@ -38,7 +40,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def test_build_is_idempotent_and_static(pause: Path) -> None:
     mtime = pause.stat().st_mtime_ns
-    printed = subprocess.run([str(SCRIPT), str(pause)], check=True, capture_output=True, text=True).stdout
+    printed = subprocess.run([str(SCRIPT), str(SOURCE), str(pause)], check=True, capture_output=True, text=True).stdout
     assert printed.strip() == str(pause)
     assert pause.stat().st_mtime_ns == mtime
     assert b"INTERP" not in subprocess.run(["readelf", "-l", str(pause)], check=True, capture_output=True).stdout

@@ -1,5 +1,5 @@
 /* moorage pause: holds a pod's namespaces open and, as PID 1 of a shared PID namespace, reaps orphans.
- * SIGINT/SIGTERM exit 0; SIGCHLD reaps every exited child. Built static by scripts/build-pause. */
+ * SIGINT/SIGTERM exit 0; SIGCHLD reaps every exited child. Built static by scripts/build-static. */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
