@@ -79,6 +79,30 @@ def test_exec_feeds_stdin_until_the_client_closes_it(pod: Pod, sleeper: str, str
     assert done.stdout == data + b"end\n"
 
 
+def daemon_peak_kib(node: DaemonProcess) -> int:
+    assert node.proc is not None
+    status = Path(f"/proc/{node.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_stdin_faster_than_the_command_reads_is_held_back_not_buffered(
+    pod: Pod, sleeper: str, streamclient: Path
+) -> None:
+    """64 MiB of stdin for a command that reads it slowly, then for one that never reads it: the daemon's peak
+    memory does not grow by what the client sent (the session stops reading the socket instead), and the end of
+    a command that left its stdin unread still reaches the client."""
+    data = b"x" * (64 << 20)
+    before = daemon_peak_kib(pod.node)
+    url = exec_url(pod, sleeper, ["sh", "-c", "sleep 2; wc -c"], stdin=True, stdout=True)
+    done = client(streamclient, "exec", url, "-stdin", stdin=data, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, b"67108864"), done.stderr
+    assert daemon_peak_kib(pod.node) - before < 32 << 10  # KiB: well under the 64 MiB sent
+
+    url = exec_url(pod, sleeper, ["echo", "done"], stdin=True, stdout=True)
+    unread = client(streamclient, "exec", url, "-stdin", stdin=data, timeout=120)
+    assert (unread.returncode, unread.stdout) == (0, b"done\n"), unread.stderr
+
+
 def test_exec_with_a_terminal_gets_its_size(pod: Pod, sleeper: str, streamclient: Path) -> None:
     url = exec_url(pod, sleeper, ["sh", "-c", "sleep 1; stty size; tty"], stdin=True, stdout=True, tty=True)
     done = client(streamclient, "exec", url, "-stdin", "-tty", "-width", "91", "-height", "37")

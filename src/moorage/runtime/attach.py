@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from moorage.errors import FailedPrecondition
-from moorage.runtime.exec_stream import ExecIO, Sink, Source
+from moorage.runtime.exec_stream import ExecIO, Sink, Source, drain
 
 STDOUT, STDERR = 2, 3  # conmon's pipe numbers (1 is stdin)
 PACKET = 1 << 15
@@ -77,7 +77,7 @@ async def _feed(source: Source, sock: socket.socket) -> None:
                 await loop.sock_sendall(sock, data[start : start + PACKET])
         sock.shutdown(socket.SHUT_WR)  # the client closed stdin: conmon closes the container's if stdin_once
     except (ConnectionError, OSError):
-        pass
+        await drain(source)
 
 
 async def _resize(sizes: AsyncIterator[tuple[int, int]], ctl: Path) -> None:

@@ -122,9 +122,15 @@ async def _feed_pipe(source: Source | None, pipe: asyncio.StreamWriter | None) -
             pipe.write(data)
             await pipe.drain()
     except (ConnectionError, OSError):
-        pass
+        await drain(source)  # the command closed its stdin: what the client still sends goes nowhere
     finally:
         pipe.close()
+
+
+async def drain(source: Source) -> None:
+    """Read ``source`` to its end, dropping it: a client's stream must be read for the session to go on."""
+    while await source.read():
+        pass
 
 
 _REAPER = """
@@ -258,6 +264,7 @@ async def _tty_in(source: Source, master: int) -> None:
             except BlockingIOError:
                 await asyncio.sleep(0.01)
             except OSError:
+                await drain(source)
                 return
 
 

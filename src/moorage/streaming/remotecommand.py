@@ -65,8 +65,11 @@ async def accept_channels(session: Session, options: Options, protocol: str, tim
                 raise StreamsMissing("the client went away before opening its streams")
             kind = stream.header("streamType")
             if kind not in wanted or kind in found:
-                await stream.close()  # not one we asked for: answered, then ignored
+                stream.discard()  # not one we asked for: answered, then ignored
+                await stream.close()
                 continue
+            if kind in ("error", "stdout", "stderr"):
+                stream.discard()  # ours to write: whatever the client sends on them is dropped
             found[kind] = stream
 
     try:

@@ -272,9 +272,11 @@ class StreamingServer:
             port = int(data.header("port"))
             if allowed and port not in allowed:
                 raise InvalidArgument(f"port {port} was not among the PortForward request's ports {sorted(allowed)}")
+            error.discard()  # ours to write
             reader, writer = await self._runtime.port_forward(sandbox_id, port)
         except (ValueError, MoorageError, OSError) as exc:
             message = exc.message if isinstance(exc, MoorageError) else str(exc)
+            data.discard()
             await error.write(f"error forwarding port {data.header('port')} to pod {sandbox_id}: {message}".encode())
             await error.close()
             await data.close()
@@ -299,6 +301,7 @@ class StreamingServer:
             pass
         finally:
             writer.close()
+            data.discard()  # the pod's side is gone: more from the client must not hold up the session
 
 
 def _check_stdio(request: pb.ExecRequest | pb.AttachRequest) -> None:

@@ -27,16 +27,24 @@ log = structlog.get_logger(__name__)
 
 MAX_STREAMS = 64  # a client opens at most 5 streams for exec, 2 per port for port-forward
 REPLY_TIMEOUT = 30.0
+INBOX_BYTES = 1 << 20
 
 
 class Stream:
-    """One SPDY stream opened by the client. ``read`` returns b"" once the client closed its half."""
+    """One SPDY stream. ``read`` returns b"" once the peer closed its half.
+
+    What the peer sends waits here until read; past :data:`INBOX_BYTES` the session stops reading the connection
+    until this stream is read, so TCP pushes back on a peer that sends faster than the command reads (SPDY/3
+    flow control being unused). Call :meth:`discard` on a stream nobody will read."""
 
     def __init__(self, session: Session, stream_id: int, headers: dict[str, list[str]]) -> None:
         self.id = stream_id
         self.headers = headers
         self._session = session
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._buffered = 0
+        self._drained = asyncio.Event()
+        self._discarding = False
         self.remote_closed = False
         self.local_closed = False
 
@@ -47,7 +55,10 @@ class Stream:
     async def read(self) -> bytes:
         if self.remote_closed and self._inbox.empty():
             return b""
-        return await self._inbox.get()
+        data = await self._inbox.get()
+        self._buffered -= len(data)
+        self._drained.set()
+        return data
 
     async def write(self, data: bytes) -> None:
         if not self.local_closed and data:
@@ -59,9 +70,22 @@ class Stream:
             self.local_closed = True
             await self._session.send(self._session.encoder.data(self.id, b"", fin=True))
 
-    def _received(self, data: bytes, fin: bool) -> None:
-        if data:
-            self._inbox.put_nowait(data)
+    def discard(self) -> None:
+        """Drop whatever the peer sends on this stream from now on: nothing will read it."""
+        self._discarding = True
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._buffered = 0
+        self._drained.set()
+
+    async def _received(self, data: bytes, fin: bool) -> None:
+        if data and not self._discarding:
+            while self._buffered >= INBOX_BYTES and not self._discarding:
+                self._drained.clear()
+                await self._drained.wait()
+            if not self._discarding:
+                self._buffered += len(data)
+                self._inbox.put_nowait(data)
         if fin:
             self._ended()
 
@@ -165,7 +189,7 @@ class Session:
             if isinstance(frame, spdy.DataFrame):
                 stream = self._streams.get(frame.stream_id)
                 if stream is not None:
-                    stream._received(frame.data, frame.fin)
+                    await stream._received(frame.data, frame.fin)
             elif frame.type == spdy.SYN_STREAM:
                 await self._open(frame)
             elif frame.type == spdy.SYN_REPLY:
