@@ -340,6 +340,10 @@ def test_metrics_and_stats_mirror_the_cgroup(pod: Pod) -> None:
     assert samples[("container_processes",)] >= 2  # sh and its sleep
     assert samples[("container_start_time_seconds",)] == pod.status(container_id).started_at // 10**9
     assert samples[("container_cpu_usage_seconds_total",)] <= cgroups.cpu_usage_ns(cgroup) // 10**9
+    assert ("container_cpu_cfs_periods_total",) in samples  # cpu.stat's nr_periods, v1 and v2 alike
+    layers = pod.node.root / "containers"
+    device = f"{os.major(layers.stat().st_dev)}:{os.minor(layers.stat().st_dev)}"
+    assert 0 < samples[("container_fs_usage_bytes", device)] < samples[("container_fs_limit_bytes", device)]
     for device, (read, written) in devices_after.items():  # counters: the metric was read first
         assert samples.get(("container_fs_reads_bytes_total", device), 0) <= read
         assert samples.get(("container_fs_writes_bytes_total", device), 0) <= written
@@ -355,6 +359,7 @@ def test_metrics_and_stats_mirror_the_cgroup(pod: Pod) -> None:
         assert stats.cpu.psi.Some.Total <= int(cgroups.read(pressure).split("total=")[1].split()[0]) * 1000
         assert stats.memory.HasField("psi")
         assert stats.io.HasField("psi")
+        assert ("container_pressure_cpu_waiting_seconds_total",) in samples
     if cgroups.is_v2():
         assert stats.swap.swap_usage_bytes.value <= int(
             cgroups.read(cgroups.directory("memory", cgroup) / "memory.swap.current")

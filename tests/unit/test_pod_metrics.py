@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from moorage.api.cri import pb
 from moorage.node.netdev import InterfaceCounters, parse_net_dev
-from moorage.observe.stats import CgroupStats, DeviceIo
+from moorage.observe.stats import CgroupStats, DeviceIo, DiskUsage, Pressure, PsiLine
 from moorage.runtime import pod_metrics
 
 LABELS = ("web-0", "default", "app", "c1", "registry.local/app:1")
@@ -65,3 +65,27 @@ def test_net_dev_skips_lo_and_maps_the_columns() -> None:
     assert values["container_network_receive_bytes_total"] == ("eth0", 987654)
     assert values["container_network_transmit_packets_dropped_total"] == ("eth0", 4)
     assert len(samples) == 8
+
+
+def test_throttling_pressure_and_the_writable_layer() -> None:
+    cgroup = CgroupStats(
+        timestamp=1,
+        cfs_periods=100,
+        cfs_throttled_periods=7,
+        cfs_throttled_ns=3_500_000_000,
+        pressure={
+            "cpu": Pressure(PsiLine(2_600_000, 0, 0, 0), None),
+            "io": Pressure(None, PsiLine(1_000_000, 0, 0, 0)),
+        },
+    )
+    samples = pod_metrics.container_metrics(LABELS, cgroup, 0, ("254:1", DiskUsage(1, 8192, 3), 1 << 30))
+    described(samples)
+    values = {(s.name, *s.label_values[5:]): s.value.value for s in samples}
+    assert values[("container_cpu_cfs_periods_total",)] == 100
+    assert values[("container_cpu_cfs_throttled_periods_total",)] == 7
+    assert values[("container_cpu_cfs_throttled_seconds_total",)] == 3
+    assert values[("container_pressure_cpu_waiting_seconds_total",)] == 2  # "some": whole seconds
+    assert values[("container_pressure_io_stalled_seconds_total",)] == 1  # "full"
+    assert ("container_pressure_cpu_stalled_seconds_total",) not in values  # no "full" line for cpu here
+    assert values[("container_fs_usage_bytes", "254:1")] == 8192
+    assert values[("container_fs_limit_bytes", "254:1")] == 1 << 30

@@ -81,7 +81,10 @@ PRESSURE = "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\nfull avg10=0.00
 
 def test_v2_reads_cpu_split_swap_oom_pressure_and_io(tmp_path: Path) -> None:
     group = tmp_path / "pod" / "c1"
-    write(group / "cpu.stat", "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n")
+    write(
+        group / "cpu.stat",
+        "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\nnr_periods 9\nnr_throttled 2\nthrottled_usec 40\n",
+    )
     write(group / "memory.current", "5000\n")
     write(group / "memory.max", "max\n")
     write(group / "memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n")
@@ -95,6 +98,7 @@ def test_v2_reads_cpu_split_swap_oom_pressure_and_io(tmp_path: Path) -> None:
     )
     st = read_cgroup("/pod/c1", v2_host(tmp_path))
     assert (st.cpu_usage_ns, st.cpu_user_ns, st.cpu_system_ns) == (3_000_000, 2_000_000, 1_000_000)
+    assert (st.cfs_periods, st.cfs_throttled_periods, st.cfs_throttled_ns) == (9, 2, 40_000)
     assert (st.memory_limit, st.available, st.oom_kills) == (None, None, 1)  # memory.max "max": no limit
     assert (st.swap_usage, st.swap_limit) == (4096, 65536)
     assert set(st.pressure) == {"cpu", "io"}  # no memory.pressure file: none reported
@@ -111,6 +115,7 @@ def test_v1_reads_memsw_as_swap_cpuacct_ticks_oom_and_blkio(tmp_path: Path) -> N
     write(memory / "memory.memsw.limit_in_bytes", "50000\n")
     write(memory / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
     write(tmp_path / "cpu,cpuacct" / group / "cpuacct.stat", "user 7\nsystem 3\n")
+    write(tmp_path / "cpu,cpuacct" / group / "cpu.stat", "nr_periods 5\nnr_throttled 1\nthrottled_time 123\n")
     blkio = tmp_path / "blkio" / group
     write(
         blkio / "blkio.throttle.io_service_bytes_recursive", "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 1\nTotal 12288\n"
@@ -128,6 +133,7 @@ def test_v1_reads_memsw_as_swap_cpuacct_ticks_oom_and_blkio(tmp_path: Path) -> N
     st = read_cgroup(group, host)
     tick = 10**9 // os.sysconf("SC_CLK_TCK")
     assert (st.cpu_user_ns, st.cpu_system_ns) == (7 * tick, 3 * tick)
+    assert (st.cfs_periods, st.cfs_throttled_periods, st.cfs_throttled_ns) == (5, 1, 123)
     assert (st.memory_limit, st.swap_usage, st.swap_limit, st.oom_kills) == (20000, 2000, 30000, 4)
     assert st.io == (DeviceIo(8, 0, 4096, 8192, 1, 2),)
     assert set(st.pressure) == {"memory"}  # a hybrid host's PSI comes from its cgroup2 mount

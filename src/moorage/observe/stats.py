@@ -58,6 +58,9 @@ class CgroupStats:
     cpu_usage_ns: int | None = None
     cpu_user_ns: int | None = None
     cpu_system_ns: int | None = None
+    cfs_periods: int | None = None  # CFS enforcement periods that elapsed, of which the cgroup was throttled in
+    cfs_throttled_periods: int | None = None
+    cfs_throttled_ns: int | None = None
     memory_usage: int | None = None
     working_set: int | None = None
     available: int | None = None
@@ -103,12 +106,16 @@ def _read_v1(groups: dict[str, Path]) -> CgroupStats:
     memsw = _int(memory / "memory.memsw.usage_in_bytes") if memory else None
     memsw_limit = _limit(_int(memory / "memory.memsw.limit_in_bytes")) if memory else None
     ticks = _flat_keyed(cpuacct / "cpuacct.stat") if cpuacct else {}  # USER_HZ ticks
+    cfs = _flat_keyed(groups["cpu"] / "cpu.stat") if "cpu" in groups else {}
     tick_ns = 10**9 // os.sysconf("SC_CLK_TCK")
     return CgroupStats(
         timestamp=time.time_ns(),
         cpu_usage_ns=_int(cpuacct / "cpuacct.usage") if cpuacct else None,
         cpu_user_ns=ticks["user"] * tick_ns if "user" in ticks else None,
         cpu_system_ns=ticks["system"] * tick_ns if "system" in ticks else None,
+        cfs_periods=cfs.get("nr_periods"),
+        cfs_throttled_periods=cfs.get("nr_throttled"),
+        cfs_throttled_ns=cfs.get("throttled_time"),
         memory_usage=usage,
         working_set=working_set,
         available=_available(limit, working_set),
@@ -139,6 +146,9 @@ def _read_v2(group: Path) -> CgroupStats:
         cpu_usage_ns=ns("usage_usec"),
         cpu_user_ns=ns("user_usec"),
         cpu_system_ns=ns("system_usec"),
+        cfs_periods=cpu.get("nr_periods"),
+        cfs_throttled_periods=cpu.get("nr_throttled"),
+        cfs_throttled_ns=ns("throttled_usec"),
         memory_usage=usage,
         working_set=working_set,
         available=_available(limit, working_set),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from moorage.api.cri import pb
 from moorage.node.netdev import InterfaceCounters
-from moorage.observe.stats import CgroupStats
+from moorage.observe.stats import CgroupStats, DiskUsage
 
 LABELS = ("pod", "namespace", "container", "id", "image")
 COUNTER, GAUGE = pb.MetricType.COUNTER, pb.MetricType.GAUGE
@@ -37,6 +37,15 @@ FAMILIES = (
     Family("container_cpu_usage_seconds_total", "Cumulative cpu time consumed, in whole seconds.", COUNTER),
     Family("container_cpu_user_seconds_total", "Cumulative user cpu time consumed, in whole seconds.", COUNTER),
     Family("container_cpu_system_seconds_total", "Cumulative system cpu time consumed, in whole seconds.", COUNTER),
+    Family("container_cpu_cfs_periods_total", "Number of elapsed enforcement period intervals.", COUNTER),
+    Family("container_cpu_cfs_throttled_periods_total", "Number of throttled period intervals.", COUNTER),
+    Family("container_cpu_cfs_throttled_seconds_total", "Time the container was throttled, whole seconds.", COUNTER),
+    Family("container_pressure_cpu_waiting_seconds_total", "Time some tasks waited for cpu (PSI some).", COUNTER),
+    Family("container_pressure_cpu_stalled_seconds_total", "Time all tasks stalled on cpu (PSI full).", COUNTER),
+    Family("container_pressure_memory_waiting_seconds_total", "Time some tasks waited for memory.", COUNTER),
+    Family("container_pressure_memory_stalled_seconds_total", "Time all tasks stalled on memory.", COUNTER),
+    Family("container_pressure_io_waiting_seconds_total", "Time some tasks waited for I/O.", COUNTER),
+    Family("container_pressure_io_stalled_seconds_total", "Time all tasks stalled on I/O.", COUNTER),
     Family("container_memory_usage_bytes", "Current memory usage, regardless of when it was accessed.", GAUGE),
     Family("container_memory_working_set_bytes", "Current working set: usage minus inactive file memory.", GAUGE),
     Family("container_memory_rss", "Size of RSS (anonymous memory) in bytes.", GAUGE),
@@ -48,6 +57,8 @@ FAMILIES = (
     Family("container_fs_writes_bytes_total", "Cumulative count of bytes written.", COUNTER, DEVICE),
     Family("container_fs_reads_total", "Cumulative count of reads completed.", COUNTER, DEVICE),
     Family("container_fs_writes_total", "Cumulative count of writes completed.", COUNTER, DEVICE),
+    Family("container_fs_usage_bytes", "Bytes the container's writable layer uses.", GAUGE, DEVICE),
+    Family("container_fs_limit_bytes", "Bytes of the filesystem the writable layer is on.", GAUGE, DEVICE),
     Family("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", GAUGE),
     Family("container_network_receive_bytes_total", "Cumulative count of bytes received.", COUNTER, IFACE),
     Family("container_network_receive_packets_total", "Cumulative count of packets received.", COUNTER, IFACE),
@@ -78,8 +89,14 @@ def _seconds(ns: int | None) -> int | None:
     return None if ns is None else ns // NS_PER_SECOND
 
 
-def container_metrics(labels: tuple[str, ...], cgroup: CgroupStats, started_at_ns: int) -> list[pb.Metric]:
-    """``labels``: values for :data:`LABELS`. ``started_at_ns``: 0 while the container has not started."""
+def container_metrics(
+    labels: tuple[str, ...],
+    cgroup: CgroupStats,
+    started_at_ns: int,
+    layer: tuple[str, DiskUsage, int] | None = None,
+) -> list[pb.Metric]:
+    """``labels``: values for :data:`LABELS`. ``started_at_ns``: 0 while the container has not started.
+    ``layer``: the writable layer's device (``major:minor``), its usage and its filesystem's size, when known."""
     samples = [
         _metric("container_cpu_usage_seconds_total", labels, _seconds(cgroup.cpu_usage_ns)),
         _metric("container_cpu_user_seconds_total", labels, _seconds(cgroup.cpu_user_ns)),
@@ -96,7 +113,21 @@ def container_metrics(labels: tuple[str, ...], cgroup: CgroupStats, started_at_n
         _metric("container_oom_events_total", labels, cgroup.oom_kills),
         _metric("container_processes", labels, cgroup.pids),
         _metric("container_start_time_seconds", labels, _seconds(started_at_ns) if started_at_ns else None),
+        _metric("container_cpu_cfs_periods_total", labels, cgroup.cfs_periods),
+        _metric("container_cpu_cfs_throttled_periods_total", labels, cgroup.cfs_throttled_periods),
+        _metric("container_cpu_cfs_throttled_seconds_total", labels, _seconds(cgroup.cfs_throttled_ns)),
     ]
+    for resource, pressure in cgroup.pressure.items():
+        for kind, line in (("waiting", pressure.some), ("stalled", pressure.full)):
+            if line is not None:
+                name = f"container_pressure_{resource}_{kind}_seconds_total"
+                samples.append(_metric(name, labels, line.total_us // 10**6))
+    if layer is not None:
+        layer_device, usage, size = layer
+        samples += [
+            _metric("container_fs_usage_bytes", labels, usage.used_bytes, layer_device),
+            _metric("container_fs_limit_bytes", labels, size, layer_device),
+        ]
     for device in cgroup.io:
         name = f"{device.major}:{device.minor}"
         samples += [

@@ -9,6 +9,7 @@ process usage are left unset. Network usage is left unset until pods get CNI net
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -107,7 +108,10 @@ class UsageReader:
             )
             name = pb.ContainerConfig.FromString(record.config).metadata.name
             labels = (meta.name, meta.namespace, name, record.id, record.status.image)
-            samples = pod_metrics.container_metrics(labels, cgroup, record.status.started_at)
+            disk = self._disk.get(record.id) or await self._walk(record.id)
+            device, size = _filesystem_of(self._layer_dir(record.id))
+            layer = (device, disk, size)
+            samples = pod_metrics.container_metrics(labels, cgroup, record.status.started_at, layer)
             containers.append(pb.ContainerMetrics(container_id=record.id, metrics=samples))
         interfaces = await self._interfaces(sandbox)
         return pb.PodSandboxMetrics(
@@ -221,3 +225,13 @@ def _filesystem(disk: DiskUsage, layers: Path) -> pb.FilesystemUsage:
 def _u64(value: int | None) -> pb.UInt64Value | None:
     """Unset (not zero) when unknown, as api.proto asks of every UInt64Value."""
     return None if value is None else pb.UInt64Value(value=value)
+
+
+def _filesystem_of(path: Path) -> tuple[str, int]:
+    """``major:minor`` of the filesystem ``path`` is on, as cAdvisor's ``device`` label, and its size in bytes
+    (``("", 0)`` if it is gone)."""
+    try:
+        device, fs = os.stat(path).st_dev, os.statvfs(path)
+    except OSError:
+        return "", 0
+    return f"{os.major(device)}:{os.minor(device)}", fs.f_blocks * fs.f_frsize
