@@ -142,9 +142,10 @@ class DaemonProcess:
 
 
 @contextlib.contextmanager
-def running_node(registry_host: str) -> Iterator[DaemonProcess]:
-    """A started daemon that trusts the test registry at ``registry_host``; removed afterwards."""
-    d = DaemonProcess()
+def running_node(registry_host: str, config_text: str = "") -> Iterator[DaemonProcess]:
+    """A started daemon that trusts the test registry at ``registry_host``, with ``config_text`` TOML in its
+    config (tables too); removed afterwards."""
+    d = DaemonProcess(config_text)
     try:
         d.trust_registry(registry_host)
         d.loopback_network()

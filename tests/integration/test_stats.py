@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -11,7 +12,7 @@ import pytest
 from moorage.api.cri import pb
 from tests.fixtures.registry import Registry
 from tests.integration import test_containers
-from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod
 from tests.integration.test_images import rpc_error
 
@@ -146,14 +147,10 @@ def test_an_exited_container_still_reports_its_writable_layer(pod: Pod) -> None:
 
 
 @pytest.fixture
-def walking_node(unstarted: DaemonProcess, registry: Registry) -> DaemonProcess:
+def walking_node(registry: Registry) -> Iterator[DaemonProcess]:
     """A daemon that walks the writable layers every second."""
-    unstarted.trust_registry(registry.host)
-    unstarted.loopback_network()
-    with unstarted.config_path.open("a") as config:
-        config.write("[runtime]\ndisk_usage_period = 1\n")
-    unstarted.start()
-    return unstarted
+    with running_node(registry.host, "[runtime]\ndisk_usage_period = 1\n") as node:
+        yield node
 
 
 def test_writable_layer_usage_comes_from_the_background_walk(

@@ -22,7 +22,7 @@ import pytest
 
 from moorage.api.cri import pb
 from tests.fixtures.registry import Registry
-from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 
@@ -167,14 +167,10 @@ def test_a_client_that_goes_away_takes_the_command_with_it(pod: Pod, sleeper: st
 
 
 @pytest.fixture
-def idle_node(unstarted: DaemonProcess, registry: Registry) -> DaemonProcess:
+def idle_node(registry: Registry) -> Iterator[DaemonProcess]:
     """A daemon that closes streaming connections idle for 2 s."""
-    unstarted.trust_registry(registry.host)
-    unstarted.loopback_network()
-    with unstarted.config_path.open("a") as config:
-        config.write("[streaming]\nidle_timeout = 2\n")
-    unstarted.start()
-    return unstarted
+    with running_node(registry.host, "[streaming]\nidle_timeout = 2\n") as node:
+        yield node
 
 
 def test_an_idle_connection_is_closed_and_its_command_killed(
