@@ -10,7 +10,6 @@ Lifecycle::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import h11
 
 from moorage.errors import MoorageError
 from moorage.streaming import remotecommand
-from moorage.streaming.session import Session, Stream
+from moorage.streaming.session import Session, Stream, socket_to_stream, stream_to_socket
 
 PORT_FORWARD = "portforward.k8s.io"
 
@@ -123,26 +122,14 @@ async def forward(url: str, port: int, reader: asyncio.StreamReader, writer: asy
         error = await session.open({"streamType": "error", **headers})
         data = await session.open({"streamType": "data", **headers})
 
-        async def upstream() -> None:
-            while chunk := await reader.read(1 << 16):
-                await data.write(chunk)
-            await data.close()
-
-        async def downstream() -> None:
-            while chunk := await data.read():
-                writer.write(chunk)
-                await writer.drain()
-            with contextlib.suppress(OSError):
-                writer.write_eof()
-
-        sending = asyncio.create_task(upstream())
+        sending = asyncio.create_task(socket_to_stream(reader, data))
         message = bytearray()
         while chunk := await error.read():
             message += chunk
         if message:
             sending.cancel()
             raise StreamingError(message.decode(errors="replace"))
-        await downstream()
+        await stream_to_socket(data, writer)
         sending.cancel()
     finally:
         writer.close()

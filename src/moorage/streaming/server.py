@@ -31,7 +31,7 @@ from moorage.api.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, ResourceExhausted, StartupError
 from moorage.runtime.exec_stream import ExecIO
 from moorage.streaming import remotecommand
-from moorage.streaming.session import Session, Stream
+from moorage.streaming.session import Session, Stream, socket_to_stream, stream_to_socket
 
 log = structlog.get_logger(__name__)
 
@@ -283,20 +283,8 @@ class StreamingServer:
             return
         await error.close()
 
-        async def upstream() -> None:
-            while chunk := await data.read():
-                writer.write(chunk)
-                await writer.drain()
-            with contextlib.suppress(OSError):
-                writer.write_eof()
-
-        async def downstream() -> None:
-            while chunk := await reader.read(1 << 16):
-                await data.write(chunk)
-            await data.close()
-
         try:
-            await asyncio.gather(upstream(), downstream())
+            await asyncio.gather(stream_to_socket(data, writer), socket_to_stream(reader, data))
         except (ConnectionError, OSError):
             pass
         finally:

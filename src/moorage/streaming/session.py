@@ -233,3 +233,19 @@ class Session:
             if not reply.done():
                 reply.set_exception(ConnectionError("the connection closed before the stream was answered"))
         self._new.put_nowait(None)
+
+
+async def socket_to_stream(reader: asyncio.StreamReader, stream: Stream) -> None:
+    """What a TCP connection sends, onto ``stream``; our half of the stream is closed at its end."""
+    while chunk := await reader.read(1 << 16):
+        await stream.write(chunk)
+    await stream.close()
+
+
+async def stream_to_socket(stream: Stream, writer: asyncio.StreamWriter) -> None:
+    """What the peer sends on ``stream``, onto a TCP connection, half-closed (EOF) at the stream's end."""
+    while chunk := await stream.read():
+        writer.write(chunk)
+        await writer.drain()
+    with contextlib.suppress(OSError):
+        writer.write_eof()
