@@ -101,7 +101,7 @@ def test_no_command_anywhere_is_invalid(tmp_path: Path) -> None:
 
 
 def test_env_merges_image_then_cri_and_sets_hostname(tmp_path: Path) -> None:
-    envs = [pb.KeyValue(key="B", value="cri"), pb.KeyValue(key="C", value="new=x")]
+    envs = [pb.KeyValue(key="B", value=b"cri"), pb.KeyValue(key="C", value=b"new=x")]
     s = build(tmp_path, image_config={"Env": ["A=1", "B=image", "PATH=/opt/bin"]}, envs=envs)
     assert s["process"]["env"] == ["HOSTNAME=pod", "A=1", "B=cri", "PATH=/opt/bin", "C=new=x"]
 

@@ -3,6 +3,7 @@ and the listing, inspect, stop and remove loops that the pod and container comma
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -202,10 +203,25 @@ def load_config(path: str, message: M) -> M:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
         if not isinstance(data, dict):
             raise ValueError(f"want a mapping of the {message.DESCRIPTOR.name} fields, got {type(data).__name__}")
-        json_format.ParseDict(data, message)
+        json_format.ParseDict(_plain_env_values(data), message)
     except (OSError, ValueError, yaml.YAMLError, json_format.ParseError) as exc:
         raise click.ClickException(f"{path}: {exc}") from exc
     return message
+
+
+def _plain_env_values(data: dict[str, Any]) -> dict[str, Any]:
+    """``envs`` values as plain text, as cri-api's KeyValue JSON has them (the proto field is bytes, whose
+    protobuf JSON form would be base64)."""
+    envs = data.get("envs")
+    if not isinstance(envs, list):
+        return data
+    plain = [
+        {**kv, "value": base64.b64encode(str(kv["value"]).encode()).decode()}
+        if isinstance(kv, dict) and kv.get("value") is not None
+        else kv
+        for kv in envs
+    ]
+    return {**data, "envs": plain}
 
 
 def inspect_output(status: Message, info: Any) -> str:

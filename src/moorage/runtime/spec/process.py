@@ -68,7 +68,11 @@ def env(container: pb.ContainerConfig, image_config: Mapping[str, Any], hostname
     for kv in container.envs:
         if not kv.key:
             raise InvalidArgument("envs: an environment variable has an empty key")
-        put(f"{kv.key}={kv.value}")
+        try:
+            value = kv.value.decode()
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"envs: the value of {kv.key!r} is not valid UTF-8") from None
+        put(f"{kv.key}={value}")
     if "PATH" not in merged:
         merged["PATH"] = f"PATH={DEFAULT_PATH}"
     return list(merged.values())

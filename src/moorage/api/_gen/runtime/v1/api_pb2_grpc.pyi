@@ -4,15 +4,15 @@ isort:skip_file
 Moorage's own definition of the Kubernetes Container Runtime Interface (CRI) v1.
 
 This file is written for Moorage. It is wire-compatible with the `runtime.v1`
-package of k8s.io/cri-api v0.36 (Kubernetes 1.36): every service, RPC,
+package of k8s.io/cri-api v0.37 (Kubernetes 1.37): every service, RPC,
 message, enum, field name, field number and field type matches upstream, so a
 kubelet or crictl built against cri-api talks to Moorage unchanged. The
 comments are Moorage's own and describe what Moorage relies on or must honour.
 
-Scope: exactly v0.36. Later upstream additions (Kubernetes 1.37 work such as
-ExecRequest/AttachRequest.audit_request_id, the CheckpointPod/RestorePod
-RPCs, and the SIGNAL_-prefixed Signal value names) are deliberately left out.
-Upstream v0.36 declares no `reserved` ranges, so neither does this file.
+Scope: exactly v0.37 (v0.37.2): the CheckpointPod/RestorePod RPCs, the
+per-mount bind options (Mount.mount_options, RuntimeFeatures.mount_options)
+and the SIGNAL_-prefixed Signal value names are in.
+Upstream v0.37 declares no `reserved` ranges, so neither does this file.
 
 Rules for editing: never renumber, retype or reuse a field number; new fields
 must come from upstream cri-api so the wire contract stays identical.
@@ -132,6 +132,11 @@ class RuntimeServiceStub:
     """Status reports runtime health conditions, handlers and features."""
     CheckpointContainer: _grpc.UnaryUnaryMultiCallable[_api_pb2.CheckpointContainerRequest, _api_pb2.CheckpointContainerResponse]
     """CheckpointContainer checkpoints a container to a file."""
+    CheckpointPod: _grpc.UnaryUnaryMultiCallable[_api_pb2.CheckpointPodRequest, _api_pb2.CheckpointPodResponse]
+    """CheckpointPod checkpoints a whole pod (its containers) to output_path;
+    RestorePod recreates a pod from such a checkpoint (Kubernetes 1.37, alpha).
+    """
+    RestorePod: _grpc.UnaryUnaryMultiCallable[_api_pb2.RestorePodRequest, _api_pb2.RestorePodResponse]
     GetContainerEvents: _grpc.UnaryStreamMultiCallable[_api_pb2.GetEventsRequest, _api_pb2.ContainerEventResponse]
     """GetContainerEvents streams container lifecycle events (evented PLEG)."""
     ListMetricDescriptors: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListMetricDescriptorsRequest, _api_pb2.ListMetricDescriptorsResponse]
@@ -244,6 +249,11 @@ class RuntimeServiceAsyncStub(RuntimeServiceStub):
     """Status reports runtime health conditions, handlers and features."""
     CheckpointContainer: _aio.UnaryUnaryMultiCallable[_api_pb2.CheckpointContainerRequest, _api_pb2.CheckpointContainerResponse]  # type: ignore[assignment]
     """CheckpointContainer checkpoints a container to a file."""
+    CheckpointPod: _aio.UnaryUnaryMultiCallable[_api_pb2.CheckpointPodRequest, _api_pb2.CheckpointPodResponse]  # type: ignore[assignment]
+    """CheckpointPod checkpoints a whole pod (its containers) to output_path;
+    RestorePod recreates a pod from such a checkpoint (Kubernetes 1.37, alpha).
+    """
+    RestorePod: _aio.UnaryUnaryMultiCallable[_api_pb2.RestorePodRequest, _api_pb2.RestorePodResponse]  # type: ignore[assignment]
     GetContainerEvents: _aio.UnaryStreamMultiCallable[_api_pb2.GetEventsRequest, _api_pb2.ContainerEventResponse]  # type: ignore[assignment]
     """GetContainerEvents streams container lifecycle events (evented PLEG)."""
     ListMetricDescriptors: _aio.UnaryUnaryMultiCallable[_api_pb2.ListMetricDescriptorsRequest, _api_pb2.ListMetricDescriptorsResponse]  # type: ignore[assignment]
@@ -527,6 +537,23 @@ class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.CheckpointContainerResponse, _abc.Awaitable[_api_pb2.CheckpointContainerResponse]]:
         """CheckpointContainer checkpoints a container to a file."""
+
+    @_abc_1.abstractmethod
+    def CheckpointPod(
+        self,
+        request: _api_pb2.CheckpointPodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.CheckpointPodResponse, _abc.Awaitable[_api_pb2.CheckpointPodResponse]]:
+        """CheckpointPod checkpoints a whole pod (its containers) to output_path;
+        RestorePod recreates a pod from such a checkpoint (Kubernetes 1.37, alpha).
+        """
+
+    @_abc_1.abstractmethod
+    def RestorePod(
+        self,
+        request: _api_pb2.RestorePodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.RestorePodResponse, _abc.Awaitable[_api_pb2.RestorePodResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetContainerEvents(
