@@ -140,6 +140,22 @@ def test_host_network_and_ipc_pods_use_the_nodes_namespaces(node: DaemonProcess)
     assert (pod_dir / "hostname").read_text() == "web-host\n"
 
 
+def test_a_pod_without_a_hostname_gets_the_nodes(node: DaemonProcess) -> None:
+    """critest's pod names are longer than a hostname may be: without config.hostname the pod gets the node's
+    hostname (as containerd and CRI-O give it), while a given hostname is still checked."""
+    config = pod_config("p" * 80)
+    config.hostname = ""
+    sandbox_id = run_pod(node, config)
+    pod_dir = node.state / "pods" / sandbox_id
+    assert nsenter("uts", str(pod_dir / "ns" / "uts"), "hostname").strip() == os.uname().nodename
+    assert (pod_dir / "hostname").read_text() == os.uname().nodename + "\n"
+    config = pod_config("long")
+    config.hostname = "h" * 65
+    err = rpc_error(lambda: run_pod(node, config))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hostname" in err.details
+
+
 def test_the_same_pod_attempt_twice_is_refused(node: DaemonProcess) -> None:
     first = run_pod(node, pod_config())
     err = rpc_error(lambda: run_pod(node, pod_config()))

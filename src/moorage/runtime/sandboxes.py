@@ -117,7 +117,8 @@ class Sandboxes:
             kinds |= {"net", "uts"}  # a pod on the node's network keeps the node's hostname too
         if not host_ipc:
             kinds.add("ipc")
-        hostname = config.hostname or (os.uname().nodename if host_network else config.metadata.name)
+        # No hostname: the node's, as containerd and CRI-O give it (the pod's name may be longer than 64 bytes).
+        hostname = config.hostname or os.uname().nodename
         directory = self.pod_dir(record.id)
         directory.mkdir(parents=True, mode=0o711)
         pinned = (
