@@ -1,5 +1,6 @@
 """The files a pod's containers share, written on the host: /etc/hostname, /etc/hosts, /etc/resolv.conf and
-the pod's /dev/shm (a tmpfs of its own, or the node's for hostIPC pods).
+the pod's /dev/shm (a tmpfs of its own, or the node's for hostIPC pods); for a privileged pod, the read-write
+sysfs superblock of its net namespace (:func:`mount_sysfs`).
 
 Every function takes the pod's directory and the node's paths explicitly, so tests never touch the host's
 /etc or /dev/shm.
@@ -15,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from moorage.errors import InvalidArgument, MoorageError
+from moorage.node.netns import in_netns
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 0x1, 0x2, 0x4, 0x8, 0x20, 0x1000
 DEFAULT_SHM_BYTES = 64 << 20
 MAX_DNS_SEARCHES = 32
 
@@ -75,10 +78,38 @@ def mount_shm(pod_dir: Path, size_bytes: int = DEFAULT_SHM_BYTES) -> Path:
     path = pod_dir / "shm"
     path.mkdir(mode=0o1777, exist_ok=True)
     data = f"mode=1777,size={size_bytes}".encode()
-    flags = 0x2 | 0x4 | 0x8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if _libc.mount(b"shm", str(path).encode(), b"tmpfs", flags, data) != 0:
         err = ctypes.get_errno()
         raise MoorageError(f"cannot mount the pod's /dev/shm at {path}: {os.strerror(err)}")
+    return path
+
+
+def mount_sysfs(pod_dir: Path, netns: Path) -> Path:
+    """Hold a read-write sysfs superblock for the pod's net namespace (pinned on ``netns``) at ``<pod_dir>/sys``.
+
+    sysfs has one superblock per net namespace, made by its first mount there and kept while any mount of it
+    lives, and a read-only first mount makes the superblock itself read-only: every later mount is then
+    read-only too, whatever its own flags. So a privileged pod's unprivileged container (whose /sys is mounted
+    read-only) or its pause container started first would leave /sys read-only for the pod's privileged
+    containers. Mounted here read-write first, from inside the namespace, the superblock stays writable while
+    the pod lives; each container's own mount still decides what it may write. This mount itself is made
+    read-only at once (a bind remount changes the mount, not the superblock)."""
+    path = pod_dir / "sys"
+    path.mkdir(mode=0o700, exist_ok=True)
+    target = str(path).encode()
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+    def mount() -> None:
+        if _libc.mount(b"sysfs", target, b"sysfs", flags, None) != 0:
+            err = ctypes.get_errno()
+            raise MoorageError(f"cannot mount the pod's sysfs at {path} (net namespace {netns}): {os.strerror(err)}")
+        if _libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None) != 0:
+            err = ctypes.get_errno()
+            unmount(path)
+            raise MoorageError(f"cannot make the pod's sysfs mount {path} read-only: {os.strerror(err)}")
+
+    in_netns(netns, mount)
     return path
 
 
@@ -95,6 +126,7 @@ def remove(pod_dir: Path) -> None:
     if not pod_dir.exists():
         return
     unmount(pod_dir / "shm")
+    unmount(pod_dir / "sys")
     shutil.rmtree(pod_dir, ignore_errors=True)
 
 

@@ -3,9 +3,9 @@
 A pod is made without any process of its own (infra-less, as CRI-O's pinns does it): its network, IPC and
 UTS namespaces are created and pinned with bind mounts, its hostname and namespaced sysctls are set inside
 them, and its /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm are written under
-``<state>/pods/<id>``. hostNetwork and hostIPC pods use the node's namespaces. A pod sharing one PID
-namespace between its containers needs a process to hold it (the pause container); that mode is refused
-until containers land.
+``<state>/pods/<id>`` (with, for a privileged pod, the read-write sysfs of its net namespace). hostNetwork
+and hostIPC pods use the node's namespaces. A pod sharing one PID namespace between its containers needs a
+process to hold it (the pause container); that mode is refused until containers land.
 
 Persist first: the pod is stored as CREATING before anything is made and moves to READY once all of it
 exists. A failure undoes what was made and removes the record; a crash leaves a CREATING record that
@@ -131,6 +131,8 @@ class Sandboxes:
             if kinds
             else {}
         )
+        if config.linux.security_context.privileged and "net" in pinned:
+            podfiles.mount_sysfs(directory, pinned["net"])  # so its privileged containers' /sys can be read-write
         dns = config.dns_config
         files = {
             "/etc/hostname": podfiles.write_hostname(directory, hostname),
@@ -161,6 +163,7 @@ class Sandboxes:
         if uses_cni(config):
             await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), config)
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "shm")
+        await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "sys")
         await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
         log.info("pod sandbox stopped", sandbox=sandbox_id)
 
