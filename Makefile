@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd protos docs bench pause clean
+.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd critest cri-tools protos docs bench pause clean
 
 deps: $(VENV)/.installed build/pause/pause build/pinns/pinns
 
@@ -40,6 +40,20 @@ test-cgroupv2: deps
 test-cgroupv2-systemd: deps
 	VENV=$(VENV) MOORAGE_VM_SYSTEMD=1 scripts/test-cgroupv2 $(PYTEST_ARGS)
 
+## crictl, critest and ginkgo of cri-tools $(CRI_TOOLS_VERSION), built from the Go module proxy into build/cri-tools.
+CRI_TOOLS_VERSION ?= v1.37.0
+cri-tools: build/cri-tools/.version
+
+build/cri-tools/.version: scripts/build-cri-tools
+	CRI_TOOLS_VERSION=$(CRI_TOOLS_VERSION) scripts/build-cri-tools
+
+## The CRI validation suite against a fresh daemon, in a network namespace of its own: serially, with two ginkgo
+## nodes, and on the crun handler. CRITEST_ARGS go to each run (e.g. --focus 'execSync').
+critest: deps cri-tools
+	$(PY) -m tests.critest.run $(CRITEST_ARGS)
+	$(PY) -m tests.critest.run --parallel 2 $(CRITEST_ARGS)
+	$(PY) -m tests.critest.run --handler crun $(CRITEST_ARGS)
+
 ## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/api/_gen (committed).
 protos: deps
 	rm -rf $(GEN)/runtime
@@ -62,6 +76,8 @@ bench: deps
 	PYTHONPATH=. $(PY) bench/pull.py
 	PYTHONPATH=. $(PY) bench/pods.py
 	PYTHONPATH=. $(PY) bench/exec.py
+	$(MAKE) cri-tools
+	$(PY) -m tests.critest.run --benchmark --keep build/critest-bench
 
 pause: build/pause/pause
 
