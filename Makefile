@@ -20,7 +20,7 @@ stop:
 	scripts/quickstart --stop
 
 ## Everything CI checks: lint, types, tests. pytest's exit 5 (no test ran) fails too.
-test: deps lint typecheck pytest
+test: deps cri-tools lint typecheck pytest
 
 lint:
 	$(BIN)/ruff check src tests bench
