@@ -24,8 +24,8 @@ CRICTL = Path(__file__).resolve().parents[2] / "build" / "cri-tools" / "crictl"
 
 
 @pytest.fixture
-def crictl_node(node: DaemonProcess, tmp_path: Path) -> Iterator[tuple[DaemonProcess, Path]]:
-    """The node and a crictl.yaml for it (the README's example, with the test's socket); pods left by a
+def crictl_config(node: DaemonProcess, tmp_path: Path) -> Iterator[Path]:
+    """A crictl.yaml for the node (the README's example, with the test's socket); pods left by a
     failing test are removed afterwards."""
     if not CRICTL.exists():
         pytest.fail(f"{CRICTL} is missing: `make cri-tools` builds it (make test does)")
@@ -34,7 +34,7 @@ def crictl_node(node: DaemonProcess, tmp_path: Path) -> Iterator[tuple[DaemonPro
         f"runtime-endpoint: {node.endpoint}\nimage-endpoint: {node.endpoint}\ntimeout: 60\ndebug: false\n"
     )
     try:
-        yield node, config
+        yield config
     finally:
         with node.client() as client:
             client.timeout = 60
@@ -56,10 +56,8 @@ def write_json(path: Path, data: dict[str, Any]) -> str:
     return str(path)
 
 
-def test_crictl_walkthrough(
-    crictl_node: tuple[DaemonProcess, Path], busybox: PushedImage, cgroup_parent: str, tmp_path: Path
-) -> None:
-    node, config = crictl_node
+def test_crictl_walkthrough(crictl_config: Path, busybox: PushedImage, cgroup_parent: str, tmp_path: Path) -> None:
+    config = crictl_config
     version = crictl(config, "version")
     assert "RuntimeName:  moorage" in version
     assert "RuntimeApiVersion:  v1" in version
