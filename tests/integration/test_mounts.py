@@ -3,16 +3,19 @@ mount propagation, on runc and crun, checked through /proc/self/mountinfo inside
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from moorage.api.cri import pb
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod, log_lines
+from tests.integration.test_images import rpc_error
 from tests.integration.test_pods import pod_config
 
 pytestmark = pytest.mark.integration
@@ -21,7 +24,7 @@ ROOT = pb.Int64Value(value=0)
 PRIVILEGED = pb.LinuxContainerConfig(
     security_context=pb.LinuxContainerSecurityContext(privileged=True, run_as_user=ROOT)
 )
-UNPRIVILEGED_ROOT = pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(run_as_user=ROOT))
+ROOT_USER = pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(run_as_user=ROOT))
 
 
 class ConfiguredPod(Pod):
@@ -66,6 +69,14 @@ def privileged_pod_config(name: str, cgroup_parent: str, *, share_pid: bool) -> 
 
 
 @pytest.fixture
+def pod(node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path) -> Iterator[ConfiguredPod]:
+    """A plain pod on the default handler (runc)."""
+    p = ConfiguredPod(node, busybox.name, pod_config(cgroup_parent=cgroup_parent), tmp_path)
+    yield p
+    p.remove()
+
+
+@pytest.fixture
 def pause_node(registry: Registry) -> Iterator[DaemonProcess]:
     """A daemon with moorage's own pause image, so pods may share one PID namespace."""
     with running_node(registry.host, 'sandbox_image = "localhost/moorage/pause:1.0"\n') as d:
@@ -85,7 +96,7 @@ def test_a_privileged_pods_privileged_container_sees_sys_read_write(
     config = privileged_pod_config("sysrw", cgroup_parent, share_pid=share_pid)
     pod = ConfiguredPod(pause_node, busybox.name, config, tmp_path)
     try:
-        bystander = pod.run("bystander", "sleep", "1000", linux=UNPRIVILEGED_ROOT)
+        bystander = pod.run("bystander", "sleep", "1000", linux=ROOT_USER)
         time.sleep(0.3)
         # Writing the pod's own loopback MTU back to itself changes nothing, and only inside the pod.
         script = "cat /proc/self/mountinfo; cat /sys/class/net/lo/mtu > /sys/class/net/lo/mtu && echo wrote || echo no"
@@ -99,3 +110,83 @@ def test_a_privileged_pods_privileged_container_sees_sys_read_write(
     finally:
         pod.remove()
     assert pause_node.mounts() == []
+
+
+# --- recursive read-only mounts -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bind_source_with_submount(tmp_path: Path) -> Iterator[Path]:
+    """A host directory with a tmpfs mounted on its ``tmpfs`` subdirectory, as critest makes for its RRO tests."""
+    source = tmp_path / "volume"
+    (source / "tmpfs").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "rro-test", str(source / "tmpfs")], check=True)
+    try:
+        yield source
+    finally:
+        subprocess.run(["umount", "--lazy", str(source / "tmpfs")], check=False)
+
+
+def handler_features(node: DaemonProcess) -> dict[str, pb.RuntimeHandlerFeatures]:
+    with node.client() as client:
+        return {h.name: h.features for h in client.runtime.Status(pb.StatusRequest(), timeout=30).runtime_handlers}
+
+
+def test_status_reports_recursive_read_only_from_each_runtimes_features(node: DaemonProcess) -> None:
+    """runc 1.1 lists rro among its mount options (and this kernel has mount_setattr); crun 1.8 has no
+    `features` command. "" is the default handler, runc."""
+    features = handler_features(node)
+    assert {name: f.recursive_read_only_mounts for name, f in features.items()} == {
+        "": True,
+        "runc": True,
+        "crun": False,
+    }
+
+
+def test_a_recursive_read_only_mount_makes_its_submounts_read_only(
+    pod: ConfiguredPod, bind_source_with_submount: Path
+) -> None:
+    def mount(rro: bool) -> pb.Mount:
+        return pb.Mount(
+            container_path="/mnt", host_path=str(bind_source_with_submount), readonly=True, recursive_read_only=rro
+        )
+
+    script = (
+        "grep ' /mnt/tmpfs ' /proc/self/mountinfo; touch /mnt/tmpfs/{0} 2>&1 && echo wrote; touch /mnt/x 2>&1; exit 0"
+    )
+    plain = pod.output(pod.run("plain", "sh", "-c", script.format("plain"), mounts=[mount(False)], linux=ROOT_USER))
+    rro = pod.output(pod.run("rro", "sh", "-c", script.format("rro"), mounts=[mount(True)], linux=ROOT_USER))
+    assert plain[0].split()[5].startswith("rw,")  # plain ro: only the bind itself is read-only
+    assert plain[1:] == ["wrote", "touch: /mnt/x: Read-only file system"]
+    assert rro[0].split()[5].startswith("ro,")  # rro: the submount too
+    assert rro[1:] == ["touch: /mnt/tmpfs/rro: Read-only file system", "touch: /mnt/x: Read-only file system"]
+    assert (bind_source_with_submount / "tmpfs" / "plain").exists()
+    assert not (bind_source_with_submount / "tmpfs" / "rro").exists()
+
+
+def test_bad_recursive_read_only_mounts_are_refused(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, bind_source_with_submount: Path
+) -> None:
+    """critest's three refusals (read-write, rslave, rshared), and a handler whose runtime cannot do it."""
+    source = str(bind_source_with_submount)
+    pod = ConfiguredPod(node, busybox.name, pod_config("rro", cgroup_parent=cgroup_parent), tmp_path)
+    crun_pod = ConfiguredPod(node, busybox.name, pod_config("rro-crun", cgroup_parent=cgroup_parent), tmp_path, "crun")
+    try:
+        cases = [
+            (pod, pb.Mount(readonly=False), grpc.StatusCode.INVALID_ARGUMENT, "recursive_read_only needs readonly"),
+            (pod, pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER),
+             grpc.StatusCode.INVALID_ARGUMENT, "needs private propagation, not PROPAGATION_HOST_TO_CONTAINER"),
+            (pod, pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_BIDIRECTIONAL),
+             grpc.StatusCode.INVALID_ARGUMENT, "needs private propagation, not PROPAGATION_BIDIRECTIONAL"),
+            (crun_pod, pb.Mount(readonly=True), grpc.StatusCode.FAILED_PRECONDITION,
+             "does not support recursive read-only mounts"),
+        ]  # fmt: skip
+        for i, (target, mount, code, text) in enumerate(cases):
+            mount.MergeFrom(pb.Mount(container_path="/mnt", host_path=source, recursive_read_only=True))
+            err = rpc_error(lambda: target.create(f"bad{i}", "true", mounts=[mount]))  # noqa: B023
+            assert (err.code, f"mounts[0]: {text}" in err.details or text in err.details) == (code, True), err.details
+        with node.client() as client:
+            assert list(client.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+    finally:
+        pod.remove()
+        crun_pod.remove()

@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 
 from moorage.api.cri import pb
-from moorage.errors import InvalidArgument, Unimplemented
+from moorage.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from moorage.runtime import spec
 from moorage.runtime.spec import rootfs as rootfs_mod
 from moorage.runtime.spec import seccomp, security
@@ -375,6 +375,31 @@ def test_missing_host_path_is_invalid(tmp_path: Path) -> None:
 def test_image_volumes_are_unimplemented(tmp_path: Path) -> None:
     with pytest.raises(Unimplemented):
         build(tmp_path, mounts=[pb.Mount(container_path="/d", image=pb.ImageSpec(image="busybox"))])
+
+
+def test_recursive_read_only_adds_rro_when_the_runtime_has_it(tmp_path: Path) -> None:
+    rro = pb.Mount(container_path="/d", host_path=str(tmp_path), readonly=True, recursive_read_only=True)
+    with_rro = dataclasses.replace(inputs(tmp_path, mounts=[rro]), recursive_read_only=True)
+    (mount,) = [m for m in spec.build(with_rro)["mounts"] if m["destination"] == "/d"]
+    assert mount["options"] == ["rbind", "rprivate", "ro", "rro"]
+    with pytest.raises(FailedPrecondition, match=r"mounts\[0\]: recursive_read_only: .* does not support"):
+        build(tmp_path, mounts=[rro])
+
+
+@pytest.mark.parametrize(
+    ("mount", "message"),
+    [
+        (pb.Mount(readonly=False), "needs readonly"),
+        (pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER),
+         "needs private propagation, not PROPAGATION_HOST_TO_CONTAINER"),
+        (pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_BIDIRECTIONAL),
+         "needs private propagation, not PROPAGATION_BIDIRECTIONAL"),
+    ],
+)  # fmt: skip
+def test_recursive_read_only_must_be_read_only_and_private(tmp_path: Path, mount: pb.Mount, message: str) -> None:
+    mount.MergeFrom(pb.Mount(container_path="/d", host_path=str(tmp_path), recursive_read_only=True))
+    with pytest.raises(InvalidArgument, match=message):
+        spec.build(dataclasses.replace(inputs(tmp_path, mounts=[mount]), recursive_read_only=True))
 
 
 # --- namespaces, hostname, cgroups, annotations, devices ---------------------------------------------------------

@@ -65,7 +65,7 @@ class RuntimeService(StatsRpcs):
                 ]
             ),
             runtime_handlers=[
-                pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures())
+                pb.RuntimeHandler(name=name, features=await self._handler_features(name))
                 for name in ("", *config.runtime.handlers)  # "" is the default handler, as the kubelet asks
             ],
             features=pb.RuntimeFeatures(),
@@ -79,6 +79,12 @@ class RuntimeService(StatsRpcs):
                 }
             )
         return response
+
+    async def _handler_features(self, handler: str) -> pb.RuntimeHandlerFeatures:
+        """From the handler's OCI runtime's own ``features`` (asked once): the kubelet asks for recursive
+        read-only mounts only on handlers that report them."""
+        features = await self._containers.handlers.features(handler)
+        return pb.RuntimeHandlerFeatures(recursive_read_only_mounts=features.recursive_read_only)
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Context) -> pb.RuntimeConfigResponse:
         driver = CGROUP_DRIVERS[self._config().cgroup_driver]

@@ -14,6 +14,7 @@ daemon logs that it is used.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from moorage.config import Config
 from moorage.errors import InvalidArgument
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import CgroupDriver
+from moorage.runtime import oci_features
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.oci import OciRuntime
+from moorage.runtime.oci_features import OciFeatures
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +41,7 @@ class Handlers:
         self._cgroups = cgroups
         self._host = host
         self._paths: dict[str, str] = {}
+        self._features: dict[str, asyncio.Future[OciFeatures]] = {}
 
     def runtime(self, handler: str) -> OciRuntime:
         """The runtime of ``handler`` ("" = the default handler)."""
@@ -50,6 +54,13 @@ class Handlers:
         if path not in self._paths:
             self._paths[path] = self._executable(name, path)
         return OciRuntime(self._paths[path], self._state / "runtime" / name, systemd_cgroup=self._cgroups.systemd)
+
+    async def features(self, handler: str) -> OciFeatures:
+        """What ``handler``'s OCI runtime supports ("" = the default handler), asked of it once per binary."""
+        path = (await asyncio.to_thread(self.runtime, handler)).path  # the first call may run `crun --version`
+        if path not in self._features:
+            self._features[path] = asyncio.ensure_future(oci_features.probe(path))
+        return await asyncio.shield(self._features[path])
 
     def _executable(self, name: str, path: str) -> str:
         binary = find_binary(path) or path

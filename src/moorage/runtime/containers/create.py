@@ -112,6 +112,7 @@ class Create(ContainerBase):
                 available_capabilities=current_capabilities(),
                 nofile_ceiling=nofile_ceiling(),
                 cgroup_namespace=self.cgroup_host.unified,
+                recursive_read_only=(await self.handlers.features(sandbox.status.runtime_handler)).recursive_read_only,
             )
         )
         (bundle / "config.json").write_text(json.dumps(spec))

@@ -70,6 +70,9 @@ class SpecInputs:
     # A cgroup namespace of the container's own for unprivileged containers, as containerd and CRI-O give them on
     # cgroup v2: /sys/fs/cgroup and /proc/self/cgroup then show the container's cgroup as the root.
     cgroup_namespace: bool = False
+    # Whether the pod's OCI runtime (and the kernel) can make a bind mount read-only recursively (its `rro` mount
+    # option): Mount.recursive_read_only is refused without it.
+    recursive_read_only: bool = False
 
 
 def nofile_ceiling() -> int | None:
@@ -143,7 +146,9 @@ def build(inputs: SpecInputs) -> dict[str, Any]:
         "ociVersion": OCI_VERSION,
         "process": proc,
         "root": {"path": str(inputs.rootfs), "readonly": bool(sc.readonly_rootfs)},
-        "mounts": mounts.build(c.mounts, inputs.pod_files, bool(sc.privileged), bool(sc.readonly_rootfs)),
+        "mounts": mounts.build(
+            c.mounts, inputs.pod_files, bool(sc.privileged), bool(sc.readonly_rootfs), inputs.recursive_read_only
+        ),
         "annotations": _annotations(c, inputs.sandbox),
         "linux": linux,
     }

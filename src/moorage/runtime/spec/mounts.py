@@ -8,6 +8,9 @@ Three sources, later ones replacing earlier ones at the same destination (as con
    filesystem is, and the pod's /dev/shm directory);
 3. the CRI mounts, ``rbind`` with their propagation and ``ro``/``rw``. Their host path must exist (the kubelet
    creates it; a missing one means a bug or a race with a volume teardown) and symlinks in it are resolved here.
+   ``recursive_read_only`` adds the runtime's ``rro`` option (mount_setattr(2) with AT_RECURSIVE: the bind's
+   submounts are read-only too, where plain ``ro`` leaves them writable); as Kubernetes defines it, the mount
+   must be read-only and private, and the pod's runtime must support it (``runc features`` lists ``rro``).
 
 The result is stably sorted by destination depth, so a parent is always mounted before its children.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.api.cri import pb
-from moorage.errors import InvalidArgument, Unimplemented
+from moorage.errors import FailedPrecondition, InvalidArgument, Unimplemented
 
 PROPAGATION = {
     pb.MountPropagation.PROPAGATION_PRIVATE: "rprivate",
@@ -82,7 +85,8 @@ def pod_file_mounts(pod_files: Mapping[str, Path], readonly_rootfs: bool) -> lis
     return out
 
 
-def cri_mount(mount: pb.Mount, index: int) -> dict[str, Any]:
+def cri_mount(mount: pb.Mount, index: int, recursive_read_only: bool = False) -> dict[str, Any]:
+    """The OCI mount of CRI ``mount`` (``mounts[index]``); ``recursive_read_only``: whether the runtime has ``rro``."""
     field = f"mounts[{index}]"
     if mount.HasField("image") and mount.image.image:
         raise Unimplemented(f"{field}: image volumes are not supported")
@@ -93,11 +97,19 @@ def cri_mount(mount: pb.Mount, index: int) -> dict[str, Any]:
         raise InvalidArgument(f"{field}.host_path: required")
     if not os.path.exists(mount.host_path):
         raise InvalidArgument(f"{field}.host_path: {mount.host_path} does not exist")
-    if mount.recursive_read_only:
-        if not mount.readonly or mount.propagation != pb.MountPropagation.PROPAGATION_PRIVATE:
-            raise InvalidArgument(f"{field}: recursive_read_only needs readonly and private propagation")
-        raise Unimplemented(f"{field}: recursive read-only mounts need runc >= 1.2")
     options = ["rbind", PROPAGATION.get(mount.propagation, "rprivate"), "ro" if mount.readonly else "rw"]
+    if mount.recursive_read_only:
+        if not mount.readonly:
+            raise InvalidArgument(f"{field}: recursive_read_only needs readonly")
+        if mount.propagation != pb.MountPropagation.PROPAGATION_PRIVATE:
+            mode = pb.MountPropagation.Name(mount.propagation)
+            raise InvalidArgument(f"{field}: recursive_read_only needs private propagation, not {mode}")
+        if not recursive_read_only:
+            raise FailedPrecondition(
+                f"{field}: recursive_read_only: the pod's runtime handler does not support recursive read-only "
+                "mounts (its OCI runtime's `features` lists no rro mount option, or the kernel is older than 5.12)"
+            )
+        options.append("rro")
     # selinux_relabel is ignored: SELinux is disabled on Moorage's nodes.
     return {"destination": dest, "type": "bind", "source": os.path.realpath(mount.host_path), "options": options}
 
@@ -112,13 +124,14 @@ def build(
     pod_files: Mapping[str, Path],
     privileged: bool,
     readonly_rootfs: bool,
+    recursive_read_only: bool = False,
 ) -> list[dict[str, Any]]:
     by_dest: dict[str, dict[str, Any]] = {}
     for m in [*default_mounts(privileged), *pod_file_mounts(pod_files, readonly_rootfs)]:
         by_dest.pop(m["destination"], None)
         by_dest[m["destination"]] = m
     for i, cm in enumerate(container_mounts):
-        m = cri_mount(cm, i)
+        m = cri_mount(cm, i, recursive_read_only)
         by_dest.pop(m["destination"], None)
         by_dest[m["destination"]] = m
     return sorted(by_dest.values(), key=_depth)
