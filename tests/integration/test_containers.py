@@ -233,6 +233,54 @@ def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> 
         assert missing.details.endswith('exec: "/no/such/probe": stat /no/such/probe: no such file or directory')
 
 
+def host_processes(cmdline: str) -> list[int]:
+    """Host pids of the processes whose command line is ``cmdline`` (as seen from the node)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sleep", "4321"],  # critest's "runtime should support execSync with timeout"
+        ["sh", "-c", "sleep 4321; true"],  # a shell waiting on its child
+        ["sh", "-c", "sleep 4321 & sleep 4321 & setsid sleep 4321 & wait"],  # children, one in a session of its own
+        ["sh", "-c", "(sleep 4321 &) ; sleep 4321"],  # an orphan reparented to the container's init
+    ],
+)
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_an_exec_sync_timeout_leaves_no_process_behind(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, *, handler: str, command: list[str]
+) -> None:
+    pod = Pod(node, busybox.name, cgroup_parent, tmp_path, handler=handler)
+    try:
+        _exec_sync_times_out_and_leaves_nothing(pod, command)
+    finally:
+        with node.client() as client:
+            client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+
+
+def _exec_sync_times_out_and_leaves_nothing(pod: Pod, command: list[str]) -> None:
+    container_id = pod.run("server", "sleep", "1000")
+    with pod.node.client() as client:
+        request = pb.ExecSyncRequest(container_id=container_id, cmd=command, timeout=1)
+        err = rpc_error(lambda: client.runtime.ExecSync(request, timeout=60))
+        assert err.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "timed out after 1 s" in err.details
+        listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' <$f; echo; done | grep 'slee[p] 4321' || true"
+        check = pb.ExecSyncRequest(container_id=container_id, cmd=["sh", "-c", listing])  # no pgrep in busybox here
+        result = client.runtime.ExecSync(check, timeout=60)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, b"", b"")
+    assert host_processes("sleep 4321") == []
+
+
 def test_update_container_resources_changes_the_cgroup(pod: Pod, cgroup_parent: str) -> None:
     container_id = pod.run("limited", "sleep", "1000")
     with pod.node.client() as client:

@@ -166,6 +166,23 @@ def test_a_client_that_goes_away_takes_the_command_with_it(pod: Pod, sleeper: st
     assert _wait_for(lambda: not _processes("sleep 777"), 20), "the exec outlived its client"
 
 
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_client_that_goes_away_takes_everything_its_command_started(
+    pod: Pod, sleeper: str, streamclient: Path, tty: bool
+) -> None:
+    script = "sleep 779 & (sleep 779 &); setsid sleep 779 & sleep 779"
+    options = {"tty": True} if tty else {}
+    url = exec_url(pod, sleeper, ["sh", "-c", script], stdout=True, **options)
+    proc = subprocess.Popen([str(streamclient), "exec", url, *(["-tty"] if tty else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert _wait_for(lambda: len(_processes("sleep 779")) == 4, 20), "the exec never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _wait_for(lambda: not _processes("sleep 779"), 20), "the exec's children outlived its client"
+
+
 @pytest.fixture
 def idle_node(registry: Registry) -> Iterator[DaemonProcess]:
     """A daemon that closes streaming connections idle for 2 s."""
@@ -299,7 +316,7 @@ def _wait_for(condition: object, seconds: float) -> bool:
 @pytest.fixture(autouse=True)
 def _no_stray_exec() -> Iterator[None]:
     yield
-    for pid in _processes("sleep 777") + _processes("sleep 778"):
+    for pid in _processes("sleep 777") + _processes("sleep 778") + _processes("sleep 779"):
         os.kill(pid, signal.SIGKILL)
 
 

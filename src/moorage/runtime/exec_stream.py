@@ -6,7 +6,8 @@ Without a TTY the command gets pipes: stdin from the client (closed when the cli
 stderr to the client's streams (or discarded when not requested). With a TTY the runtime hands the terminal's
 master end over a console socket (``--console-socket``, SCM_RIGHTS); the client's stdin goes into it, its
 output to stdout, and each resize sets the window size. When the client goes away before the command ends,
-the command is killed. The result is the command's exit code.
+the command is killed with everything it started (:func:`moorage.runtime.exec_sync.kill_exec`). The result is
+the command's exit code.
 
 Lifecycle::
 
@@ -93,7 +94,7 @@ async def _with_pipes(runtime: OciRuntime, cid: str, process_file: Path, pid_fil
         code = await proc.wait()
         await asyncio.gather(*pumps)
     except asyncio.CancelledError:
-        kill_exec(pid_file, proc)
+        await kill_exec(pid_file, proc)
         raise
     finally:
         if feeding is not None:
@@ -180,7 +181,7 @@ async def _with_tty(
         try:
             master = await _receive_console(listener, proc)
         except BaseException:
-            kill_exec(pid_file, proc)
+            await kill_exec(pid_file, proc)
             raise
     finally:
         listener.close()
@@ -198,7 +199,7 @@ async def _with_tty(
         await proc.wait()
         await asyncio.wait_for(asyncio.shield(tasks[0]), 5)  # the output still buffered in the terminal
     except asyncio.CancelledError:
-        kill_exec(pid_file, proc)
+        await kill_exec(pid_file, proc)
         raise
     except TimeoutError:
         pass

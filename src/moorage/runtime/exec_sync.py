@@ -3,8 +3,10 @@ probes), and UpdateContainerResources.
 
 The command runs through ``<runtime> exec`` with the container's own process settings (user, env, cwd,
 capabilities, seccomp) and the requested argv. Each output stream keeps its first 16 MiB; the rest is read
-and dropped so the command never blocks on a full pipe. On timeout the command itself (not just the
-runtime's client) is killed and DEADLINE_EXCEEDED returned.
+and dropped so the command never blocks on a full pipe. On timeout (or when the caller goes away) the command
+and everything it started in the container are killed (:func:`moorage.node.proctree.kill_tree`; runc exec'd
+processes join the container's cgroup, so they are found in /proc), and DEADLINE_EXCEEDED returned, which the
+kubelet reads as the probe's timeout.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.errors import DeadlineExceeded, InvalidArgument, MoorageError
+from moorage.node.proctree import kill_tree
 from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
 
 OUTPUT_CAP = 16 << 20
+PID_FILE_WAIT = 10.0
+"""Seconds a kill waits for the runtime to write the pid of a command it is still starting."""
 READ_CHUNK = 1 << 16
 
 
@@ -45,6 +49,7 @@ async def exec_sync(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # crun leaves the command in this session: kill_tree finds it by it
         )
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -52,12 +57,15 @@ async def exec_sync(
         try:
             stdout, stderr, code = await asyncio.wait_for(asyncio.shield(reading), timeout or None)
         except TimeoutError:
-            kill_exec(pid_file, proc)
+            await kill_exec(pid_file, proc)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reading, 10)
             raise DeadlineExceeded(
                 f"command {list(cmd)} timed out after {timeout} s in container {container_id}"
             ) from None
+        except asyncio.CancelledError:  # the caller went away (its deadline passed): the command goes too
+            await kill_exec(pid_file, proc)
+            raise
     finally:
         process_file.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
@@ -85,9 +93,25 @@ def write_process(bundle: Path, cmd: Sequence[str], terminal: bool = False) -> t
     return process_file, pid_file
 
 
-def kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
-    """Kill the exec'd command (its pid is in the pid file), and the runtime's client with it."""
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+async def kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
+    """Kill the exec'd command (its pid is in the pid file) with everything it started, and the runtime's client.
+
+    Runs on a thread that finishes even if the awaiting task is cancelled again meanwhile."""
+    await asyncio.shield(asyncio.to_thread(_kill_exec, pid_file, proc))
+
+
+def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + PID_FILE_WAIT
+    while (pid := _read_pid(pid_file)) is None and proc.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the runtime is still starting the command
+    if pid is not None:
+        kill_tree(pid)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
