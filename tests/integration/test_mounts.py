@@ -3,6 +3,7 @@ mount propagation, on runc and crun, checked through /proc/self/mountinfo inside
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -45,10 +46,18 @@ class ConfiguredPod(Pod):
             client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=self.id), timeout=60)
 
     def output(self, container_id: str) -> list[str]:
+        """The container's stdout lines once it exited with 0 (partial log entries joined into their line)."""
         st = self.wait_exit(container_id, 30)
-        lines = log_lines(st.log_path)
-        assert st.exit_code == 0, lines
-        return [text for stream, _, text in lines if stream == "stdout"]
+        entries = log_lines(st.log_path)
+        assert st.exit_code == 0, entries
+        lines, partial = [], ""
+        for stream, tag, text in entries:
+            if stream == "stdout":
+                partial += text
+                if tag == "F":
+                    lines.append(partial)
+                    partial = ""
+        return lines
 
 
 def mountinfo_line(lines: list[str], point: str) -> tuple[str, str]:
@@ -190,3 +199,38 @@ def test_bad_recursive_read_only_mounts_are_refused(
     finally:
         pod.remove()
         crun_pod.remove()
+
+
+# --- Mount.mount_options --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_mount_options_reach_the_containers_bind(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, handler: str
+) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    shutil.copy("/bin/busybox", volume / "echo")  # busybox runs the applet it is named after
+    with node.client() as client:
+        assert client.runtime.Status(pb.StatusRequest(), timeout=30).features.mount_options
+    pod = ConfiguredPod(node, busybox.name, pod_config(cgroup_parent=cgroup_parent), tmp_path, handler)
+    try:
+        options = ["noexec", "nodev", "nosuid"]
+        mounts = [
+            pb.Mount(container_path="/opts", host_path=str(volume), mount_options=options),
+            pb.Mount(container_path="/plain", host_path=str(volume)),
+        ]
+        script = "grep -E ' /(opts|plain) ' /proc/self/mountinfo; /plain/echo ran; /opts/echo ran 2>&1; exit 0"
+        lines = pod.output(pod.run("opts", "sh", "-c", script, mounts=mounts, linux=ROOT_USER))
+        assert set(mountinfo_line(lines, "/opts")[0].split(",")) >= {"rw", "nosuid", "nodev", "noexec"}
+        assert not set(mountinfo_line(lines, "/plain")[0].split(",")) & {"nosuid", "nodev", "noexec"}
+        assert lines[2:] == ["ran", "sh: /opts/echo: Permission denied"]
+
+        bad = pb.Mount(container_path="/opts", host_path=str(volume), mount_options=["nodev", "suid"])
+        err = rpc_error(lambda: pod.create("bad", "true", mounts=[mounts[1], bad]))
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details == (
+            "mounts[1].mount_options: 'suid' is not allowed on the mount at /opts (allowed: noexec, nodev, nosuid)"
+        )
+    finally:
+        pod.remove()

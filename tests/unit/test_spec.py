@@ -402,6 +402,26 @@ def test_recursive_read_only_must_be_read_only_and_private(tmp_path: Path, mount
         spec.build(dataclasses.replace(inputs(tmp_path, mounts=[mount]), recursive_read_only=True))
 
 
+def test_mount_options_are_added_to_the_bind(tmp_path: Path) -> None:
+    options = ["nosuid", "noexec", "nodev", "nosuid"]
+    mount = pb.Mount(container_path="/d", host_path=str(tmp_path), readonly=True, mount_options=options)
+    (oci,) = [m for m in build(tmp_path, mounts=[mount])["mounts"] if m["destination"] == "/d"]
+    assert oci["options"] == ["rbind", "rprivate", "ro", "nosuid", "noexec", "nodev"]
+
+
+@pytest.mark.parametrize("option", ["suid", "dev", "exec", "rw", "remount", "bind", "NOEXEC", "", "nodev,suid"])
+def test_mount_options_beyond_kubernetes_bind_options_are_refused(tmp_path: Path, option: str) -> None:
+    mounts = [
+        pb.Mount(container_path="/ok", host_path=str(tmp_path)),
+        pb.Mount(container_path="/d", host_path=str(tmp_path), mount_options=["nodev", option]),
+    ]
+    with pytest.raises(InvalidArgument) as info:
+        build(tmp_path, mounts=mounts)
+    assert info.value.message == (
+        f"mounts[1].mount_options: {option!r} is not allowed on the mount at /d (allowed: noexec, nodev, nosuid)"
+    )
+
+
 # --- namespaces, hostname, cgroups, annotations, devices ---------------------------------------------------------
 
 

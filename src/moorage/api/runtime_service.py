@@ -68,7 +68,7 @@ class RuntimeService(StatsRpcs):
                 pb.RuntimeHandler(name=name, features=await self._handler_features(name))
                 for name in ("", *config.runtime.handlers)  # "" is the default handler, as the kubelet asks
             ],
-            features=pb.RuntimeFeatures(),
+            features=pb.RuntimeFeatures(mount_options=True),  # noexec, nodev, nosuid on binds (spec/mounts.py)
         )
         if request.verbose:
             response.info.update(

@@ -11,6 +11,8 @@ Three sources, later ones replacing earlier ones at the same destination (as con
    ``recursive_read_only`` adds the runtime's ``rro`` option (mount_setattr(2) with AT_RECURSIVE: the bind's
    submounts are read-only too, where plain ``ro`` leaves them writable); as Kubernetes defines it, the mount
    must be read-only and private, and the pod's runtime must support it (``runc features`` lists ``rro``).
+   ``mount_options`` (Kubernetes' VolumeMount.bindMountOptions) are added as OCI mount options; only the ones
+   Kubernetes allows (noexec, nodev, nosuid) are accepted.
 
 The result is stably sorted by destination depth, so a parent is always mounted before its children.
 """
@@ -30,6 +32,9 @@ PROPAGATION = {
     pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER: "rslave",
     pb.MountPropagation.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
+
+# Mount.mount_options allowed: exactly what Kubernetes' VolumeMount.bindMountOptions allows (k8s.io/api core/v1).
+BIND_MOUNT_OPTIONS = ("noexec", "nodev", "nosuid")
 
 POD_FILES_READONLY_WITH_ROOTFS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 
@@ -110,6 +115,14 @@ def cri_mount(mount: pb.Mount, index: int, recursive_read_only: bool = False) ->
                 "mounts (its OCI runtime's `features` lists no rro mount option, or the kernel is older than 5.12)"
             )
         options.append("rro")
+    for option in mount.mount_options:
+        if option not in BIND_MOUNT_OPTIONS:
+            raise InvalidArgument(
+                f"{field}.mount_options: {option!r} is not allowed on the mount at {dest} "
+                f"(allowed: {', '.join(BIND_MOUNT_OPTIONS)})"
+            )
+        if option not in options:
+            options.append(option)
     # selinux_relabel is ignored: SELinux is disabled on Moorage's nodes.
     return {"destination": dest, "type": "bind", "source": os.path.realpath(mount.host_path), "options": options}
 
