@@ -170,6 +170,10 @@ def test_bad_containers_are_refused_and_leave_nothing(pod: Pod) -> None:
         (lambda: pod.create("nouser", "true", linux=pb.LinuxContainerConfig(
             security_context=pb.LinuxContainerSecurityContext(run_as_username="ghost"))),
          grpc.StatusCode.INVALID_ARGUMENT, "user 'ghost'"),
+        (lambda: pod.create("grouponly", "true", linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(run_as_group=pb.Int64Value(value=5)))),
+         grpc.StatusCode.INVALID_ARGUMENT,
+         "config.linux.security_context.run_as_group is set without run_as_user or run_as_username"),
         (lambda: pod.create("nopod", "true", pod_id="f" * 64), grpc.StatusCode.NOT_FOUND, "pod_sandbox_id"),
         (lambda: pod.create("escape", "true", log_path="../../escape.log"),
          grpc.StatusCode.INVALID_ARGUMENT, "config.log_path '../../escape.log' leads outside"),

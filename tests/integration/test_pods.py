@@ -164,12 +164,16 @@ def test_the_same_pod_attempt_twice_is_refused(node: DaemonProcess) -> None:
 
 
 def test_bad_pods_are_refused_and_leave_nothing(node: DaemonProcess) -> None:
+    group_only = pod_config()
+    group_only.linux.security_context.run_as_group.value = 5  # api.proto: an error without run_as_user
     cases = [
         (lambda: run_pod(node, pod_config(), handler="kata"), grpc.StatusCode.INVALID_ARGUMENT, "'kata'"),
         (lambda: run_pod(node, pod_config(sysctls={"net.no.such.key": "1"})), grpc.StatusCode.INVALID_ARGUMENT,
          "net.no.such.key"),
         (lambda: run_pod(node, pod_config(sysctls={"kernel.pid_max": "9"})), grpc.StatusCode.INVALID_ARGUMENT,
          "kernel.pid_max"),
+        (lambda: run_pod(node, group_only), grpc.StatusCode.INVALID_ARGUMENT,
+         "config.linux.security_context.run_as_group is set without run_as_user"),
     ]  # fmt: skip
     for fn, code, text in cases:
         err = rpc_error(fn)

@@ -33,6 +33,7 @@ from moorage.node import namespaces, podfiles
 from moorage.runtime import events
 from moorage.runtime.events import Event, EventBus
 from moorage.runtime.network import PodNetwork, uses_cni
+from moorage.runtime.spec import user
 from moorage.state.index import Index
 from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
 from moorage.store.db import Store
@@ -77,6 +78,7 @@ class Sandboxes:
         if handler not in self.config().runtime.handlers:
             known = ", ".join(sorted(self.config().runtime.handlers))
             raise InvalidArgument(f"runtime_handler {handler!r} is not configured (runtime.handlers has {known})")
+        user.require_user_for_group(config.linux.security_context, "config.linux.security_context")
         modes = config.linux.security_context.namespace_options
         if modes.pid == pb.NamespaceMode.POD and self.infra is None:
             raise Unimplemented("a pod sharing one PID namespace (shareProcessNamespace) needs the pause container")

@@ -96,12 +96,24 @@ def _resolve_group(spec: str, groups: list[GroupEntry], source: str) -> int:
     raise InvalidArgument(f"group {spec!r} (from {source}) not found in the image's /etc/group")
 
 
+def require_user_for_group(
+    security: pb.LinuxContainerSecurityContext | pb.LinuxSandboxSecurityContext, where: str
+) -> None:
+    """``run_as_group`` needs ``run_as_user`` (or a container's ``run_as_username``): api.proto says so for the
+    sandbox, and containerd and CRI-O refuse it for both (critest checks the container's)."""
+    username = security.run_as_username if isinstance(security, pb.LinuxContainerSecurityContext) else ""
+    if security.HasField("run_as_group") and not security.HasField("run_as_user") and not username:
+        also = " or run_as_username" if isinstance(security, pb.LinuxContainerSecurityContext) else ""
+        raise InvalidArgument(f"{where}.run_as_group is set without run_as_user{also}")
+
+
 def resolve(
     security: pb.LinuxContainerSecurityContext,
     image_user: str,
     root: Path,
 ) -> dict[str, Any]:
     """The OCI ``process.user`` object for ``security`` and the image's ``User`` string."""
+    require_user_for_group(security, "config.linux.security_context")
     passwd = _read_passwd(root)
     lazy_groups: list[list[GroupEntry]] = []
 
