@@ -10,6 +10,7 @@ import grpc
 from moorage.api import validate
 from moorage.api.cri import pb
 from moorage.errors import NotFound
+from moorage.runtime import signals
 from moorage.runtime.containers import Containers
 from moorage.runtime.sandboxes import Sandboxes
 from moorage.state.models import (
@@ -73,6 +74,7 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         annotations=config.annotations,
         mounts=config.mounts,
         log_path=st.log_path,
+        stop_signal=signals.to_enum(st.stop_signal),  # the effective one: requested, else the image's, else SIGTERM
     )
 
 

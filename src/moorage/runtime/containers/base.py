@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,13 +123,13 @@ class ContainerBase:
         log.info("container exited", container=container_id, exit_code=code, reason=reason)
 
 
-async def send_signal(runtime: OciRuntime, container_id: str, sig: signal.Signals) -> None:
+async def send_signal(runtime: OciRuntime, container_id: str, sig: int) -> None:
     try:
         await runtime.kill(container_id, int(sig))
     except NotFound:
         pass
     except Exception as exc:  # already stopped: the runtime refuses to signal it; the exit file tells
-        log.debug("signal not delivered", container=container_id, signal=sig.name, error=str(exc))
+        log.debug("signal not delivered", container=container_id, signal=int(sig), error=str(exc))
 
 
 async def wait_for(path: Path, seconds: float) -> bool:

@@ -18,7 +18,7 @@ from moorage.api.cri import pb
 from moorage.errors import FailedPrecondition, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
-from moorage.runtime import conmon, writable
+from moorage.runtime import conmon, signals, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling
@@ -57,7 +57,9 @@ class Create(ContainerBase):
                 log_path=str(Path(pod.log_directory) / config.log_path) if pod.log_directory and config.log_path
                 else "",
                 image=config.image.image,
-                stop_signal=str(runtime_config.get("StopSignal") or "") if isinstance(runtime_config, dict) else "",
+                stop_signal=signals.effective(
+                    config.stop_signal, runtime_config.get("StopSignal") if isinstance(runtime_config, dict) else ""
+                ),
             ),
         )  # fmt: skip
         await self.records.insert(record)

@@ -1,4 +1,4 @@
-"""StartContainer, StopContainer (the image's STOPSIGNAL, then SIGKILL), RemoveContainer, and the exit monitor.
+"""StartContainer, StopContainer (its stop signal, then SIGKILL), RemoveContainer, and the exit monitor.
 
 conmon records each exit code in an exit file; :meth:`Lifecycle.monitor` turns them into EXITED records, also
 for exits that happened while moorage was down (:meth:`Lifecycle.recover`).
@@ -12,6 +12,7 @@ import signal
 import time
 
 from moorage.errors import FailedPrecondition, NotFound
+from moorage.runtime import signals
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
 from moorage.state.models import CONTAINER_CREATED, CONTAINER_CREATING, CONTAINER_RUNNING
 
@@ -31,15 +32,15 @@ class Lifecycle(ContainerBase):
         log.info("container started", container=container_id)
 
     async def stop(self, container_id: str, timeout: int) -> None:
-        """The image's STOPSIGNAL (default SIGTERM), then SIGKILL after ``timeout`` seconds; a stopped
-        container is left as it is (api.proto)."""
+        """The container's stop signal (config.stop_signal, else the image's STOPSIGNAL, else SIGTERM: kept with
+        it at create), then SIGKILL after ``timeout`` seconds; a stopped container is left as it is (api.proto)."""
         record = await self.get(container_id)
         if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
             return
         runtime = await self.runtime_of(record)
         exit_file = self.conmon_paths(container_id).exit_file
         if timeout > 0:
-            await send_signal(runtime, container_id, _parse_signal(record.status.stop_signal))
+            await send_signal(runtime, container_id, signals.to_send(record.status.stop_signal))
             if await wait_for(exit_file, timeout):
                 await self._record_exit(container_id)
                 return
@@ -85,15 +86,3 @@ class Lifecycle(ContainerBase):
                 await self._undo(record.id, sandbox.status.runtime_handler)
             else:
                 await self._record_exit(record.id)
-
-
-def _parse_signal(name: str) -> signal.Signals:
-    """An image's STOPSIGNAL (``SIGQUIT``, ``QUIT``, ``3``) → the signal; SIGTERM when unset or unknown."""
-    text = name.strip().upper()
-    if text.isdigit():
-        try:
-            return signal.Signals(int(text))
-        except ValueError:
-            return signal.SIGTERM
-    text = text if text.startswith("SIG") else f"SIG{text}"
-    return getattr(signal.Signals, text, signal.SIGTERM)
