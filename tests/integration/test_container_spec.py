@@ -34,6 +34,18 @@ def pod(node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path:
         client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
 
 
+@pytest.fixture(params=["runc", "crun"])
+def any_pod(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pod]:
+    """A pod on each runtime handler: crun runs through moorage's wrapper on this hybrid-cgroup host, whose mount
+    namespace must keep the host's propagation."""
+    p = Pod(node, busybox.name, cgroup_parent, tmp_path, handler=str(request.param))
+    yield p
+    with node.client() as client:
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
+
+
 def output(pod: Pod, container_id: str) -> list[str]:
     st = pod.wait_exit(container_id)
     assert st.exit_code == 0, log_lines(st.log_path)
@@ -84,7 +96,8 @@ def _mounted(path: Path) -> bool:
     return any(line.split()[4] == str(path) for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
-def test_bidirectional_propagation_shows_a_container_mount_on_the_host(pod: Pod, shared_dir: Path) -> None:
+def test_bidirectional_propagation_shows_a_container_mount_on_the_host(any_pod: Pod, shared_dir: Path) -> None:
+    pod = any_pod
     (shared_dir / "from-container").mkdir()
     volume = pb.Mount(
         container_path="/volume", host_path=str(shared_dir), propagation=pb.MountPropagation.PROPAGATION_BIDIRECTIONAL
@@ -104,7 +117,8 @@ def test_bidirectional_propagation_shows_a_container_mount_on_the_host(pod: Pod,
     subprocess.run(["umount", str(shared_dir / "from-container")], check=True)
 
 
-def test_host_to_container_propagation_shows_a_later_host_mount(pod: Pod, shared_dir: Path) -> None:
+def test_host_to_container_propagation_shows_a_later_host_mount(any_pod: Pod, shared_dir: Path) -> None:
+    pod = any_pod
     (shared_dir / "from-host").mkdir()
     slave = pb.Mount(
         container_path="/volume",

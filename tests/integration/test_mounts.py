@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
+from moorage.runtime.handlers import write_hybrid_wrapper
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod, log_lines
@@ -40,6 +41,14 @@ class ConfiguredPod(Pod):
             client.pull_image(image)
             request = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
             self.id = client.runtime.RunPodSandbox(request, timeout=60).pod_sandbox_id
+
+    def exec(self, container_id: str, *cmd: str) -> str:
+        """ExecSync ``cmd``: its stdout; it must succeed."""
+        with self.node.client() as client:
+            request = pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=20)
+            result = client.runtime.ExecSync(request, timeout=60)
+        assert result.exit_code == 0, (cmd, result.stdout, result.stderr)
+        return result.stdout.decode()
 
     def remove(self) -> None:
         with self.node.client() as client:
@@ -234,3 +243,93 @@ def test_mount_options_reach_the_containers_bind(
         )
     finally:
         pod.remove()
+
+
+# --- mount propagation, as critest checks it -----------------------------------------------------------------------
+
+PROPAGATIONS = {
+    "rprivate": pb.MountPropagation.PROPAGATION_PRIVATE,
+    "rslave": pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER,
+    "rshared": pb.MountPropagation.PROPAGATION_BIDIRECTIONAL,
+}
+
+
+@pytest.fixture
+def propagation_source(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """critest's host side: ``<tmp>/mnt`` bind-mounted on itself, rshared (rprivate for the private case), with an
+    empty ``propagationMnt`` directory in it and a ``propagationSrcDir`` holding ``flagFile`` beside it."""
+    source = tmp_path / "mnt"
+    (source / "propagationMnt").mkdir(parents=True)
+    (tmp_path / "propagationSrcDir").mkdir()
+    (tmp_path / "propagationSrcDir" / "flagFile").touch()
+    mode = "--make-rprivate" if request.node.callspec.params["case"].endswith("rprivate") else "--make-rshared"
+    subprocess.run(["mount", "--rbind", str(source), str(source)], check=True)
+    subprocess.run(["mount", mode, str(source)], check=True)
+    try:
+        yield source
+    finally:
+        subprocess.run(["umount", "--recursive", "--lazy", str(source)], check=False)
+
+
+@pytest.mark.parametrize("case", [f"{handler} {mode}" for handler in ("runc", "crun") for mode in PROPAGATIONS])
+def test_mount_propagation_as_critest_checks_it(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, propagation_source: Path, case: str
+) -> None:
+    """critest's "runtime should support mount propagation" on a privileged pod: a host mount made after the
+    container started shows inside for rslave and rshared; a mount made inside shows on the host only for rshared.
+    With crun on a hybrid host this holds only if the wrapper's mount namespace keeps the host's peer groups."""
+    handler, propagation = case.split()
+    source, tmp = propagation_source, propagation_source.parent
+    config = privileged_pod_config("propagation", cgroup_parent, share_pid=False)
+    pod = ConfiguredPod(node, busybox.name, config, tmp, handler)
+    try:
+        mount = pb.Mount(container_path=str(source), host_path=str(source), propagation=PROPAGATIONS[propagation])
+        container_id = pod.run("propagation", "sleep", "1000", mounts=[mount], linux=PRIVILEGED)
+        (reported,) = pod.status(container_id).mounts
+        assert (reported.host_path, reported.propagation) == (str(source), PROPAGATIONS[propagation])
+
+        host_mount = source / "propagationMnt"
+        subprocess.run(["mount", "--rbind", str(tmp / "propagationSrcDir"), str(host_mount)], check=True)
+        inside = pod.exec(container_id, "ls", "-A", str(host_mount))
+        assert inside == ("" if propagation == "rprivate" else "flagFile\n")
+
+        container_mount = source / "containerMntPoint"
+        pod.exec(container_id, "sh", "-c", f"mkdir -p {container_mount} && mount --bind /etc {container_mount}")
+        seen_on_host = {p.name for p in container_mount.iterdir()}
+        if propagation == "rshared":
+            assert {"group", "passwd"} <= seen_on_host  # the container's /etc
+        else:
+            assert seen_on_host == set()
+    finally:
+        pod.remove()
+
+
+def _mounted(point: Path) -> bool:
+    return any(line.split()[4] == str(point) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_the_crun_wrapper_hides_cgroup2_only_in_its_own_namespace_and_keeps_propagation(tmp_path: Path) -> None:
+    """On a host whose mounts are shared (systemd makes / rshared), the hybrid-host wrapper must unmount the
+    cgroup2 mount in its own namespace only, and leave every other mount in the host's peer groups: a mount made
+    in there under a shared mount shows on the host. Played on a fake hierarchy: a shared tmpfs standing for
+    /sys/fs/cgroup with one standing for its cgroup2 mount, and ``sh`` for crun."""
+    cgroup, unified, shared = tmp_path / "cgroup", tmp_path / "cgroup" / "unified", tmp_path / "shared"
+    cgroup.mkdir()
+    (shared / "sub").mkdir(parents=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "fake-cgroup", str(cgroup)], check=True)
+        subprocess.run(["mount", "--make-rshared", str(cgroup)], check=True)
+        unified.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "fake-cgroup2", str(unified)], check=True)
+        subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+        subprocess.run(["mount", "--make-rshared", str(shared)], check=True)
+        wrapper = tmp_path / "crun-wrapper"
+        write_hybrid_wrapper("/bin/sh", str(unified), str(cgroup), wrapper)
+        script = f"grep -c ' {unified} ' /proc/self/mountinfo; mount -t tmpfs from-wrapper {shared / 'sub'}"
+        result = subprocess.run([str(wrapper), "-c", script], check=False, capture_output=True, text=True, timeout=30)
+        assert result.stdout == "0\n", result.stderr  # gone in the wrapper's namespace
+        assert _mounted(unified)  # still there on the host
+        assert _mounted(shared / "sub")  # the wrapper's namespace kept the host's peer group
+    finally:
+        subprocess.run(["umount", "--recursive", "--lazy", str(shared)], check=False)
+        subprocess.run(["umount", "--recursive", "--lazy", str(cgroup)], check=False)

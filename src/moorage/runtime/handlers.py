@@ -6,25 +6,33 @@ Each handler names a runc-compatible binary (``runtime.handlers.<name>.path``) a
 One host quirk is handled here: crun (1.8 at least) refuses a *hybrid* cgroup host whose cgroup2 mount
 (``/sys/fs/cgroup/unified``) still owns controllers — Debian's kernels put hugetlb, misc and rdma there when
 no v1 hierarchy claims them — with "cgroups in hybrid mode not supported, drop all controllers from cgroupv2".
-runc does not care. On such a host moorage runs crun through a small wrapper that enters a private mount
-namespace, unmounts the cgroup2 mount there and execs crun, so crun sees a plain v1 host; the containers' own
+runc does not care. On such a host moorage runs crun through a small wrapper that enters a mount namespace of
+its own, unmounts the cgroup2 mount there and execs crun, so crun sees a plain v1 host; the containers' own
 cgroups, namespaces and mounts are unaffected. The wrapper is written once under ``<state>/wrappers`` and the
 daemon logs that it is used.
+
+That namespace keeps the host's mount propagation (``unshare --propagation unchanged``): a copy of a shared
+mount stays in the host's peer group, so a container's rslave and rshared binds, cloned from it by crun,
+still receive the host's later mounts (and, rshared, send theirs back), as they do under runc. A private
+namespace (unshare's default) would cut them off. Only the cgroup2 mount's parent mount is made a slave there
+first, so that the unmount stays inside the namespace instead of propagating to the host's cgroup2 mount.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
 
 from moorage.config import Config
 from moorage.errors import InvalidArgument
-from moorage.node.cgroupinfo import CgroupHost
+from moorage.node.cgroupinfo import CgroupHost, parse_mountinfo
 from moorage.node.cgroups import CgroupDriver
 from moorage.runtime import oci_features
 from moorage.runtime.conditions import find_binary
@@ -76,25 +84,40 @@ class Handlers:
         return runnable
 
 
-def cgroup_compatible(binary: str, host: CgroupHost, wrapper: Path) -> str:
+def cgroup_compatible(
+    binary: str, host: CgroupHost, wrapper: Path, mountinfo: Path = Path("/proc/self/mountinfo")
+) -> str:
     """``binary``, or for crun on a hybrid host whose cgroup2 mount holds controllers (which crun refuses) the
-    path of ``wrapper``, written to run it without that mount."""
+    path of ``wrapper``, written to run it without that mount (``mountinfo``: the mount table it is found in)."""
     unified = host.hybrid_v2_in_use
     if unified is None or not is_crun(binary):
         return binary
-    write_hybrid_wrapper(binary, unified, wrapper)
+    points = [m.mount_point for m in parse_mountinfo(mountinfo.read_text())]
+    write_hybrid_wrapper(binary, unified, parent_mount(unified, points), wrapper)
     return str(wrapper)
 
 
-def write_hybrid_wrapper(binary: str, cgroup2_mount: str, wrapper: Path) -> None:
-    """Write (atomically, and only when it changed) an executable ``wrapper`` that runs ``binary`` in a private
-    mount namespace without the hybrid host's ``cgroup2_mount``, where the host looks like plain cgroup v1."""
+def parent_mount(path: str, mount_points: Iterable[str]) -> str:
+    """The mount point of the mount ``path`` is mounted on: the longest other mount point above it."""
+    above = [p for p in mount_points if p != path and (p == "/" or path.startswith(p.rstrip("/") + "/"))]
+    return max(above, key=len, default="/")
+
+
+def write_hybrid_wrapper(binary: str, cgroup2_mount: str, parent: str, wrapper: Path) -> None:
+    """Write (atomically, and only when it changed) an executable ``wrapper`` that runs ``binary`` in a mount
+    namespace of its own without the hybrid host's ``cgroup2_mount`` (mounted on ``parent``), where the host
+    looks like plain cgroup v1 and every other mount keeps the host's propagation."""
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    mount = shutil.which("mount") or "/usr/bin/mount"
+    umount = shutil.which("umount") or "/usr/bin/umount"
+    inner = f'{mount} --make-rslave {shlex.quote(parent)} && {umount} {shlex.quote(cgroup2_mount)} && exec "$0" "$@"'
     script = (
         "#!/bin/sh\n"
-        f"# moorage: run {binary} without the hybrid cgroup2 mount {cgroup2_mount} (see moorage.runtime.handlers)\n"
-        f"exec {unshare} --mount --propagation private "
-        f'/bin/sh -c \'umount {cgroup2_mount} && exec "$0" "$@"\' {binary} "$@"\n'
+        f"# moorage: run {binary} without the hybrid cgroup2 mount {cgroup2_mount} (see moorage.runtime.handlers).\n"
+        "# The host's propagation is kept, so containers' rslave/rshared mounts stay in the host's peer groups;\n"
+        f"# {parent} is made a slave first so the unmount does not propagate to the host.\n"
+        f"exec {unshare} --mount --propagation unchanged /bin/sh -c {shlex.quote(inner)} {shlex.quote(binary)} "
+        '"$@"\n'
     )
     if wrapper.exists() and wrapper.read_text() == script:
         return
@@ -102,7 +125,7 @@ def write_hybrid_wrapper(binary: str, cgroup2_mount: str, wrapper: Path) -> None
     tmp = wrapper.with_suffix(".tmp")
     tmp.write_text(script)
     tmp.chmod(0o755)
-    tmp.rename(wrapper)
+    os.replace(tmp, wrapper)
 
 
 def is_crun(binary: str) -> bool:
