@@ -3,14 +3,13 @@ effective user. Each is checked through the running container too, and across a 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from moorage.api.cri import pb
+from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
-from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.daemon import PushedImage
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 
@@ -61,4 +60,30 @@ def test_an_unknown_stop_signal_is_refused(pod: Pod) -> None:
     assert "config.stop_signal: unknown signal 99" in str(err.value)
 
 
-__all__ = ["DaemonProcess", "Path"]
+def test_resources_report_what_was_applied_and_updated(pod: Pod, cgroup_parent: str) -> None:
+    requested = pb.LinuxContainerResources(
+        cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory_limit_in_bytes=64 << 20,
+        cpuset_cpus="0", cpuset_mems="0", oom_score_adj=500,
+    )  # fmt: skip
+    container_id = pod.run("limited", "sleep", "1000", linux=pb.LinuxContainerConfig(resources=requested))
+    assert pod.status(container_id).resources.linux == requested
+    update = pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_quota=30000)
+    with pod.node.client() as client:
+        request = pb.UpdateContainerResourcesRequest(container_id=container_id, linux=update)
+        client.runtime.UpdateContainerResources(request, timeout=30)
+    expected = pb.LinuxContainerResources()
+    expected.CopyFrom(requested)
+    expected.memory_limit_in_bytes, expected.cpu_quota = 96 << 20, 30000  # the rest is as it was
+    assert pod.status(container_id).resources.linux == expected
+    memory = cgroups.directory("memory", cgroups.container_cgroup(cgroup_parent, container_id))
+    limit_file = "memory.max" if cgroups.is_v2() else "memory.limit_in_bytes"
+    assert int(cgroups.read(memory / limit_file)) == 96 << 20
+    pod.node.stop()
+    pod.node.start()
+    assert pod.status(container_id).resources.linux == expected
+
+
+def test_resources_of_a_container_without_limits_are_empty_but_there(pod: Pod) -> None:
+    status = pod.status(pod.run("free", "sleep", "1000"))
+    assert status.HasField("resources")
+    assert status.resources.linux == pb.LinuxContainerResources()

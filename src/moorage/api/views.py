@@ -13,6 +13,7 @@ from moorage.errors import NotFound
 from moorage.runtime import signals
 from moorage.runtime.containers import Containers
 from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.spec import resources
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -74,6 +75,9 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         annotations=config.annotations,
         mounts=config.mounts,
         log_path=st.log_path,
+        resources=pb.ContainerResources(  # what was last applied; a record older than that: its config's
+            linux=resources.from_record(st.resources) if st.resources else config.linux.resources
+        ),
         stop_signal=signals.to_enum(st.stop_signal),  # the effective one: requested, else the image's, else SIGTERM
     )
 

@@ -111,6 +111,9 @@ class ContainerStatus:
     image: str = ""
     """The image as the CreateContainer request named it."""
     stop_signal: str = ""
+    """The signal StopContainer sends first: the config's, else the image's STOPSIGNAL; "" for SIGTERM."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """The Linux resources last applied (a CRI LinuxContainerResources as JSON): ContainerStatus.resources."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)

@@ -21,7 +21,7 @@ from moorage.images.catalog import ImageRecord, config_json
 from moorage.runtime import conmon, signals, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
-from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling
+from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -65,7 +65,9 @@ class Create(ContainerBase):
         await self.records.insert(record)
         try:
             pid = await self._make(record, config, pod, sandbox, image)
-            await self.records.save(record.moved(CONTAINER_CREATED, pid=pid))
+            spec = json.loads((self.bundle(record.id) / "config.json").read_text())
+            applied = resources.to_record(resources.applied(spec))
+            await self.records.save(record.moved(CONTAINER_CREATED, pid=pid, resources=applied))
         except BaseException:
             await asyncio.shield(self._undo(record.id, sandbox.status.runtime_handler))
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from moorage.api.cri import pb
@@ -21,15 +22,19 @@ class Operations(ContainerBase):
         return await exec_sync(await self.runtime_of(record), container_id, self.bundle(container_id), cmd, timeout)
 
     async def update_resources(self, container_id: str, linux: pb.LinuxContainerResources) -> None:
-        """Apply new limits to a running container, and keep them in its config for later restarts."""
+        """Apply new limits to a running container; what it has then (the update over what it had: the runtime
+        changes only what the update sets) is kept in its config and reported in ContainerStatus.resources."""
         record = await self.get(container_id)
         if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
             raise FailedPrecondition(f"container {container_id} is {record.state}; only a live one can be updated")
         await (await self.runtime_of(record)).update(container_id, resources.build(linux, []))
         config = pb.ContainerConfig.FromString(record.config)
-        config.linux.resources.CopyFrom(linux)
-        data = config.SerializeToString()
-        await self.records.save_config(container_id, data)
+        current = resources.from_record(record.status.resources) if record.status.resources else config.linux.resources
+        merged = resources.merge(current, linux)
+        config.linux.resources.CopyFrom(resources.merge(config.linux.resources, linux))
+        await self.records.save_config(container_id, config.SerializeToString())
+        record = await self.get(container_id)
+        await self.records.save(replace(record, status=replace(record.status, resources=resources.to_record(merged))))
         log.info("container resources updated", container=container_id)
 
     async def reopen_log(self, container_id: str) -> None:

@@ -1,9 +1,19 @@
-"""linux.resources from the CRI LinuxContainerResources (0 / empty means unset, as in the proto)."""
+"""linux.resources from the CRI LinuxContainerResources (0 / empty means unset, as in the proto), and back: what a
+container's spec applied, as ContainerStatus.resources reports it (containerd's copyResourcesToStatus).
+
+Lifecycle::
+
+    spec["linux"]["resources"] = build(config.linux.resources, device_rules)   # CreateContainer
+    status.resources = to_record(applied(spec))                                # kept with the container
+    new = merge(from_record(status.resources), update)                         # UpdateContainerResources
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from google.protobuf import json_format
 
 from moorage.api.cri import pb
 
@@ -45,3 +55,50 @@ def build(r: pb.LinuxContainerResources, device_rules: Sequence[dict[str, Any]])
     if r.unified:
         out["unified"] = dict(r.unified)
     return out
+
+
+def applied(spec: Mapping[str, Any]) -> pb.LinuxContainerResources:
+    """The CRI form of the resources an OCI spec applies (its linux.resources and process.oomScoreAdj)."""
+    r = spec.get("linux", {}).get("resources", {})
+    c, m = r.get("cpu", {}), r.get("memory", {})
+    return pb.LinuxContainerResources(
+        cpu_period=c.get("period", 0),
+        cpu_quota=c.get("quota", 0),
+        cpu_shares=c.get("shares", 0),
+        cpuset_cpus=c.get("cpus", ""),
+        cpuset_mems=c.get("mems", ""),
+        memory_limit_in_bytes=m.get("limit", 0),
+        memory_swap_limit_in_bytes=m.get("swap", 0),
+        oom_score_adj=spec.get("process", {}).get("oomScoreAdj", 0),
+        hugepage_limits=[
+            pb.HugepageLimit(page_size=h["pageSize"], limit=h["limit"]) for h in r.get("hugepageLimits", [])
+        ],
+        unified=r.get("unified", {}),
+    )
+
+
+def merge(current: pb.LinuxContainerResources, update: pb.LinuxContainerResources) -> pb.LinuxContainerResources:
+    """What a container has after UpdateContainerResources: the runtime changes only what the update sets (a
+    non-zero value, a page size, a unified key), and never oom_score_adj, so the rest stays as it was."""
+    merged = pb.LinuxContainerResources()
+    merged.CopyFrom(current)
+    for name in ("cpu_period", "cpu_quota", "cpu_shares", "memory_limit_in_bytes", "memory_swap_limit_in_bytes",
+                 "cpuset_cpus", "cpuset_mems"):  # fmt: skip
+        if value := getattr(update, name):
+            setattr(merged, name, value)
+    pages = {h.page_size: h.limit for h in current.hugepage_limits} | {
+        h.page_size: h.limit for h in update.hugepage_limits
+    }
+    del merged.hugepage_limits[:]
+    merged.hugepage_limits.extend(pb.HugepageLimit(page_size=size, limit=limit) for size, limit in pages.items())
+    merged.unified.update(update.unified)
+    return merged
+
+
+def to_record(r: pb.LinuxContainerResources) -> dict[str, Any]:
+    """The JSON form kept in the container's record."""
+    return json_format.MessageToDict(r, preserving_proto_field_name=True)
+
+
+def from_record(doc: Mapping[str, Any]) -> pb.LinuxContainerResources:
+    return json_format.ParseDict(dict(doc), pb.LinuxContainerResources())
