@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 
 from moorage.api.cri import pb
-from moorage.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime import spec
 from moorage.runtime.spec import rootfs as rootfs_mod
 from moorage.runtime.spec import seccomp, security
@@ -370,11 +370,6 @@ def test_pod_files_read_only_with_a_read_only_rootfs(tmp_path: Path) -> None:
 def test_missing_host_path_is_invalid(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="nowhere"):
         build(tmp_path, mounts=[pb.Mount(container_path="/d", host_path=str(tmp_path / "nowhere"))])
-
-
-def test_image_volumes_are_unimplemented(tmp_path: Path) -> None:
-    with pytest.raises(Unimplemented):
-        build(tmp_path, mounts=[pb.Mount(container_path="/d", image=pb.ImageSpec(image="busybox"))])
 
 
 def test_recursive_read_only_adds_rro_when_the_runtime_has_it(tmp_path: Path) -> None:

@@ -99,9 +99,13 @@ class Catalog:
         return [str(r[0]) for r in rows]
 
     async def users(self, image_id: str) -> list[str]:
-        """Ids of the containers created from the image."""
+        """Ids of the containers created from the image, or mounting it as an image volume."""
         rows = await self.store.read(
-            lambda db: db.execute("SELECT id FROM containers WHERE image_id = ?", (image_id,)).fetchall()
+            lambda db: db.execute(
+                "SELECT id FROM containers WHERE image_id = ? OR EXISTS "
+                "(SELECT 1 FROM json_each(containers.status, '$.image_volumes') WHERE value = ?)",
+                (image_id, image_id),
+            ).fetchall()
         )
         return [str(r[0]) for r in rows]
 

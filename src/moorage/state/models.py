@@ -114,6 +114,10 @@ class ContainerStatus:
     """The signal StopContainer sends first: the config's, else the image's STOPSIGNAL; "" for SIGTERM."""
     resources: dict[str, Any] = field(default_factory=dict)
     """The Linux resources last applied (a CRI LinuxContainerResources as JSON): ContainerStatus.resources."""
+    user: dict[str, Any] = field(default_factory=dict)
+    """The identity the first process got (the spec's process.user: uid, gid, additionalGids): ContainerStatus.user."""
+    image_volumes: list[str] = field(default_factory=list)
+    """Ids of the images mounted as image volumes (CRI Mount.image): RemoveImage refuses them while listed."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)

@@ -7,7 +7,8 @@ by RPC group, as CRI-O and containerd split their servers:
 - :mod:`.base`: the collaborators, a container's paths and records, taking a container apart;
 - :mod:`.create`: CreateContainer and the pause container;
 - :mod:`.lifecycle`: Start, Stop, Remove, the exit monitor and start-up recovery;
-- :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog.
+- :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog;
+- :mod:`.image_volumes`: image volumes (CRI ``Mount.image``), mounted by create and taken apart with the rest.
 """
 
 from __future__ import annotations

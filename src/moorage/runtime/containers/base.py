@@ -19,6 +19,7 @@ from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import driver as cgroup_driver
 from moorage.runtime import conmon, writable
 from moorage.runtime.container_records import ContainerRecords
+from moorage.runtime.containers import image_volumes
 from moorage.runtime.handlers import Handlers
 from moorage.runtime.oci import OciRuntime
 from moorage.runtime.sandboxes import Sandboxes
@@ -102,6 +103,7 @@ class ContainerBase:
         with contextlib.suppress(NotFound):
             await runtime.delete(container_id, force=True)
         await asyncio.to_thread(writable.remove, self.layer_dir(container_id), self.bundle(container_id) / "rootfs")
+        await asyncio.to_thread(image_volumes.remove, self.bundle(container_id))
         paths = self.conmon_paths(container_id)
         for path in (paths.exit_file,):
             path.unlink(missing_ok=True)

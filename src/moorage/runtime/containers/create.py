@@ -12,6 +12,7 @@ import json
 import secrets
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from moorage.api.cri import pb
@@ -20,6 +21,7 @@ from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.runtime import conmon, signals, writable
 from moorage.runtime.conditions import find_binary
+from moorage.runtime.containers import image_volumes
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.state.models import (
@@ -41,6 +43,7 @@ class Create(ContainerBase):
         image = await self.images.find(config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} is not on the node; pull it first (config.image.image)")
+        volumes = await image_volumes.resolve(config.mounts, self.images.find)
         pod = sandbox_config if sandbox_config.HasField("metadata") else pb.PodSandboxConfig.FromString(sandbox.config)
         meta = pod.metadata
         image_doc = config_json(image)
@@ -52,7 +55,7 @@ class Create(ContainerBase):
             state=CONTAINER_CREATING,
             created_at=time.time_ns(),
             image_id=image.id,
-            config=config.SerializeToString(),
+            config=image_volumes.recorded(config, volumes).SerializeToString(),
             status=ContainerStatus(
                 log_path=str(Path(pod.log_directory) / config.log_path) if pod.log_directory and config.log_path
                 else "",
@@ -60,14 +63,16 @@ class Create(ContainerBase):
                 stop_signal=signals.effective(
                     config.stop_signal, runtime_config.get("StopSignal") if isinstance(runtime_config, dict) else ""
                 ),
+                image_volumes=sorted({v.image.id for v in volumes}),
             ),
         )  # fmt: skip
         await self.records.insert(record)
         try:
-            pid = await self._make(record, config, pod, sandbox, image)
+            pid = await self._make(record, config, pod, sandbox, image, volumes=volumes)
             spec = json.loads((self.bundle(record.id) / "config.json").read_text())
             applied = resources.to_record(resources.applied(spec))
-            await self.records.save(record.moved(CONTAINER_CREATED, pid=pid, resources=applied))
+            user = spec["process"]["user"]
+            await self.records.save(record.moved(CONTAINER_CREATED, pid=pid, resources=applied, user=user))
         except BaseException:
             await asyncio.shield(self._undo(record.id, sandbox.status.runtime_handler))
             raise
@@ -81,6 +86,8 @@ class Create(ContainerBase):
         pod: pb.PodSandboxConfig,
         sandbox: SandboxRecord,
         image: ImageRecord,
+        *,
+        volumes: Sequence[image_volumes.ImageVolume] = (),
     ) -> int:
         bundle = self.bundle(record.id)
         rootfs = bundle / "rootfs"
@@ -89,6 +96,9 @@ class Create(ContainerBase):
         await asyncio.to_thread(
             writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs
         )
+        if volumes:  # undone with the rest by the teardown, which unmounts whatever is under the bundle
+            sources = await asyncio.to_thread(image_volumes.mount, self.images.layers.snapshots.root, volumes, bundle)
+            config = image_volumes.as_binds(config, sources)
         image_doc = config_json(image)
         namespaces = dict(sandbox.status.namespaces)
         pid_modes = (

@@ -12,7 +12,8 @@ Three sources, later ones replacing earlier ones at the same destination (as con
    submounts are read-only too, where plain ``ro`` leaves them writable); as Kubernetes defines it, the mount
    must be read-only and private, and the pod's runtime must support it (``runc features`` lists ``rro``).
    ``mount_options`` (Kubernetes' VolumeMount.bindMountOptions) are added as OCI mount options; only the ones
-   Kubernetes allows (noexec, nodev, nosuid) are accepted.
+   Kubernetes allows (noexec, nodev, nosuid) are accepted. Image volumes (``image`` set) arrive here already
+   mounted, as read-only binds of their directory (:mod:`moorage.runtime.containers.image_volumes`).
 
 The result is stably sorted by destination depth, so a parent is always mounted before its children.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.api.cri import pb
-from moorage.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError, Unimplemented
 
 PROPAGATION = {
     pb.MountPropagation.PROPAGATION_PRIVATE: "rprivate",
@@ -94,7 +95,8 @@ def cri_mount(mount: pb.Mount, index: int, recursive_read_only: bool = False) ->
     """The OCI mount of CRI ``mount`` (``mounts[index]``); ``recursive_read_only``: whether the runtime has ``rro``."""
     field = f"mounts[{index}]"
     if mount.HasField("image") and mount.image.image:
-        raise Unimplemented(f"{field}: image volumes are not supported")
+        # runtime/containers/image_volumes.py mounts image volumes and makes them read-only binds before the spec.
+        raise MoorageError(f"{field}: image volume of {mount.image.image!r} not mounted before the spec was built")
     if mount.uidMappings or mount.gidMappings:
         raise Unimplemented(f"{field}: idmapped mounts are not supported")
     dest = _clean(mount.container_path, f"{field}.container_path")
