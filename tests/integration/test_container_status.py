@@ -3,6 +3,8 @@ effective user. Each is checked through the running container too, and across a 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from moorage.api.cri import pb
@@ -10,7 +12,7 @@ from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import PushedImage
-from tests.integration.test_containers import Pod
+from tests.integration.test_containers import Pod, log_lines
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -25,6 +27,17 @@ def quitting(registry: Registry) -> PushedImage:
     img = fixtures.image([fixtures.busybox_layer()], config={"Cmd": ["/bin/sh"], "StopSignal": "SIGQUIT"})
     digest = fixtures.push(registry, "test/quitting", "1", img)
     return PushedImage(f"{registry.host}/test/quitting:1", img, digest)
+
+
+@pytest.fixture(scope="module")
+def grouped(registry: Registry) -> PushedImage:
+    """busybox whose /etc/group lists its user app (1000) in group-defined-in-image (50000), as critest's
+    image for SupplementalGroupsPolicy does."""
+    group = "root:x:0:\napp:x:1000:\ngroup-defined-in-image:x:50000:app\nnogroup:x:65534:\n"
+    etc = fixtures.layer([fixtures.Entry.directory("etc"), fixtures.Entry.file("etc/group", group.encode())])
+    img = fixtures.image([fixtures.busybox_layer(), etc], config={"Cmd": ["/bin/sh"], "User": "app"})
+    digest = fixtures.push(registry, "test/grouped", "1", img)
+    return PushedImage(f"{registry.host}/test/grouped:1", img, digest)
 
 
 def stop(pod: Pod, container_id: str) -> int:
@@ -87,3 +100,48 @@ def test_resources_of_a_container_without_limits_are_empty_but_there(pod: Pod) -
     status = pod.status(pod.run("free", "sleep", "1000"))
     assert status.HasField("resources")
     assert status.resources.linux == pb.LinuxContainerResources()
+
+
+def test_the_runtime_reports_supplemental_groups_policy(pod: Pod) -> None:
+    with pod.node.client() as client:
+        assert client.runtime.Status(pb.StatusRequest(), timeout=30).features.supplemental_groups_policy
+
+
+@pytest.mark.parametrize(
+    ("policy", "groups"),
+    [
+        (pb.SupplementalGroupsPolicy.Merge, [1000, 1234, 50000]),  # the image's /etc/group is merged in
+        (pb.SupplementalGroupsPolicy.Strict, [1000, 1234]),  # only the primary group and the requested ones
+    ],
+)
+def test_supplemental_groups_policy_and_the_reported_user(
+    pod: Pod, grouped: PushedImage, policy: pb.SupplementalGroupsPolicy.ValueType, groups: list[int]
+) -> None:
+    """critest's SupplementalGroupsPolicy specs: uid 1000 (RunAsUser), gid 1000 from /etc/passwd, and the groups
+    the policy gives, the same for the first process, an exec'd one and ContainerStatus.user."""
+    with pod.node.client() as client:
+        client.pull_image(grouped.name)
+    security = pb.LinuxContainerSecurityContext(
+        run_as_user=pb.Int64Value(value=1000), supplemental_groups=[1234], supplemental_groups_policy=policy
+    )
+    container_id = pod.run(
+        "groups", "sh", "-c", "id -G; sleep 1000", image=grouped.name,
+        linux=pb.LinuxContainerConfig(security_context=security),
+    )  # fmt: skip
+    expected = pb.ContainerUser(linux=pb.LinuxContainerUser(uid=1000, gid=1000, supplemental_groups=groups))
+    user = pod.status(container_id).user
+    user.linux.supplemental_groups.sort()
+    assert user == expected
+    line = " ".join(map(str, groups))
+    deadline = time.monotonic() + 10
+    while ("stdout", "F", line) not in (lines := log_lines(pod.status(container_id).log_path)):
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
+    with pod.node.client() as client:
+        request = pb.ExecSyncRequest(container_id=container_id, cmd=["id", "-G"], timeout=10)
+        assert client.runtime.ExecSync(request, timeout=30).stdout.decode() == line + "\n"
+    pod.node.stop()
+    pod.node.start()
+    user = pod.status(container_id).user
+    user.linux.supplemental_groups.sort()
+    assert user == expected

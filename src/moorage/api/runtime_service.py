@@ -68,7 +68,10 @@ class RuntimeService(StatsRpcs):
                 pb.RuntimeHandler(name=name, features=await self._handler_features(name))
                 for name in ("", *config.runtime.handlers)  # "" is the default handler, as the kubelet asks
             ],
-            features=pb.RuntimeFeatures(mount_options=True),  # noexec, nodev, nosuid on binds (spec/mounts.py)
+            features=pb.RuntimeFeatures(
+                mount_options=True,  # noexec, nodev, nosuid on binds (spec/mounts.py)
+                supplemental_groups_policy=True,  # Merge and Strict (spec/user.py), ContainerStatus.user
+            ),
         )
         if request.verbose:
             response.info.update(

@@ -78,7 +78,19 @@ def container_status(record: ContainerRecord) -> pb.ContainerStatus:
         resources=pb.ContainerResources(  # what was last applied; a record older than that: its config's
             linux=resources.from_record(st.resources) if st.resources else config.linux.resources
         ),
+        user=_user(st.user),
         stop_signal=signals.to_enum(st.stop_signal),  # the effective one: requested, else the image's, else SIGTERM
+    )
+
+
+def _user(user: dict[str, Any]) -> pb.ContainerUser | None:
+    """The identity the first process started with (unknown for a record older than that: left unset)."""
+    if not user:
+        return None
+    return pb.ContainerUser(
+        linux=pb.LinuxContainerUser(
+            uid=user["uid"], gid=user["gid"], supplemental_groups=user.get("additionalGids", [])
+        )
     )
 
 
