@@ -237,13 +237,16 @@ def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> 
         assert missing.details.endswith('exec: "/no/such/probe": stat /no/such/probe: no such file or directory')
 
 
-def host_processes(cmdline: str) -> list[int]:
-    """Host pids of the processes whose command line is ``cmdline`` (as seen from the node)."""
+def host_processes(cmdline: str, cgroup: str) -> list[int]:
+    """Host pids of the processes whose command line is ``cmdline`` in a cgroup under ``cgroup`` (the test's own
+    cgroup parent: other tests may run the same command meanwhile)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode():
+                if (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode() and (
+                    f":{cgroup}/" in (proc / "cgroup").read_text()
+                ):
                     found.append(int(proc.name))
             except OSError:
                 continue
@@ -282,7 +285,7 @@ def _exec_sync_times_out_and_leaves_nothing(pod: Pod, command: list[str]) -> Non
         check = pb.ExecSyncRequest(container_id=container_id, cmd=["sh", "-c", listing])  # no pgrep in busybox here
         result = client.runtime.ExecSync(check, timeout=60)
     assert (result.exit_code, result.stdout, result.stderr) == (0, b"", b"")
-    assert host_processes("sleep 4321") == []
+    assert host_processes("sleep 4321", pod.config.linux.cgroup_parent) == []
 
 
 def test_update_container_resources_changes_the_cgroup(pod: Pod, cgroup_parent: str) -> None:
