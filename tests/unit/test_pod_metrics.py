@@ -1,12 +1,16 @@
 """The metrics RPCs' samples: every sample names a described family with exactly its label keys, unknown
-values are left out, and /proc/net/dev parsing."""
+values are left out, every family critest v1.37 expects is described and sampled, and /proc/net/dev parsing."""
 
 from __future__ import annotations
 
 from moorage.api.cri import pb
 from moorage.node.netdev import InterfaceCounters, parse_net_dev
-from moorage.observe.stats import CgroupStats, DeviceIo, DiskUsage, Pressure, PsiLine
+from moorage.node.procstats import ProcessCounts
+from moorage.observe.cgroup_spec import CgroupSpec
+from moorage.observe.disk import DiskUsage, Filesystem
+from moorage.observe.stats import CgroupStats, DeviceIo, Hugetlb, Pressure, PsiLine
 from moorage.runtime import pod_metrics
+from moorage.runtime.pod_metrics import ContainerReading
 
 LABELS = ("web-0", "default", "app", "c1", "registry.local/app:1")
 NET_DEV = "\n".join(
@@ -42,13 +46,16 @@ def test_container_samples_carry_units_labels_and_devices() -> None:
         pids=3,
         io=(DeviceIo(253, 0, 8192, 4096, 2, 1),),
     )
-    samples = pod_metrics.container_metrics(LABELS, cgroup, started_at_ns=1_700_000_000_123_456_789)
+    reading = ContainerReading(cgroup, seen_at_ns=1_700_000_100_000_000_000, started_at_ns=1_700_000_000_123_456_789)
+    samples = pod_metrics.container_metrics(LABELS, reading)
     described(samples)
     by_name = {(s.name, tuple(s.label_values[5:])): s for s in samples}
     assert by_name[("container_cpu_usage_seconds_total", ())].value.value == 2  # whole seconds
     assert by_name[("container_cpu_usage_seconds_total", ())].metric_type == pb.MetricType.COUNTER
     assert by_name[("container_spec_memory_limit_bytes", ())].value.value == 0  # no limit, as cAdvisor says it
     assert by_name[("container_start_time_seconds", ())].value.value == 1_700_000_000
+    assert by_name[("container_last_seen", ())].value.value == 1_700_000_100
+    assert by_name[("container_processes", ())].value.value == 3  # no cgroup.procs read: pids.current
     assert by_name[("container_fs_reads_bytes_total", ("253:0",))].value.value == 8192
     assert by_name[("container_fs_writes_total", ("253:0",))].value.value == 1
     assert ("container_memory_swap", ()) not in by_name  # unknown: left out, not 0
@@ -78,7 +85,10 @@ def test_throttling_pressure_and_the_writable_layer() -> None:
             "io": Pressure(None, PsiLine(1_000_000, 0, 0, 0)),
         },
     )
-    samples = pod_metrics.container_metrics(LABELS, cgroup, 0, ("254:1", DiskUsage(1, 8192, 3), 1 << 30))
+    fs = Filesystem("254:1", 1 << 30, 65536, 60000)
+    samples = pod_metrics.container_metrics(
+        LABELS, ContainerReading(cgroup, 1, layer=DiskUsage(1, 8192, 3), filesystem=fs)
+    )
     described(samples)
     values = {(s.name, *s.label_values[5:]): s.value.value for s in samples}
     assert values[("container_cpu_cfs_periods_total",)] == 100
@@ -89,3 +99,118 @@ def test_throttling_pressure_and_the_writable_layer() -> None:
     assert ("container_pressure_cpu_stalled_seconds_total",) not in values  # no "full" line for cpu here
     assert values[("container_fs_usage_bytes", "254:1")] == 8192
     assert values[("container_fs_limit_bytes", "254:1")] == 1 << 30
+    assert values[("container_fs_inodes_total", "254:1")] == 65536
+    assert values[("container_fs_inodes_free", "254:1")] == 60000
+
+
+CRITEST_EXPECTED = {
+    "container_blkio_device_usage_total", "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total", "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total", "container_cpu_usage_seconds_total", "container_cpu_user_seconds_total",
+    "container_file_descriptors", "container_fs_inodes_free", "container_fs_inodes_total", "container_fs_limit_bytes",
+    "container_fs_reads_bytes_total", "container_fs_reads_total", "container_fs_usage_bytes",
+    "container_fs_writes_bytes_total", "container_fs_writes_total", "container_hugetlb_max_usage_bytes",
+    "container_hugetlb_usage_bytes", "container_last_seen", "container_memory_cache", "container_memory_failcnt",
+    "container_memory_failures_total", "container_memory_kernel_usage", "container_memory_mapped_file",
+    "container_memory_max_usage_bytes", "container_memory_rss", "container_memory_swap",
+    "container_memory_usage_bytes", "container_memory_working_set_bytes", "container_network_receive_bytes_total",
+    "container_network_receive_errors_total", "container_network_receive_packets_dropped_total",
+    "container_network_receive_packets_total", "container_network_transmit_bytes_total",
+    "container_network_transmit_errors_total", "container_network_transmit_packets_dropped_total",
+    "container_network_transmit_packets_total", "container_oom_events_total",
+    "container_pressure_cpu_stalled_seconds_total", "container_pressure_cpu_waiting_seconds_total",
+    "container_pressure_io_stalled_seconds_total", "container_pressure_io_waiting_seconds_total",
+    "container_pressure_memory_stalled_seconds_total", "container_pressure_memory_waiting_seconds_total",
+    "container_processes", "container_sockets", "container_spec_cpu_period", "container_spec_cpu_quota",
+    "container_spec_cpu_shares", "container_spec_memory_limit_bytes", "container_spec_memory_reservation_limit_bytes",
+    "container_spec_memory_swap_limit_bytes", "container_start_time_seconds", "container_threads",
+    "container_threads_max", "container_ulimits_soft",
+}  # fmt: skip
+"""cri-tools v1.37.0 pkg/validate/pod.go expectedMetricDescriptorNames (kubelet with cAdvisor, Kubernetes 1.37)."""
+
+FULL = ContainerReading(
+    CgroupStats(
+        timestamp=1,
+        cpu_usage_ns=5 * 10**9,
+        cpu_user_ns=3 * 10**9,
+        cpu_system_ns=2 * 10**9,
+        cfs_periods=10,
+        cfs_throttled_periods=1,
+        cfs_throttled_ns=10**9,
+        memory_usage=8 << 20,
+        working_set=6 << 20,
+        memory_limit=64 << 20,
+        rss=4 << 20,
+        cache=2 << 20,
+        mapped_file=1 << 20,
+        kernel=300_000,
+        max_usage=9 << 20,
+        failcnt=0,
+        page_faults=500,
+        major_page_faults=5,
+        own_page_faults=400,
+        own_major_page_faults=4,
+        oom_kills=0,
+        swap_usage=0,
+        pids=2,
+        procs=(10, 11),
+        hugetlb=(Hugetlb("2MB", 0, 0),),
+        pressure={r: Pressure(PsiLine(1, 0, 0, 0), PsiLine(1, 0, 0, 0)) for r in ("cpu", "memory", "io")},
+        io=(DeviceIo(8, 0, 4096, 512, 1, 1),),
+    ),
+    seen_at_ns=1_700_000_000 * 10**9,
+    started_at_ns=1_600_000_000 * 10**9,
+    spec=CgroupSpec(100000, 20000, 1024, 0, 64 << 20, 0),
+    processes=ProcessCounts(2, 3, 7, 1),
+    open_files_soft_limit=1048576,
+    layer=DiskUsage(1, 4096, 2),
+    filesystem=Filesystem("254:1", 1 << 30, 65536, 60000),
+)
+
+
+def test_every_family_critest_expects_is_described_and_sampled_with_its_label_keys() -> None:
+    """ListMetricDescriptors names every family critest v1.37 expects (help and label keys set), and a reading
+    with every value known gives each of them a sample with as many label values as the family has keys."""
+    descriptors = {d.name: d for d in pod_metrics.descriptors()}
+    assert descriptors.keys() >= CRITEST_EXPECTED, CRITEST_EXPECTED - descriptors.keys()
+    assert all(d.help and d.label_keys for d in descriptors.values())
+    eth0 = InterfaceCounters("eth0", 1, 1, 0, 0, 1, 1, 0, 0)
+    samples = [
+        *pod_metrics.network_metrics(("web-0", "default", "", "pod1", ""), [eth0]),
+        *pod_metrics.container_metrics(LABELS, FULL),
+    ]
+    described(samples)
+    assert {s.name for s in samples} == set(descriptors) == CRITEST_EXPECTED
+
+
+def test_the_cadvisor_semantics_of_the_new_families() -> None:
+    values = {(s.name, *s.label_values[5:]): s.value.value for s in pod_metrics.container_metrics(LABELS, FULL)}
+    assert values[("container_memory_failures_total", "pgfault", "container")] == 400
+    assert values[("container_memory_failures_total", "pgmajfault", "container")] == 4
+    assert values[("container_memory_failures_total", "pgfault", "hierarchy")] == 500
+    assert values[("container_memory_failures_total", "pgmajfault", "hierarchy")] == 5
+    assert values[("container_blkio_device_usage_total", "8:0", "8", "0", "Read")] == 4096
+    assert values[("container_blkio_device_usage_total", "8:0", "8", "0", "Write")] == 512
+    assert values[("container_ulimits_soft", "max_open_files")] == 1048576
+    assert values[("container_hugetlb_usage_bytes", "2MB")] == 0
+    assert values[("container_processes",)] == 2  # cgroup.procs, not pids.current's tasks
+    assert (values[("container_threads",)], values[("container_threads_max",)]) == (3, 0)  # 0: no limit
+    assert (values[("container_file_descriptors",)], values[("container_sockets",)]) == (7, 1)
+    assert values[("container_spec_cpu_period",)] == 100000
+    assert values[("container_spec_cpu_quota",)] == 20000
+    assert values[("container_spec_cpu_shares",)] == 1024
+    assert values[("container_spec_memory_swap_limit_bytes",)] == 64 << 20
+    assert values[("container_memory_max_usage_bytes",)] == 9 << 20
+    assert (values[("container_memory_cache",)], values[("container_memory_mapped_file",)]) == (2 << 20, 1 << 20)
+    assert values[("container_last_seen",)] == 1_700_000_000
+
+
+def test_no_quota_no_spec_and_no_processes_leave_their_samples_out() -> None:
+    cgroup = CgroupStats(timestamp=1, memory_usage=1, hugetlb=(Hugetlb("1GB", 0, None),))
+    reading = ContainerReading(cgroup, 1, spec=CgroupSpec(cpu_period=100000, cpu_quota=0))
+    names = {(s.name, *s.label_values[5:]) for s in pod_metrics.container_metrics(LABELS, reading)}
+    assert ("container_spec_cpu_period",) in names
+    assert ("container_spec_cpu_quota",) not in names  # no quota: cAdvisor sends none
+    assert ("container_hugetlb_max_usage_bytes", "1GB") not in names  # v2 keeps no peak
+    assert ("container_hugetlb_usage_bytes", "1GB") in names
+    assert not {n for n in names if n[0] in ("container_threads", "container_sockets", "container_ulimits_soft")}

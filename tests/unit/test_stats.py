@@ -1,4 +1,4 @@
-"""Cgroup and disk usage readers on fake cgroup trees (v1 and v2), and the cpu rate."""
+"""Cgroup usage and limit readers and disk usage on fake cgroup trees (v1 and v2), and the cpu rate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 from moorage.node.cgroupinfo import CgroupHost
-from moorage.observe.stats import CpuRates, DeviceIo, Pressure, PsiLine, disk_usage, read_cgroup
+from moorage.observe.cgroup_spec import CgroupSpec, read_spec, weight_to_shares
+from moorage.observe.disk import disk_usage, filesystem_of
+from moorage.observe.stats import CpuRates, DeviceIo, Hugetlb, Pressure, PsiLine, read_cgroup
 
 
 def v1_host(root: Path) -> CgroupHost:
@@ -64,6 +66,12 @@ def test_disk_usage_counts_blocks_and_inodes_once(tmp_path: Path) -> None:
     assert usage.inodes == 3  # tmp_path, d, f (the hard link is f)
     assert usage.used_bytes >= 8192
     assert disk_usage(tmp_path / "missing").used_bytes == 0
+    fs = filesystem_of(tmp_path)
+    st, vfs = os.stat(tmp_path), os.statvfs(tmp_path)
+    assert fs is not None
+    assert fs.device == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    assert (fs.size_bytes, fs.inodes) == (vfs.f_blocks * vfs.f_frsize, vfs.f_files)
+    assert filesystem_of(tmp_path / "missing") is None
 
 
 def test_cpu_rate_needs_two_samples() -> None:
@@ -137,3 +145,72 @@ def test_v1_reads_memsw_as_swap_cpuacct_ticks_oom_and_blkio(tmp_path: Path) -> N
     assert (st.memory_limit, st.swap_usage, st.swap_limit, st.oom_kills) == (20000, 2000, 30000, 4)
     assert st.io == (DeviceIo(8, 0, 4096, 8192, 1, 2),)
     assert set(st.pressure) == {"memory"}  # a hybrid host's PSI comes from its cgroup2 mount
+
+
+def test_v1_memory_details_own_and_hierarchical_faults_procs_and_hugetlb(tmp_path: Path) -> None:
+    group = "pod/c1"
+    memory = tmp_path / "memory" / group
+    stat = "cache 1\nmapped_file 2\npgfault 30\npgmajfault 3\ntotal_cache 100\ntotal_mapped_file 20\n"
+    write(memory / "memory.stat", stat + "total_pgfault 50\ntotal_pgmajfault 5\n")
+    write(memory / "memory.kmem.usage_in_bytes", "4096\n")
+    write(memory / "memory.max_usage_in_bytes", "90000\n")
+    write(memory / "memory.failcnt", "7\n")
+    write(tmp_path / "pids" / group / "cgroup.procs", "12\n15\n")
+    write(tmp_path / "hugetlb" / group / "hugetlb.2MB.usage_in_bytes", "2097152\n")
+    write(tmp_path / "hugetlb" / group / "hugetlb.2MB.max_usage_in_bytes", "4194304\n")
+    host = v1_host(tmp_path)
+    host = CgroupHost("v1", {**host.v1_controllers, "hugetlb": str(tmp_path / "hugetlb")}, None, (), systemd=False)
+    st = read_cgroup(group, host)
+    assert (st.cache, st.mapped_file, st.kernel, st.max_usage, st.failcnt) == (100, 20, 4096, 90000, 7)
+    assert (st.own_page_faults, st.own_major_page_faults, st.page_faults, st.major_page_faults) == (30, 3, 50, 5)
+    assert st.procs == (12, 15)
+    assert st.hugetlb == (Hugetlb("2MB", 2097152, 4194304),)
+
+
+def test_v2_memory_details_from_stat_events_and_peak(tmp_path: Path) -> None:
+    group = tmp_path / "pod" / "c1"
+    write(group / "memory.stat", "anon 1\nfile 300\nfile_mapped 40\nkernel_stack 16384\nslab 8192\npgfault 9\n")
+    write(group / "memory.events", "low 0\nhigh 0\nmax 3\noom 0\noom_kill 0\n")
+    write(group / "memory.peak", "123456\n")
+    write(group / "cgroup.procs", "7\n")
+    write(group / "hugetlb.2MB.current", "0\n")
+    write(group / "hugetlb.2MB.rsvd.current", "2097152\n")  # a reservation, not usage
+    st = read_cgroup("pod/c1", v2_host(tmp_path))
+    assert (st.cache, st.mapped_file, st.kernel, st.max_usage, st.failcnt) == (300, 40, 16384 + 8192, 123456, 3)
+    assert (st.own_page_faults, st.page_faults, st.procs) == (9, 9, (7,))  # v2 counts hierarchically only
+    assert st.hugetlb == (Hugetlb("2MB", 0, None),)
+    write(group / "memory.stat", "kernel 99999\nkernel_stack 1\n")  # newer kernels sum it themselves
+    assert read_cgroup("pod/c1", v2_host(tmp_path)).kernel == 99999
+
+
+def test_v1_spec_reads_each_controller_with_0_for_no_limit(tmp_path: Path) -> None:
+    group = "pod/c1"
+    cpu, memory = tmp_path / "cpu,cpuacct" / group, tmp_path / "memory" / group
+    write(cpu / "cpu.cfs_period_us", "100000\n")
+    write(cpu / "cpu.cfs_quota_us", "20000\n")
+    write(cpu / "cpu.shares", "1024\n")
+    write(memory / "memory.limit_in_bytes", "67108864\n")
+    write(memory / "memory.soft_limit_in_bytes", "9223372036854771712\n")
+    write(memory / "memory.memsw.limit_in_bytes", "67108864\n")
+    write(tmp_path / "pids" / group / "pids.max", "max\n")
+    assert read_spec(group, v1_host(tmp_path)) == CgroupSpec(100000, 20000, 1024, 0, 64 << 20, 0)
+    write(cpu / "cpu.cfs_quota_us", "-1\n")
+    (memory / "memory.memsw.limit_in_bytes").unlink()  # no swap accounting: no swap limit
+    assert read_spec(group, v1_host(tmp_path)) == CgroupSpec(100000, 0, 1024, 0, 0, 0)
+    assert read_spec("/gone", v1_host(tmp_path)) == CgroupSpec()
+
+
+def test_v2_spec_reads_cpu_max_and_maps_the_weight_back_to_shares(tmp_path: Path) -> None:
+    group = tmp_path / "pod" / "c1"
+    write(group / "cpu.max", "20000 100000\n")
+    write(group / "cpu.weight", "39\n")  # what runc 1.1 and crun 1.8 write for 1024 shares
+    write(group / "memory.max", "67108864\n")
+    write(group / "memory.min", "0\n")
+    write(group / "memory.swap.max", "0\n")
+    write(group / "pids.max", "100\n")
+    assert read_spec("pod/c1", v2_host(tmp_path)) == CgroupSpec(100000, 20000, 998, 0, 0, 100)
+    write(group / "cpu.max", "max 50000\n")
+    spec = read_spec("pod/c1", v2_host(tmp_path))
+    assert (spec.cpu_quota, spec.cpu_period) == (0, 50000)  # no quota
+    assert (weight_to_shares(1), weight_to_shares(10000), weight_to_shares(100)) == (2, 262144, 2597)
+    assert read_spec("/gone", v2_host(tmp_path)) == CgroupSpec()

@@ -1,11 +1,13 @@
-"""Resource usage of a cgroup and of a directory tree, read from the host (the CRI stats RPCs' source).
+"""Resource usage of a cgroup, read from the host (the CRI stats RPCs' source; directory trees: :mod:`.disk`).
 
 Cgroups are read where the host's layout (:mod:`moorage.node.cgroupinfo`, detected once at start) says each
 controller is mounted, so tests can point it at a tree of their own. A cgroup that is gone (its container exited
 and was cleaned up) reads as all ``None``: stats never fail for a missing file.
 
 ``usage_nano_cores`` is a rate and needs two samples; :class:`CpuRates` keeps the previous one per key, as
-containerd does.
+containerd does. The memory details follow cAdvisor's reading of each layout: v1's ``total_*`` (hierarchical)
+memory.stat keys against v2's (always hierarchical) ones, v1's memory.failcnt and max_usage_in_bytes against v2's
+memory.events ``max`` and memory.peak.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from moorage.node.cgroupinfo import CgroupHost
+from moorage.observe.cgroupfiles import flat_keyed, limit_or_none, member_pids, read_int
 
-UNLIMITED = 1 << 62
-"""Memory limits at or above this mean no limit (v1 writes PAGE_COUNTER_MAX pages as bytes)."""
+V2_KERNEL_KEYS = ("kernel_stack", "pagetables", "sec_pagetables", "percpu", "sock", "vmalloc", "slab")
+"""v2 memory.stat's kernel memory, summed where the kernel has no ``kernel`` key of its own (older kernels)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,15 @@ class DeviceIo:
 
 
 @dataclass(frozen=True)
+class Hugetlb:
+    """One huge page size's usage (``pagesize`` as the cgroup files name it: ``2MB``, ``1GB``)."""
+
+    pagesize: str
+    usage: int
+    max_usage: int | None  # v1 only: v2 keeps no peak
+
+
+@dataclass(frozen=True)
 class CgroupStats:
     timestamp: int
     """time.time_ns() when read."""
@@ -66,21 +78,23 @@ class CgroupStats:
     available: int | None = None
     memory_limit: int | None = None  # None: no limit
     rss: int | None = None
-    page_faults: int | None = None
+    cache: int | None = None  # page cache (v1 total_cache, v2 file)
+    mapped_file: int | None = None
+    kernel: int | None = None  # kernel memory charged to the cgroup
+    max_usage: int | None = None  # peak memory usage (v2: memory.peak, kernel 5.19 on)
+    failcnt: int | None = None  # times usage hit the limit (v2: memory.events max)
+    page_faults: int | None = None  # of the cgroup and its descendants
     major_page_faults: int | None = None
+    own_page_faults: int | None = None  # of the cgroup's own processes (v1); v2 counts hierarchically only
+    own_major_page_faults: int | None = None
     oom_kills: int | None = None
     swap_usage: int | None = None
     swap_limit: int | None = None  # None: no limit of its own
-    pids: int | None = None
+    pids: int | None = None  # tasks (threads) in the cgroup, pids.current
+    procs: tuple[int, ...] | None = None  # the processes in the cgroup itself, cgroup.procs
+    hugetlb: tuple[Hugetlb, ...] = ()
     pressure: dict[str, Pressure] = field(default_factory=dict)  # "cpu", "memory", "io"; empty without PSI
     io: tuple[DeviceIo, ...] = ()
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    timestamp: int
-    used_bytes: int
-    inodes: int
 
 
 def read_cgroup(path: str, host: CgroupHost) -> CgroupStats:
@@ -98,19 +112,24 @@ def read_cgroup(path: str, host: CgroupHost) -> CgroupStats:
 
 def _read_v1(groups: dict[str, Path]) -> CgroupStats:
     memory, cpuacct, pids, blkio = (groups.get(c) for c in ("memory", "cpuacct", "pids", "blkio"))
-    stat = _flat_keyed(memory / "memory.stat") if memory else {}
-    usage = _int(memory / "memory.usage_in_bytes") if memory else None
-    limit = _limit(_int(memory / "memory.limit_in_bytes")) if memory else None
+    stat = flat_keyed(memory / "memory.stat") if memory else {}
+    usage = read_int(memory / "memory.usage_in_bytes") if memory else None
+    limit = limit_or_none(read_int(memory / "memory.limit_in_bytes")) if memory else None
     inactive = stat.get("total_inactive_file", stat.get("inactive_file"))
     working_set = None if usage is None else max(usage - (inactive or 0), 0)
-    memsw = _int(memory / "memory.memsw.usage_in_bytes") if memory else None
-    memsw_limit = _limit(_int(memory / "memory.memsw.limit_in_bytes")) if memory else None
-    ticks = _flat_keyed(cpuacct / "cpuacct.stat") if cpuacct else {}  # USER_HZ ticks
-    cfs = _flat_keyed(groups["cpu"] / "cpu.stat") if "cpu" in groups else {}
+    memsw = read_int(memory / "memory.memsw.usage_in_bytes") if memory else None
+    memsw_limit = limit_or_none(read_int(memory / "memory.memsw.limit_in_bytes")) if memory else None
+    ticks = flat_keyed(cpuacct / "cpuacct.stat") if cpuacct else {}  # USER_HZ ticks
+    cfs = flat_keyed(groups["cpu"] / "cpu.stat") if "cpu" in groups else {}
     tick_ns = 10**9 // os.sysconf("SC_CLK_TCK")
+    members = next((groups[c] for c in ("pids", "memory", "cpu", "cpuacct") if c in groups), None)
+
+    def total(key: str) -> int | None:  # v1 memory.stat: the cgroup's own key, its hierarchy's total_ one
+        return stat.get(f"total_{key}", stat.get(key))
+
     return CgroupStats(
         timestamp=time.time_ns(),
-        cpu_usage_ns=_int(cpuacct / "cpuacct.usage") if cpuacct else None,
+        cpu_usage_ns=read_int(cpuacct / "cpuacct.usage") if cpuacct else None,
         cpu_user_ns=ticks["user"] * tick_ns if "user" in ticks else None,
         cpu_system_ns=ticks["system"] * tick_ns if "system" in ticks else None,
         cfs_periods=cfs.get("nr_periods"),
@@ -120,23 +139,33 @@ def _read_v1(groups: dict[str, Path]) -> CgroupStats:
         working_set=working_set,
         available=_available(limit, working_set),
         memory_limit=limit,
-        rss=stat.get("total_rss", stat.get("rss")),
-        page_faults=stat.get("total_pgfault", stat.get("pgfault")),
-        major_page_faults=stat.get("total_pgmajfault", stat.get("pgmajfault")),
-        oom_kills=_flat_keyed(memory / "memory.oom_control").get("oom_kill") if memory else None,
+        rss=total("rss"),
+        cache=total("cache"),
+        mapped_file=total("mapped_file"),
+        kernel=read_int(memory / "memory.kmem.usage_in_bytes") if memory else None,
+        max_usage=read_int(memory / "memory.max_usage_in_bytes") if memory else None,
+        failcnt=read_int(memory / "memory.failcnt") if memory else None,
+        page_faults=total("pgfault"),
+        major_page_faults=total("pgmajfault"),
+        own_page_faults=stat.get("pgfault"),
+        own_major_page_faults=stat.get("pgmajfault"),
+        oom_kills=flat_keyed(memory / "memory.oom_control").get("oom_kill") if memory else None,
         swap_usage=None if memsw is None or usage is None else max(memsw - usage, 0),
         swap_limit=None if memsw_limit is None or limit is None else max(memsw_limit - limit, 0),
-        pids=_int(pids / "pids.current") if pids else None,
+        pids=read_int(pids / "pids.current") if pids else None,
+        procs=member_pids(members) if members else None,
+        hugetlb=_hugetlb(groups["hugetlb"], "usage_in_bytes") if "hugetlb" in groups else (),
         io=_blkio(blkio) if blkio else (),
     )
 
 
 def _read_v2(group: Path) -> CgroupStats:
-    cpu = _flat_keyed(group / "cpu.stat")
-    stat = _flat_keyed(group / "memory.stat")
-    usage = _int(group / "memory.current")
-    limit = _limit(_int(group / "memory.max"))
+    cpu = flat_keyed(group / "cpu.stat")
+    stat = flat_keyed(group / "memory.stat")
+    usage = read_int(group / "memory.current")
+    limit = limit_or_none(read_int(group / "memory.max"))
     working_set = None if usage is None else max(usage - stat.get("inactive_file", 0), 0)
+    kernel = [stat[k] for k in V2_KERNEL_KEYS if k in stat]
 
     def ns(key: str) -> int | None:
         return None if key not in cpu else cpu[key] * 1000
@@ -154,15 +183,36 @@ def _read_v2(group: Path) -> CgroupStats:
         available=_available(limit, working_set),
         memory_limit=limit,
         rss=stat.get("anon"),
+        cache=stat.get("file"),
+        mapped_file=stat.get("file_mapped"),
+        kernel=stat.get("kernel", sum(kernel) if kernel else None),
+        max_usage=read_int(group / "memory.peak"),
+        failcnt=flat_keyed(group / "memory.events").get("max"),
         page_faults=stat.get("pgfault"),
         major_page_faults=stat.get("pgmajfault"),
-        oom_kills=_flat_keyed(group / "memory.events").get("oom_kill"),
-        swap_usage=_int(group / "memory.swap.current"),
-        swap_limit=_limit(_int(group / "memory.swap.max")),
-        pids=_int(group / "pids.current"),
+        own_page_faults=stat.get("pgfault"),
+        own_major_page_faults=stat.get("pgmajfault"),
+        oom_kills=flat_keyed(group / "memory.events").get("oom_kill"),
+        swap_usage=read_int(group / "memory.swap.current"),
+        swap_limit=limit_or_none(read_int(group / "memory.swap.max")),
+        pids=read_int(group / "pids.current"),
+        procs=member_pids(group),
+        hugetlb=_hugetlb(group, "current"),
         pressure=_pressures(group),
         io=_io_stat(group / "io.stat"),
     )
+
+
+def _hugetlb(group: Path, usage_file: str) -> tuple[Hugetlb, ...]:
+    """``hugetlb.<pagesize>.<usage_file>`` per page size (v1 also ``max_usage_in_bytes``); v2's ``.rsvd.`` files,
+    the reservations, are not usage."""
+    out = []
+    for path in sorted(group.glob(f"hugetlb.*.{usage_file}")):
+        pagesize = path.name.split(".")[1]
+        usage = read_int(path)
+        if usage is not None and path.name == f"hugetlb.{pagesize}.{usage_file}":
+            out.append(Hugetlb(pagesize, usage, read_int(group / f"hugetlb.{pagesize}.max_usage_in_bytes")))
+    return tuple(out)
 
 
 def _pressures(group: Path) -> dict[str, Pressure]:
@@ -245,61 +295,10 @@ def _blkio(group: Path) -> tuple[DeviceIo, ...]:
     )
 
 
-def _limit(value: int | None) -> int | None:
-    """A limit file's value, None for no limit (``max``, or v1's huge PAGE_COUNTER_MAX)."""
-    return None if value is None or value >= UNLIMITED else value
-
-
 def _available(limit: int | None, working_set: int | None) -> int | None:
     if limit is None or working_set is None:
         return None
     return max(limit - working_set, 0)
-
-
-def _int(path: Path) -> int | None:
-    """A file holding one integer; None if it is missing, unreadable or ``max``."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _flat_keyed(path: Path) -> dict[str, int]:
-    """``key value`` lines (memory.stat, cpu.stat); empty if the file is gone."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            out[key] = int(value)
-    return out
-
-
-def disk_usage(top: Path) -> DiskUsage:
-    """Bytes allocated (st_blocks, each inode once, like ``du``) and inodes used under ``top``; 0 if it is gone."""
-    timestamp = time.time_ns()
-    seen: set[int] = set()
-    used = 0
-
-    def count(path: str) -> None:
-        nonlocal used
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return
-        if st.st_ino not in seen:
-            seen.add(st.st_ino)
-            used += st.st_blocks * 512
-
-    if top.exists():
-        count(str(top))
-    for directory, dirs, files in os.walk(top):
-        for name in (*dirs, *files):
-            count(os.path.join(directory, name))
-    return DiskUsage(timestamp, used, len(seen))
 
 
 class CpuRates:

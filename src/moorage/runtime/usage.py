@@ -9,7 +9,6 @@ process usage are left unset. Network usage is left unset until pods get CNI net
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,8 +17,12 @@ from moorage.api.cri import pb
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import CgroupDriver, leaf_dir
 from moorage.node.netdev import DEFAULT_INTERFACE, InterfaceCounters, read_counters
-from moorage.observe.stats import CgroupStats, CpuRates, DiskUsage, Pressure, PsiLine, disk_usage, read_cgroup
+from moorage.node.procstats import count_processes, open_files_soft_limit
+from moorage.observe.cgroup_spec import read_spec
+from moorage.observe.disk import DiskUsage, disk_usage, filesystem_of
+from moorage.observe.stats import CgroupStats, CpuRates, Pressure, PsiLine, read_cgroup
 from moorage.runtime import pod_metrics
+from moorage.runtime.pod_metrics import ContainerReading
 from moorage.state.models import CONTAINER_RUNNING, ContainerRecord, SandboxRecord
 
 
@@ -97,27 +100,38 @@ class UsageReader:
     async def pod_metrics(
         self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig, records: list[ContainerRecord]
     ) -> pb.PodSandboxMetrics:
-        """The pod's network samples and its running containers' cgroup samples (see :mod:`pod_metrics`)."""
+        """The pod's network samples and its running containers' samples (see :mod:`pod_metrics`)."""
         meta = pod.metadata
         containers = []
         for record in records:
             if record.state != CONTAINER_RUNNING:
                 continue  # its cgroup is gone or not made yet
-            cgroup = await asyncio.to_thread(
-                self._read, self._cgroups.container_dir(pod.linux.cgroup_parent, record.id)
-            )
             name = pb.ContainerConfig.FromString(record.config).metadata.name
             labels = (meta.name, meta.namespace, name, record.id, record.status.image)
             disk = self._disk.get(record.id) or await self._walk(record.id)
-            device, size = _filesystem_of(self._layer_dir(record.id))
-            layer = (device, disk, size)
-            samples = pod_metrics.container_metrics(labels, cgroup, record.status.started_at, layer)
+            reading = await asyncio.to_thread(self._reading, record, pod.linux.cgroup_parent, disk)
+            samples = pod_metrics.container_metrics(labels, reading)
             containers.append(pb.ContainerMetrics(container_id=record.id, metrics=samples))
         interfaces = await self._interfaces(sandbox)
         return pb.PodSandboxMetrics(
             pod_sandbox_id=sandbox.id,
             metrics=pod_metrics.network_metrics((meta.name, meta.namespace, "", sandbox.id, ""), interfaces),
             container_metrics=containers,
+        )
+
+    def _reading(self, record: ContainerRecord, cgroup_parent: str, disk: DiskUsage) -> ContainerReading:
+        """One container's cgroup, limits, processes and writable layer (blocking reads: run in a thread)."""
+        cgroup_dir = self._leaf(self._cgroups.container_dir(cgroup_parent, record.id))
+        cgroup = read_cgroup(cgroup_dir, self._host)
+        return ContainerReading(
+            cgroup=cgroup,
+            seen_at_ns=time.time_ns(),
+            started_at_ns=record.status.started_at,
+            spec=read_spec(cgroup_dir, self._host),
+            processes=count_processes(cgroup.procs) if cgroup.procs is not None else None,
+            open_files_soft_limit=open_files_soft_limit(record.status.pid) if record.status.pid else None,
+            layer=disk,
+            filesystem=filesystem_of(self._layer_dir(record.id)),
         )
 
     async def _interfaces(self, sandbox: SandboxRecord) -> list[InterfaceCounters]:
@@ -131,10 +145,11 @@ class UsageReader:
             return []
 
     def _read(self, cgroup: str) -> CgroupStats:
+        return read_cgroup(self._leaf(cgroup), self._host)
+
+    def _leaf(self, cgroup: str) -> str:
         hierarchy = self._host.v2_mount if self._host.unified else self._host.v1_controllers.get("memory")
-        if hierarchy is not None:
-            cgroup = leaf_dir(cgroup, Path(hierarchy))
-        return read_cgroup(cgroup, self._host)
+        return cgroup if hierarchy is None else leaf_dir(cgroup, Path(hierarchy))
 
     def _cpu(self, key: str, cgroup: CgroupStats) -> pb.CpuUsage | None:
         if cgroup.cpu_usage_ns is None:
@@ -225,13 +240,3 @@ def _filesystem(disk: DiskUsage, layers: Path) -> pb.FilesystemUsage:
 def _u64(value: int | None) -> pb.UInt64Value | None:
     """Unset (not zero) when unknown, as api.proto asks of every UInt64Value."""
     return None if value is None else pb.UInt64Value(value=value)
-
-
-def _filesystem_of(path: Path) -> tuple[str, int]:
-    """``major:minor`` of the filesystem ``path`` is on, as cAdvisor's ``device`` label, and its size in bytes
-    (``("", 0)`` if it is gone)."""
-    try:
-        device, fs = os.stat(path).st_dev, os.statvfs(path)
-    except OSError:
-        return "", 0
-    return f"{os.major(device)}:{os.minor(device)}", fs.f_blocks * fs.f_frsize
