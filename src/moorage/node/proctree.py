@@ -78,10 +78,10 @@ def tree(pid: int, table: dict[int, ProcInfo], *, also: set[int] | None = None, 
     return found
 
 
-def kill_tree(pid: int, proc: Path = PROC) -> set[int]:
-    """SIGKILL ``pid``, its descendants and its session, stopping them all first (see the module docstring).
-    Returns the pids that were signalled."""
-    spare = {1, os.getpid()}
+def kill_tree(pid: int, proc: Path = PROC, *, keep: frozenset[int] = frozenset()) -> set[int]:
+    """SIGKILL ``pid``, its descendants and its session, stopping them all first (see the module docstring),
+    sparing ``keep`` (the runtime's client, which reaps ``pid``). Returns the pids that were signalled."""
+    spare = {1, os.getpid(), *keep}
     table = processes(proc)
     root = table.get(pid)
     sid = root.sid if root is not None and root.sid != os.getsid(0) else 0  # never our own session

@@ -27,6 +27,8 @@ from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
 OUTPUT_CAP = 16 << 20
 PID_FILE_WAIT = 10.0
 """Seconds a kill waits for the runtime to write the pid of a command it is still starting."""
+RUNTIME_EXIT_WAIT = 2.0
+"""Seconds a kill waits for the runtime's client to reap the killed command and exit, before killing it too."""
 READ_CHUNK = 1 << 16
 
 
@@ -105,9 +107,16 @@ def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
     while (pid := _read_pid(pid_file)) is None and proc.returncode is None and time.monotonic() < deadline:
         time.sleep(0.01)  # the runtime is still starting the command
     if pid is not None:
-        kill_tree(pid)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+        # The runtime's client is the command's parent: left alive, it reaps the killed command and exits. Killed
+        # first, it would leave the command a zombie of the container's init, which may never reap it (critest's
+        # `pgrep sleep` after a timed-out ExecSync still finds it).
+        kill_tree(pid, keep=frozenset({proc.pid}))
+        deadline = time.monotonic() + RUNTIME_EXIT_WAIT
+        while proc.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
 
 
 def _read_pid(pid_file: Path) -> int | None:
