@@ -19,6 +19,7 @@ The judgement: the run passes when no spec failed and every skipped spec is one 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -31,14 +32,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.critest.images import build_and_push
+from tests.critest.images import build_and_push, prepare
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 TOOLS = CHECKOUT / "build" / "cri-tools"
 CRITEST = TOOLS / "critest"
-MIRRORED = ("registry.k8s.io", "k8s.gcr.io", "gcr.io")
+MIRRORED = ("registry.k8s.io", "k8s.gcr.io", "gcr.io", "public.ecr.aws")  # the last: critest -benchmark's images
 BRIDGE = "mrgcritest0"
 POD_SUBNET = "10.213.0.0/24"
 NETNS_MARK = "MOORAGE_CRITEST_STARTED_IN_NETNS"
@@ -53,8 +54,24 @@ NOT_RUN = {
 UNSUPPORTED = {
     r"AppArmor|apparmor": "the host kernel has AppArmor off (issue 16 proves it in a guest)",
     r"[Uu]ser[ _]?[Nn]amespace|userns": "user namespaces need idmapped mounts (issue 15)",
+    r"^\[k8s\.io\] NRI ": "moorage has no NRI (Node Resource Interface) plugin socket; critest needs one",
 }
 """Skips that are allowed: what this node (or Moorage, by an open issue) cannot do yet."""
+
+
+BENCHMARK_PARAMS = """\
+containersNumber: 50
+containersNumberParallel: 1
+containerBenchmarkTimeoutSeconds: 600
+podsNumber: 50
+podsNumberParallel: 1
+podBenchmarkTimeoutSeconds: 600
+imagesNumber: 20
+imagesNumberParallel: 1
+imageBenchmarkTimeoutSeconds: 600
+podContainerStartBenchmarkTimeoutSeconds: 600
+"""
+"""critest -benchmark: 50 pod and container lifecycles and 20 image pulls, one at a time (its default is one)."""
 
 
 @dataclass
@@ -74,7 +91,8 @@ def enter_private_netns() -> None:
     here = str(os.stat("/proc/self/ns/net").st_ino)
     started_in = os.environ.get(NETNS_MARK)
     if started_in is None:
-        argv = [sys.executable, *sys.argv]
+        argv = [sys.executable, "-m", "tests.critest.run", *sys.argv[1:]]
+        os.chdir(CHECKOUT)
         os.execvpe("unshare", ["unshare", "--net", "--", *argv], {**os.environ, NETNS_MARK: here})
     if started_in == here:
         raise SystemExit("critest harness: unshare --net left this process in its first network namespace")
@@ -134,7 +152,10 @@ def critest_argv(daemon: DaemonProcess, args: argparse.Namespace, report: Path) 
     if args.handler:
         argv.append(f"-runtime-handler={args.handler}")
     if args.benchmark:
-        return [*argv, "-benchmark", f"-benchmarking-output-dir={report.parent}"]
+        params = report.parent / "benchmark-params.yaml"
+        params.write_text(BENCHMARK_PARAMS)
+        argv += ["-benchmark", f"-benchmarking-params-file={params}", f"-benchmarking-output-dir={report.parent}"]
+        return argv
     if args.parallel > 1:
         argv.append(f"-parallel={args.parallel}")  # ginkgo nodes; critest refuses -parallel=1
     argv += [f"-ginkgo.junit-report={report}", "-ginkgo.timeout=40m"]
@@ -179,6 +200,20 @@ def judge(label: str, outcome: Outcome) -> bool:
     return not outcome.failed and not bad_skips and n_pass > 0
 
 
+def print_benchmarks(directory: Path) -> None:
+    """p50 and p90 of each operation in critest's benchmark result files (durations in ns per datapoint)."""
+    for path in sorted(directory.glob("*.json")):
+        results = json.loads(path.read_text())
+        names, points = results.get("operationsNames") or [], results.get("datapoints") or []
+        for i, name in enumerate(names):
+            durations = sorted(
+                p["operationsDurationsNs"][i] / 1e6 for p in points if len(p["operationsDurationsNs"]) > i
+            )
+            if durations:
+                p50, p90 = durations[len(durations) // 2], durations[min(len(durations) - 1, len(durations) * 9 // 10)]
+                print(f"critest benchmark {path.stem}: {name} p50 {p50:.1f} ms, p90 {p90:.1f} ms (n={len(durations)})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--handler", default="", help="runtime handler critest asks for (default: runc)")
@@ -190,6 +225,7 @@ def main() -> int:
     if not CRITEST.exists():
         print(f"{CRITEST} is missing: run scripts/build-cri-tools (make critest does)", file=sys.stderr)
         return 2
+    prepare()  # may fetch a Debian package once per machine: before leaving the host's network
     enter_private_netns()
     label = "-".join(filter(None, [args.handler or "runc", f"parallel{args.parallel}", args.benchmark * "bench"]))
     with Registry(auth="none") as registry:
@@ -203,9 +239,10 @@ def main() -> int:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(daemon.log_path, args.keep / f"daemon-{label}.log")
-                if report.exists():
-                    shutil.copy(report, args.keep / f"junit-{label}.xml")
+                for result in report.parent.iterdir():
+                    shutil.copy(result, args.keep / f"{result.stem}-{label}{result.suffix}")
             if args.benchmark:
+                print_benchmarks(report.parent)
                 return run.returncode
             if not report.exists():
                 print(f"critest[{label}]: no report; critest exited {run.returncode}")

@@ -126,6 +126,13 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def remove_all_pods(self) -> None:
+        """Remove every pod (and so its containers and cgroups) the daemon holds: a test's clean-up, run before
+        the test's cgroup parent goes."""
+        with self.client(timeout=60) as client:
+            for pod in client.list_pods():
+                client.remove_pod(pod.id)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -36,10 +36,7 @@ def crictl_config(node: DaemonProcess, tmp_path: Path) -> Iterator[Path]:
     try:
         yield config
     finally:
-        with node.client() as client:
-            client.timeout = 60
-            for pod in client.list_pods():
-                client.remove_pod(pod.id)
+        node.remove_all_pods()
 
 
 def crictl(config: Path, *args: str, check: bool = True) -> str:

@@ -27,10 +27,7 @@ def cli_node(node: DaemonProcess, cgroup_parent: str) -> Iterator[DaemonProcess]
     try:
         yield node
     finally:
-        with node.client() as client:
-            client.timeout = 60
-            for pod in client.list_pods():
-                client.remove_pod(pod.id)
+        node.remove_all_pods()
 
 
 def moorage(node: DaemonProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -151,10 +151,7 @@ def net(archive: Path, tmp_path: Path, cgroup_parent: str) -> Iterator[NetNode]:
             with daemon.client() as client:
                 client.import_archive(str(archive), timeout=60)
             yield node
-            with daemon.client() as client:
-                for pod in client.list_pods():
-                    client.timeout = 60
-                    client.remove_pod(pod.id)
+            daemon.remove_all_pods()
             assert node.leases() == []
             assert node.veths() == []
         finally:
