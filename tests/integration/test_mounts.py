@@ -152,18 +152,33 @@ def handler_features(node: DaemonProcess) -> dict[str, pb.RuntimeHandlerFeatures
 
 def test_status_reports_recursive_read_only_from_each_runtimes_features(node: DaemonProcess) -> None:
     """runc 1.1 lists rro among its mount options (and this kernel has mount_setattr); crun 1.8 has no
-    `features` command. "" is the default handler, runc."""
+    `features` command but applies rro, known by its version. "" is the default handler, runc."""
     features = handler_features(node)
     assert {name: f.recursive_read_only_mounts for name, f in features.items()} == {
         "": True,
         "runc": True,
-        "crun": False,
+        "crun": True,
     }
 
 
+@pytest.mark.parametrize("handler", ["runc", "crun"])
 def test_a_recursive_read_only_mount_makes_its_submounts_read_only(
-    pod: ConfiguredPod, bind_source_with_submount: Path
+    node: DaemonProcess,
+    busybox: PushedImage,
+    cgroup_parent: str,
+    tmp_path: Path,
+    bind_source_with_submount: Path,
+    *,
+    handler: str,
 ) -> None:
+    pod = ConfiguredPod(node, busybox.name, pod_config("rro", cgroup_parent=cgroup_parent), tmp_path, handler)
+    try:
+        _submounts_are_read_only(pod, bind_source_with_submount)
+    finally:
+        pod.remove()
+
+
+def _submounts_are_read_only(pod: ConfiguredPod, bind_source_with_submount: Path) -> None:
     def mount(rro: bool) -> pb.Mount:
         return pb.Mount(
             container_path="/mnt", host_path=str(bind_source_with_submount), readonly=True, recursive_read_only=rro
@@ -182,32 +197,49 @@ def test_a_recursive_read_only_mount_makes_its_submounts_read_only(
     assert not (bind_source_with_submount / "tmpfs" / "rro").exists()
 
 
+LEGACY_RUNTIME = """#!/bin/sh
+# runc without its features command, as an OCI runtime older than the command would be
+[ "$1" = features ] && { echo 'unknown command "features"' >&2; exit 1; }
+exec runc "$@"
+"""
+
+
 def test_bad_recursive_read_only_mounts_are_refused(
-    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, bind_source_with_submount: Path
+    registry: Registry, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, bind_source_with_submount: Path
 ) -> None:
     """critest's three refusals (read-write, rslave, rshared), and a handler whose runtime cannot do it."""
+    legacy = tmp_path / "legacy-runtime"
+    legacy.write_text(LEGACY_RUNTIME)
+    legacy.chmod(0o755)
+    handlers = f'[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.legacy]\npath = "{legacy}"\n'
     source = str(bind_source_with_submount)
-    pod = ConfiguredPod(node, busybox.name, pod_config("rro", cgroup_parent=cgroup_parent), tmp_path)
-    crun_pod = ConfiguredPod(node, busybox.name, pod_config("rro-crun", cgroup_parent=cgroup_parent), tmp_path, "crun")
-    try:
-        cases = [
-            (pod, pb.Mount(readonly=False), grpc.StatusCode.INVALID_ARGUMENT, "recursive_read_only needs readonly"),
-            (pod, pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER),
-             grpc.StatusCode.INVALID_ARGUMENT, "needs private propagation, not PROPAGATION_HOST_TO_CONTAINER"),
-            (pod, pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_BIDIRECTIONAL),
-             grpc.StatusCode.INVALID_ARGUMENT, "needs private propagation, not PROPAGATION_BIDIRECTIONAL"),
-            (crun_pod, pb.Mount(readonly=True), grpc.StatusCode.FAILED_PRECONDITION,
-             "does not support recursive read-only mounts"),
-        ]  # fmt: skip
-        for i, (target, mount, code, text) in enumerate(cases):
-            mount.MergeFrom(pb.Mount(container_path="/mnt", host_path=source, recursive_read_only=True))
-            err = rpc_error(lambda: target.create(f"bad{i}", "true", mounts=[mount]))  # noqa: B023
-            assert (err.code, f"mounts[0]: {text}" in err.details or text in err.details) == (code, True), err.details
-        with node.client() as client:
-            assert list(client.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
-    finally:
-        pod.remove()
-        crun_pod.remove()
+    with running_node(registry.host, handlers) as node:
+        assert handler_features(node)["legacy"].recursive_read_only_mounts is False
+        pod = ConfiguredPod(node, busybox.name, pod_config("rro", cgroup_parent=cgroup_parent), tmp_path)
+        legacy_pod = ConfiguredPod(
+            node, busybox.name, pod_config("rro-legacy", cgroup_parent=cgroup_parent), tmp_path, "legacy"
+        )
+        try:
+            cases = [
+                (pod, pb.Mount(readonly=False), grpc.StatusCode.INVALID_ARGUMENT, "recursive_read_only needs readonly"),
+                (pod, pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_HOST_TO_CONTAINER),
+                 grpc.StatusCode.INVALID_ARGUMENT, "needs private propagation, not PROPAGATION_HOST_TO_CONTAINER"),
+                (pod, pb.Mount(readonly=True, propagation=pb.MountPropagation.PROPAGATION_BIDIRECTIONAL),
+                 grpc.StatusCode.INVALID_ARGUMENT, "needs private propagation, not PROPAGATION_BIDIRECTIONAL"),
+                (legacy_pod, pb.Mount(readonly=True), grpc.StatusCode.FAILED_PRECONDITION,
+                 "does not support recursive read-only mounts"),
+            ]  # fmt: skip
+            for i, (target, mount, code, text) in enumerate(cases):
+                mount.MergeFrom(pb.Mount(container_path="/mnt", host_path=source, recursive_read_only=True))
+                err = rpc_error(lambda: target.create(f"bad{i}", "true", mounts=[mount]))  # noqa: B023
+                assert (err.code, f"mounts[0]: {text}" in err.details or text in err.details) == (code, True), (
+                    err.details
+                )
+            with node.client() as client:
+                assert list(client.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+        finally:
+            pod.remove()
+            legacy_pod.remove()
 
 
 # --- Mount.mount_options --------------------------------------------------------------------------------------------

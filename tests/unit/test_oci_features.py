@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from moorage.runtime.oci_features import OciFeatures, kernel_has_mount_setattr, parse
+from moorage.runtime.oci_features import OciFeatures, kernel_has_mount_setattr, known_without_features, parse
 
 RUNC_1_1 = json.dumps({"ociVersionMin": "1.0.0", "mountOptions": ["bind", "ro", "rro", "rrw", "nosuid"]}).encode()
 
@@ -31,3 +31,17 @@ def test_anything_but_the_oci_document_means_no_optional_features(output: bytes)
 )
 def test_kernel_release(release: str, has: bool) -> None:
     assert kernel_has_mount_setattr(release) is has
+
+
+@pytest.mark.parametrize(
+    ("version", "options"),
+    [
+        (b"crun version 1.8.1\ncommit: f8a096be\n", {"rro"}),
+        (b"crun version 1.14\n", {"rro"}),
+        (b"crun version 1.7.2\n", set()),
+        (b"runc version 1.0.0\n", set()),
+        (b"", set()),
+    ],
+)
+def test_a_crun_without_the_features_command_is_known_by_its_version(version: bytes, options: set[str]) -> None:
+    assert known_without_features(version) == options

@@ -2,8 +2,11 @@
 
 ``runc features`` (1.1+) prints a JSON document whose ``mountOptions`` lists every mount option it
 understands; ``rro`` among them means it can make a bind mount read-only recursively, submounts included,
-with mount_setattr(2) (Linux 5.12+). A runtime without the command (crun 1.8: "unknown command features"),
-or one that fails or prints garbage, is taken to support nothing optional. The command is run once per
+with mount_setattr(2) (Linux 5.12+). crun before 1.9 has no such command ("unknown command features") but does
+apply ``rro`` with mount_setattr (checked on Debian 12's crun 1.8.1: a tmpfs under an ``rro`` bind is read-only
+in the container), so a crun of 1.8 or later that lacks the command is known by its ``--version``
+(:func:`known_without_features`). Any other runtime without the command, or one that fails or prints garbage,
+is taken to support nothing optional. The command is run once per
 runtime binary and the answer cached by :class:`moorage.runtime.handlers.Handlers`.
 
 What moorage reports from it: ``RuntimeHandlerFeatures.recursive_read_only_mounts`` in Status (the kubelet
@@ -24,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 PROBE_TIMEOUT_SECONDS = 10.0
 MOUNT_SETATTR_KERNEL = (5, 12)
+CRUN_RRO = (1, 8)
+"""The oldest crun known here to apply ``rro`` (it predates crun's ``features`` command)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,15 @@ def parse(output: bytes, kernel_release: str) -> OciFeatures:
     options = doc.get("mountOptions") if isinstance(doc, dict) else None
     names = frozenset(o for o in options if isinstance(o, str)) if isinstance(options, list) else frozenset()
     return OciFeatures(mount_options=names, kernel_mount_setattr=kernel_has_mount_setattr(kernel_release))
+
+
+def known_without_features(version_output: bytes) -> frozenset[str]:
+    """The mount options of a runtime that has no ``features`` command, from its ``--version``: ``rro`` for crun
+    1.8 or later, nothing for anything else."""
+    match = re.match(rb"crun version (\d+)\.(\d+)", version_output.strip())
+    if match is not None and (int(match[1]), int(match[2])) >= CRUN_RRO:
+        return frozenset({"rro"})
+    return frozenset()
 
 
 def kernel_has_mount_setattr(release: str) -> bool:
@@ -80,8 +94,27 @@ async def probe(binary: str) -> OciFeatures:
         return OciFeatures(kernel_mount_setattr=kernel_has_mount_setattr(release))
     if proc.returncode != 0:
         reason = stderr.decode(errors="replace").strip()[:200]
-        log.info("the OCI runtime has no features command; assuming none", runtime=binary, reason=reason)
-        return OciFeatures(kernel_mount_setattr=kernel_has_mount_setattr(release))
+        options = known_without_features(await _version(binary))
+        log.info("the OCI runtime has no features command", runtime=binary, reason=reason, known=sorted(options))
+        return OciFeatures(mount_options=options, kernel_mount_setattr=kernel_has_mount_setattr(release))
     features = parse(stdout, release)
     log.info("OCI runtime features", runtime=binary, recursive_read_only=features.recursive_read_only)
     return features
+
+
+async def _version(binary: str) -> bytes:
+    """``<binary> --version``'s output; empty when it fails or hangs."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "--version", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
+        )
+    except OSError:
+        return b""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            stdout, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return b""
+    return stdout if proc.returncode == 0 else b""
