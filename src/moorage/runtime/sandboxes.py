@@ -51,6 +51,7 @@ class Infra(Protocol):
     async def start_infra(self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig) -> int: ...
     async def stop_infra(self, sandbox: SandboxRecord) -> None: ...
     async def remove_infra(self, sandbox: SandboxRecord) -> None: ...
+    async def infra_running(self, sandbox: SandboxRecord) -> bool: ...
 
 
 class Sandboxes:
@@ -179,7 +180,7 @@ class Sandboxes:
         A failing CNI DEL stops a RemovePodSandbox (``check``: the kubelet retries it, and the IP is not leaked);
         undoing a failed or crashed RunPodSandbox logs it and goes on."""
         record = self.index.get(sandbox_id)
-        if self.infra is not None and record is not None and record.status.infra_pid:
+        if self.infra is not None and record is not None and _has_infra(record):
             await self.infra.remove_infra(record)
         if record is not None and record.state != NOTREADY:  # a stopped pod was detached (or is left to GC)
             config = pb.PodSandboxConfig.FromString(record.config)
@@ -211,6 +212,9 @@ class Sandboxes:
             log.warning("cni garbage collection failed", error=exc.message)
 
     async def _recover_records(self) -> None:
+        """CREATING: undone (its pause container too, started or not); READY without its namespaces: NOTREADY;
+        READY whose pause container is not running (a StopPodSandbox the crash cut after killing it, or the
+        pause died meanwhile): stopped, as StopPodSandbox would have finished it."""
         for record in await self.all():
             if record.state == CREATING:
                 log.warning("removing a pod sandbox a crash interrupted while it was made", sandbox=record.id)
@@ -220,6 +224,14 @@ class Sandboxes:
             ):
                 log.warning("pod sandbox lost its namespaces (node rebooted?); it is not ready", sandbox=record.id)
                 await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
+            elif await self._pause_died(record):
+                log.warning("pod sandbox's pause container is not running; stopping the pod", sandbox=record.id)
+                await self.stop(record.id)
+
+    async def _pause_died(self, record: SandboxRecord) -> bool:
+        if record.state != READY or not record.status.infra_pid or self.infra is None:
+            return False
+        return not await self.infra.infra_running(record)
 
     async def network_check(self, record: SandboxRecord) -> str:
         """CNI CHECK of a ready pod's attachment, for verbose PodSandboxStatus: "ok", the plugin's error, or why
@@ -273,6 +285,11 @@ class Sandboxes:
             kinds = {READY: (events.CREATED, events.STARTED), NOTREADY: (events.STOPPED,)}.get(record.state, ())
             for kind in kinds if before.state != NOTREADY else ():
                 self.events.publish(Event(kind, record.id, record.id, now))
+
+
+def _has_infra(record: SandboxRecord) -> bool:
+    """A pause container may exist: it was started, or a pod sharing one PID namespace was cut while made."""
+    return bool(record.status.infra_pid) or record.status.pid_mode == "POD"
 
 
 def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[SandboxRecord]:

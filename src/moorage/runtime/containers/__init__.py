@@ -6,7 +6,8 @@ by RPC group, as CRI-O and containerd split their servers:
 
 - :mod:`.base`: the collaborators, a container's paths and records, taking a container apart;
 - :mod:`.create`: CreateContainer and the pause container;
-- :mod:`.lifecycle`: Start, Stop, Remove, the exit monitor and start-up recovery;
+- :mod:`.lifecycle`: Start, Stop, Remove and the exit monitor;
+- :mod:`.recovery`: start-up recovery, records reconciled with the OCI runtime and conmon's files;
 - :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog;
 - :mod:`.image_volumes`: image volumes (CRI ``Mount.image``), mounted by create and taken apart with the rest.
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 from moorage.runtime.containers.create import Create
 from moorage.runtime.containers.lifecycle import Lifecycle
 from moorage.runtime.containers.operations import Operations
+from moorage.runtime.containers.recovery import Recovery
 
 __all__ = ["Containers"]
 
 
-class Containers(Create, Lifecycle, Operations):
+class Containers(Create, Lifecycle, Operations, Recovery):
     """Every container of the node (pause containers aside, which live and die with their pod)."""

@@ -186,6 +186,10 @@ class Create(ContainerBase):
     async def remove_infra(self, sandbox: SandboxRecord) -> None:
         await self._teardown(sandbox.id, sandbox.status.runtime_handler)
 
+    async def infra_running(self, sandbox: SandboxRecord) -> bool:
+        state = await self.runtime(sandbox.status.runtime_handler).state(sandbox.id)
+        return state is not None and state.get("status") == "running"
+
 
 def _own_oom_score_adj() -> int:
     try:

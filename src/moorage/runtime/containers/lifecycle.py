@@ -1,7 +1,7 @@
 """StartContainer, StopContainer (its stop signal, then SIGKILL), RemoveContainer, and the exit monitor.
 
-conmon records each exit code in an exit file; :meth:`Lifecycle.monitor` turns them into EXITED records, also
-for exits that happened while moorage was down (:meth:`Lifecycle.recover`).
+conmon records each exit code in an exit file; :meth:`Lifecycle.monitor` turns them into EXITED records (exits
+that happened while moorage was down are recorded by :mod:`.recovery`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import os
 import signal
 import time
 
-from moorage.errors import FailedPrecondition, NotFound
+from moorage.errors import FailedPrecondition, MoorageError, NotFound
 from moorage.runtime import signals
+from moorage.runtime.containers import recovery
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
-from moorage.state.models import CONTAINER_CREATED, CONTAINER_CREATING, CONTAINER_RUNNING
+from moorage.state.models import CONTAINER_CREATED, CONTAINER_RUNNING
 
 MONITOR_INTERVAL = 0.2
 
@@ -26,7 +27,16 @@ class Lifecycle(ContainerBase):
             raise FailedPrecondition(f"container {container_id} is {record.state}, not CREATED; it cannot start")
         runtime = await self.runtime_of(record)
         started = time.time_ns()
-        await runtime.start(container_id)
+        recovery.write_start_time(self.conmon_paths(container_id), started)  # for a start a crash cuts short
+        try:
+            await runtime.start(container_id)
+        except MoorageError:
+            state = await runtime.state(container_id)
+            if state is not None and state.get("status") == "running":
+                # started by a concurrent StartContainer: as for a RUNNING record (containerd, CRI-O: an error)
+                message = f"container {container_id} is already running; it cannot start again"
+                raise FailedPrecondition(message) from None
+            raise
         await self.records.save(record.moved(CONTAINER_RUNNING, started_at=started))
         await self._record_exit(container_id)  # it may be done already, before the monitor could see it running
         log.info("container started", container=container_id)
@@ -77,12 +87,3 @@ class Lifecycle(ContainerBase):
                     continue
                 seen.add(name)
             await asyncio.sleep(MONITOR_INTERVAL)
-
-    async def recover(self) -> None:
-        for record in await self.all():
-            if record.state == CONTAINER_CREATING:
-                sandbox = await self.sandboxes.get(record.sandbox_id)
-                log.warning("removing a container a crash interrupted while it was made", container=record.id)
-                await self._undo(record.id, sandbox.status.runtime_handler)
-            else:
-                await self._record_exit(record.id)

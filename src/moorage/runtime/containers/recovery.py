@@ -1,0 +1,120 @@
+"""Start-up recovery: every container record is brought back in line with what the node holds.
+
+A SIGKILL of the daemon can cut any transition between its side effect and the record's update. At start-up,
+before anything is served:
+
+- CREATING (a CreateContainer cut mid-way) is undone: whatever exists of it is taken apart, the record goes.
+- CREATED and RUNNING records are reconciled with the OCI runtime's state (one ``list`` per handler) and
+  conmon's files:
+
+  ================  ===================  ==============================================================
+  record            runtime says         becomes
+  ================  ===================  ==============================================================
+  CREATED           running              RUNNING, started at the time StartContainer left in conmon's
+                                         directory just before ``<runtime> start`` (a start the crash cut)
+  CREATED           stopped, started     RUNNING as above, then EXITED with conmon's exit code
+  CREATED/RUNNING   stopped              EXITED with the code in conmon's exit file
+  CREATED/RUNNING   (no such container)  EXITED with conmon's code, else 255 "Unknown" (containerd's
+                    and no exit file     unknownExitCode): nothing runs it any more, nothing will exit
+  ================  ===================  ==============================================================
+
+A running container is never touched: conmon kept it and its log while the daemon was away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from moorage.errors import MoorageError
+from moorage.runtime import conmon
+from moorage.runtime.containers.base import ContainerBase, log
+from moorage.state.models import (
+    CONTAINER_CREATED,
+    CONTAINER_CREATING,
+    CONTAINER_EXITED,
+    CONTAINER_RUNNING,
+    ContainerRecord,
+)
+
+UNKNOWN_EXIT_CODE = 255
+STARTED_FILE = "started"
+"""In conmon's directory of a container: the wall-clock ns StartContainer called ``<runtime> start`` at."""
+
+
+def write_start_time(paths: conmon.ConmonPaths, started: int) -> None:
+    """Note the start time before the runtime starts the container (not fsynced: it has to outlive the daemon,
+    not the node, whose reboot takes the container with it)."""
+    (paths.container_dir / STARTED_FILE).write_text(str(started))
+
+
+def read_start_time(paths: conmon.ConmonPaths) -> int | None:
+    try:
+        return int((paths.container_dir / STARTED_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Recovery(ContainerBase):
+    async def recover(self) -> None:
+        live: list[ContainerRecord] = []
+        for record in await self.all():
+            if record.state == CONTAINER_CREATING:
+                sandbox = await self.sandboxes.get(record.sandbox_id)
+                log.warning("removing a container a crash interrupted while it was made", container=record.id)
+                await self._undo(record.id, sandbox.status.runtime_handler)
+            elif record.state in (CONTAINER_CREATED, CONTAINER_RUNNING):
+                live.append(record)
+        states = await self._runtime_states(live)
+        for record in live:
+            await self._reconcile(record, states.get(record.id, "unknown"))
+
+    async def _runtime_states(self, records: Iterable[ContainerRecord]) -> dict[str, str]:
+        """Container id → the runtime's status (created, running, stopped, paused), one ``list`` per handler;
+        "unknown" for every container of a handler whose runtime cannot be asked."""
+        states: dict[str, str] = {}
+        handlers: dict[str, list[str]] = {}
+        for record in records:
+            sandbox = await self.sandboxes.get(record.sandbox_id)
+            handlers.setdefault(sandbox.status.runtime_handler, []).append(record.id)
+        for handler, ids in handlers.items():
+            try:
+                listed = await self.runtime(handler).list_containers()
+            except MoorageError as exc:
+                log.error("cannot ask the OCI runtime for its containers", handler=handler, error=exc.message)
+                states.update(dict.fromkeys(ids, "unknown"))
+                continue
+            known = {str(c.get("id")): str(c.get("status", "")) for c in listed}
+            states.update({cid: known.get(cid, "") for cid in ids})
+        return states
+
+    async def _reconcile(self, record: ContainerRecord, runtime_state: str) -> None:
+        """``runtime_state``: the runtime's status, "" when it has no such container, "unknown" if not asked."""
+        paths = self.conmon_paths(record.id)
+        if record.state == CONTAINER_CREATED and runtime_state in ("running", "stopped", "paused"):
+            started = read_start_time(paths)
+            if started is not None or runtime_state != "stopped":  # stopped and never started: killed in CREATED
+                started = started or _now_floor(record)
+                record = record.moved(CONTAINER_RUNNING, started_at=started)
+                await self.records.save(record)
+                log.warning("a start the crash cut short: the container runs", container=record.id, started_at=started)
+        await self._record_exit(record.id)
+        record = await self.get(record.id)
+        if runtime_state != "" or record.state == CONTAINER_EXITED or conmon.conmon_pid(paths) is not None:
+            return  # running, created, stopped with conmon still writing its exit file, or not asked
+        now = max(time.time_ns(), record.status.started_at)
+        await self.records.save(
+            record.moved(
+                CONTAINER_EXITED,
+                exit_code=UNKNOWN_EXIT_CODE,
+                finished_at=now,
+                reason="Unknown",
+                message="the OCI runtime no longer has this container and conmon recorded no exit (node rebooted?)",
+            )
+        )
+        log.warning("container lost while the daemon was down", container=record.id, exit_code=UNKNOWN_EXIT_CODE)
+
+
+def _now_floor(record: ContainerRecord) -> int:
+    """A start time for a running container whose start left no time: not before it was created."""
+    return max(time.time_ns(), record.created_at)

@@ -1,0 +1,158 @@
+"""The daemon SIGKILLed in the middle of a transition, between the OCI runtime's step and the record's update.
+
+The pods here run on a handler whose runtime is runc wrapped by a script: while ``hold-<subcommand>`` exists in
+the test's directory, the wrapper runs the real runc, then waits before it returns, so the daemon is killed at
+exactly that point; the test then removes the file (the wrapper exits) and restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.cri import pb
+from moorage.cli.client import CriClient
+from tests.fixtures.registry import Registry
+from tests.integration.daemon import DaemonProcess, PushedImage, running_node
+from tests.integration.test_containers import Pod
+from tests.integration.test_images import rpc_error
+from tests.integration.test_pods import pod_config
+
+pytestmark = pytest.mark.integration
+
+HELD_RUNTIME = """#!/bin/sh
+# runc, held after a subcommand while {dir}/hold-<subcommand> exists (the test kills the daemon meanwhile)
+for arg in "$@"; do case "$arg" in -*) ;; *) cmd="$arg"; break ;; esac; done
+{runc} "$@"
+rc=$?
+if [ -e "{dir}/hold-$cmd" ]; then
+  echo "$@" > "{dir}/held-$cmd"
+  while [ -e "{dir}/hold-$cmd" ]; do sleep 0.05; done
+fi
+exit $rc
+"""
+PAUSE = 'sandbox_image = "localhost/moorage/pause:1.0"\n'
+
+
+class Held:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.runtime = directory / "held-runc"
+        runc = shutil.which("runc")
+        assert runc is not None
+        self.runtime.write_text(HELD_RUNTIME.format(dir=directory, runc=runc))
+        self.runtime.chmod(0o755)
+        self.handlers = f'[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.held]\npath = "{self.runtime}"\n'
+
+    def crash_during(self, node: DaemonProcess, subcommand: str, rpc: Callable[[CriClient], object]) -> None:
+        """Call ``rpc`` and SIGKILL the daemon once its runtime has run ``subcommand``; then restart the daemon."""
+        hold, held = self.dir / f"hold-{subcommand}", self.dir / f"held-{subcommand}"
+        hold.touch()
+        failures: list[grpc.RpcError] = []
+
+        def call() -> None:
+            try:
+                with node.client(timeout=60) as client:
+                    rpc(client)
+            except grpc.RpcError as exc:
+                failures.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not held.exists():
+                assert time.monotonic() < deadline, f"the runtime never ran {subcommand}:\n{node.log()[-3000:]}"
+                time.sleep(0.02)
+            assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+        finally:
+            hold.unlink()
+            caller.join(30)
+        held.unlink()
+        assert [f.code() for f in failures] == [grpc.StatusCode.UNAVAILABLE]  # the call died with the daemon
+        node.start()
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Held:
+    return Held(tmp_path)
+
+
+@pytest.fixture
+def held_node(registry: Registry, held: Held) -> Iterator[DaemonProcess]:
+    with running_node(registry.host, PAUSE + held.handlers) as node:
+        try:
+            yield node
+        finally:
+            node.remove_all_pods()
+
+
+def test_a_start_cut_by_a_crash_is_running_after_the_restart(
+    held_node: DaemonProcess, held: Held, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    pod = Pod(held_node, busybox.name, cgroup_parent, tmp_path, "held")
+    container_id = pod.create("cut", "sh", "-c", "echo up; exec sleep 1000")
+    before = time.time_ns()
+    request = pb.StartContainerRequest(container_id=container_id)
+    held.crash_during(held_node, "start", lambda c: c.runtime.StartContainer(request))
+    st = pod.status(container_id)
+    assert st.state == pb.ContainerState.CONTAINER_RUNNING  # not CREATED while its process runs
+    assert before <= st.started_at <= time.time_ns()  # the time StartContainer ran the runtime at
+    assert "a start the crash cut short" in held_node.log()
+    with held_node.client() as client:  # the kubelet's retry: the container's state, not the runtime's refusal
+        err = rpc_error(lambda: client.runtime.StartContainer(request))
+        assert err.code == grpc.StatusCode.FAILED_PRECONDITION, err.details
+        assert f"container {container_id} is RUNNING, not CREATED" in err.details
+        client.runtime.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=0))
+    st = pod.wait_exit(container_id)
+    assert (st.exit_code, st.reason) == (137, "Error")
+    assert st.finished_at >= st.started_at
+
+
+def test_a_stop_cut_by_a_crash_is_exited_after_the_restart(
+    held_node: DaemonProcess, held: Held, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    pod = Pod(held_node, busybox.name, cgroup_parent, tmp_path, "held")
+    container_id = pod.run("stopped", "sleep", "1000")
+    request = pb.StopContainerRequest(container_id=container_id, timeout=0)
+    held.crash_during(held_node, "kill", lambda c: c.runtime.StopContainer(request))
+    st = pod.status(container_id)
+    assert (st.state, st.exit_code) == (pb.ContainerState.CONTAINER_EXITED, 137)
+
+
+def test_a_pod_run_cut_after_its_pause_started_is_undone(
+    held_node: DaemonProcess, held: Held, cgroup_parent: str
+) -> None:
+    config = pod_config("shared", cgroup_parent=cgroup_parent)
+    config.linux.security_context.namespace_options.pid = pb.NamespaceMode.POD
+    request = pb.RunPodSandboxRequest(config=config, runtime_handler="held")
+    held.crash_during(held_node, "start", lambda c: c.runtime.RunPodSandbox(request))
+    with held_node.client() as client:
+        assert list(client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items) == []
+    runtime_root = held_node.state / "runtime" / "held"
+    assert not runtime_root.exists() or list(runtime_root.iterdir()) == []  # the pause container is gone
+    assert not list((held_node.state / "bundles").iterdir())
+    assert held_node.mounts() == []
+
+
+def test_a_pod_stop_cut_after_its_pause_was_killed_is_stopped_after_the_restart(
+    held_node: DaemonProcess, held: Held, cgroup_parent: str
+) -> None:
+    config = pod_config("shared", cgroup_parent=cgroup_parent)
+    config.linux.security_context.namespace_options.pid = pb.NamespaceMode.POD
+    with held_node.client() as client:
+        request = pb.RunPodSandboxRequest(config=config, runtime_handler="held")
+        sandbox_id = client.runtime.RunPodSandbox(request, timeout=60).pod_sandbox_id
+    stop = pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id)
+    held.crash_during(held_node, "kill", lambda c: c.runtime.StopPodSandbox(stop))
+    with held_node.client() as client:
+        st = client.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status
+    assert st.state == pb.PodSandboxState.SANDBOX_NOTREADY  # its PID namespace's holder is gone
+    assert not [m for m in held_node.mounts() if m.endswith("/shm")]
