@@ -38,9 +38,9 @@ def pod(node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path:
 def any_pod(
     node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Pod]:
-    """A pod on each runtime handler: crun runs through moorage's wrapper on this hybrid-cgroup host, whose mount
-    namespace must keep the host's propagation."""
-    p = Pod(node, busybox.name, cgroup_parent, tmp_path, handler=str(request.param))
+    """A privileged pod on each runtime handler: crun runs through moorage's wrapper on this hybrid-cgroup host,
+    whose mount namespace must keep the host's propagation."""
+    p = Pod(node, busybox.name, cgroup_parent, tmp_path, handler=str(request.param), privileged=True)
     yield p
     with node.client() as client:
         client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)

@@ -27,10 +27,20 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (s
 
 
 class Pod:
-    def __init__(self, node: DaemonProcess, image: str, cgroup_parent: str, tmp: Path, handler: str = "") -> None:
+    def __init__(
+        self,
+        node: DaemonProcess,
+        image: str,
+        cgroup_parent: str,
+        tmp: Path,
+        handler: str = "",
+        *,
+        privileged: bool = False,
+    ) -> None:
         self.node = node
         self.image = image
         self.config = pod_config(cgroup_parent=cgroup_parent)
+        self.config.linux.security_context.privileged = privileged
         self.config.log_directory = str(tmp / "logs")
         with node.client() as client:
             client.pull_image(image)
@@ -193,6 +203,43 @@ def test_bad_containers_are_refused_and_leave_nothing(pod: Pod) -> None:
     assert len(list((pod.node.state / "bundles").iterdir())) == 1
     assert len(list((pod.node.root / "containers").iterdir())) == 1
     assert len([m for m in pod.node.mounts() if "/bundles/" in m]) == 1  # only dup's rootfs
+
+
+def test_the_pods_own_config_rules_not_the_requests_sandbox_config(pod: Pod, tmp_path: Path) -> None:
+    """A privileged container needs a privileged pod (containerd, CRI-O), and CreateContainerRequest.sandbox_config
+    cannot make the pod privileged or move its logs: the pod's config as it was run is used."""
+    claimed = pb.PodSandboxConfig()
+    claimed.CopyFrom(pod.config)
+    claimed.linux.security_context.privileged = True
+    claimed.log_directory = str(tmp_path / "elsewhere")
+    privileged = pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(privileged=True))
+
+    def create(name: str, sandbox_config: pb.PodSandboxConfig, **extra: Any) -> str:
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=pod.image), command=["echo", name],
+            log_path=f"{name}.log", **extra,
+        )  # fmt: skip
+        request = pb.CreateContainerRequest(pod_sandbox_id=pod.id, config=config, sandbox_config=sandbox_config)
+        with pod.node.client() as client:
+            return client.runtime.CreateContainer(request, timeout=30).container_id
+
+    for sandbox_config in (pod.config, claimed):
+        err = rpc_error(lambda: create("admin", sandbox_config, linux=privileged))  # noqa: B023 - called at once
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err.details
+        assert (
+            f"config.linux.security_context.privileged: no privileged container allowed in sandbox {pod.id}"
+            in err.details
+        )
+    with pod.node.client() as client:
+        assert list(client.runtime.ListContainers(pb.ListContainersRequest()).containers) == []
+    assert not (pod.node.state / "bundles").exists() or not list((pod.node.state / "bundles").iterdir())
+    container_id = create("logger", claimed)
+    with pod.node.client() as client:
+        client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
+    st = pod.wait_exit(container_id)
+    assert st.log_path == str(Path(pod.config.log_directory) / "logger.log")
+    assert ("stdout", "F", "logger") in log_lines(st.log_path)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_containers_keep_running_through_a_daemon_crash(pod: Pod) -> None:

@@ -15,7 +15,16 @@ from moorage.api import validate
 from moorage.api.batching import batches
 from moorage.api.cri import pb
 from moorage.api.stats_rpcs import StatsRpcs
-from moorage.api.views import Context, container_status, matches, pod_status
+from moorage.api.views import (
+    ContainerView,
+    Context,
+    PodView,
+    Views,
+    container_view,
+    matches,
+    pod_view,
+    unfiltered,
+)
 from moorage.config import Config
 from moorage.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from moorage.runtime import conditions
@@ -39,6 +48,8 @@ class RuntimeService(StatsRpcs):
         streaming: StreamingServer,
     ) -> None:
         super().__init__(sandboxes, containers)
+        self._pod_views = Views(sandboxes.index, pod_view)
+        self._container_views = Views(containers.index, container_view)
         self._config = config
         self._pod_cidr = pod_cidr
         self._streaming = streaming
@@ -111,19 +122,18 @@ class RuntimeService(StatsRpcs):
         sandbox_id = await self._sandboxes.run(request.config, request.runtime_handler)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
-    async def PodSandboxStatus(
-        self, request: pb.PodSandboxStatusRequest, context: Context
-    ) -> pb.PodSandboxStatusResponse:
+    async def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: Context) -> bytes:
+        """Encoded: the pod's cached status, then this call's timestamp (and verbose info)."""
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         record = await self._sandboxes.get(sandbox_id)
-        response = pb.PodSandboxStatusResponse(status=pod_status(record), timestamp=time.time_ns())
+        rest = pb.PodSandboxStatusResponse(timestamp=time.time_ns())
         if request.verbose:
             network = await self._sandboxes.network_check(record)
-            response.info["info"] = json.dumps(
+            rest.info["info"] = json.dumps(
                 {"state": record.state, "name": record.name, **record.status.__dict__, "networkCheck": network},
                 sort_keys=True,
             )
-        return response
+        return self._pod_views.of(record).status_field + rest.SerializeToString()
 
     async def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: Context
@@ -146,21 +156,26 @@ class RuntimeService(StatsRpcs):
             container_event_type=event.kind,  # type: ignore[arg-type]
             created_at=event.at,
             containers_statuses=[
-                container_status(r) for r in self._containers.index.all(lambda r: r.sandbox_id == event.sandbox_id)
+                self._container_views.of(r).status
+                for r in self._containers.index.all(lambda r: r.sandbox_id == event.sandbox_id)
             ],
         )
         sandbox = self._sandboxes.index.get(event.sandbox_id)
         if sandbox is not None:
-            response.pod_sandbox_status.CopyFrom(pod_status(sandbox))
+            response.pod_sandbox_status.CopyFrom(self._pod_views.of(sandbox).status)
         return response
 
-    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Context) -> pb.ListPodSandboxResponse:
-        return pb.ListPodSandboxResponse(items=await self._pods(request.filter if request.HasField("filter") else None))
+    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Context) -> bytes:
+        """Encoded: the kubelet's relist (no filter, or an empty one) is answered from the cached list."""
+        spec = request.filter if request.HasField("filter") else None
+        if unfiltered(spec):
+            return self._pod_views.encoded()
+        return b"".join(v.list_field for v in self._pods(spec))
 
     async def StreamPodSandboxes(
         self, request: pb.StreamPodSandboxesRequest, context: Context
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
-        items = await self._pods(request.filter if request.HasField("filter") else None)
+        items = [v.item for v in self._pods(request.filter if request.HasField("filter") else None)]
         for batch in batches(items):
             yield pb.StreamPodSandboxesResponse(pod_sandboxes=batch)
 
@@ -184,24 +199,8 @@ class RuntimeService(StatsRpcs):
             await self._sandboxes.remove(sandbox_id)
         return pb.RemovePodSandboxResponse()
 
-    async def _pods(self, spec: pb.PodSandboxFilter | None) -> list[pb.PodSandbox]:
-        out = []
-        for record in await self._sandboxes.all():
-            status = pod_status(record)
-            if not matches(spec, record.id, status):
-                continue
-            out.append(
-                pb.PodSandbox(
-                    id=record.id,
-                    metadata=status.metadata,
-                    state=status.state,
-                    created_at=record.created_at,
-                    labels=status.labels,
-                    annotations=status.annotations,
-                    runtime_handler=status.runtime_handler,
-                )
-            )
-        return out
+    def _pods(self, spec: pb.PodSandboxFilter | None) -> list[PodView]:
+        return [v for v in self._pod_views.all() if matches(spec, v.record.id, v.status)]
 
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Context) -> pb.CreateContainerResponse:
         validate.object_id(request.pod_sandbox_id, "pod_sandbox_id")
@@ -211,7 +210,7 @@ class RuntimeService(StatsRpcs):
         validate.required(request.config.image.image, "config.image.image")
         validate.relative_path(request.config.log_path, "config.log_path", "the pod's log_directory")
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
-        container_id = await self._containers.create(sandbox_id, request.config, request.sandbox_config)
+        container_id = await self._containers.create(sandbox_id, request.config)  # the pod's stored config is used
         return pb.CreateContainerResponse(container_id=container_id)
 
     async def StartContainer(self, request: pb.StartContainerRequest, context: Context) -> pb.StartContainerResponse:
@@ -232,22 +231,26 @@ class RuntimeService(StatsRpcs):
             await self._containers.remove(container_id)
         return pb.RemoveContainerResponse()
 
-    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Context) -> pb.ContainerStatusResponse:
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Context) -> bytes:
+        """Encoded: the container's cached status (and verbose info)."""
         record = await self._containers.get(await self._existing("containers", request.container_id, "container_id"))
-        response = pb.ContainerStatusResponse(status=container_status(record))
+        encoded = self._container_views.of(record).status_field
         if request.verbose:
-            response.info["info"] = json.dumps({"state": record.state, **record.status.__dict__}, sort_keys=True)
-        return response
+            info = {"info": json.dumps({"state": record.state, **record.status.__dict__}, sort_keys=True)}
+            encoded += pb.ContainerStatusResponse(info=info).SerializeToString()
+        return encoded
 
-    async def ListContainers(self, request: pb.ListContainersRequest, context: Context) -> pb.ListContainersResponse:
-        return pb.ListContainersResponse(
-            containers=await self._list_containers(request.filter if request.HasField("filter") else None)
-        )
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Context) -> bytes:
+        """Encoded: the kubelet's relist (no filter, or an empty one) is answered from the cached list."""
+        spec = request.filter if request.HasField("filter") else None
+        if unfiltered(spec):
+            return self._container_views.encoded()
+        return b"".join(v.list_field for v in self._list_containers(spec))
 
     async def StreamContainers(
         self, request: pb.StreamContainersRequest, context: Context
     ) -> AsyncIterator[pb.StreamContainersResponse]:
-        items = await self._list_containers(request.filter if request.HasField("filter") else None)
+        items = [v.item for v in self._list_containers(request.filter if request.HasField("filter") else None)]
         for batch in batches(items):
             yield pb.StreamContainersResponse(containers=batch)
 
@@ -301,24 +304,10 @@ class RuntimeService(StatsRpcs):
         await self._containers.reopen_log(await self._existing("containers", request.container_id, "container_id"))
         return pb.ReopenContainerLogResponse()
 
-    async def _list_containers(self, spec: pb.ContainerFilter | None) -> list[pb.Container]:
-        out = []
-        for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
-            status = container_status(record)
-            if not matches(spec, record.id, status):
-                continue
-            out.append(
-                pb.Container(
-                    id=record.id,
-                    pod_sandbox_id=record.sandbox_id,
-                    metadata=status.metadata,
-                    image=status.image,
-                    image_ref=record.image_id,
-                    state=status.state,
-                    created_at=record.created_at,
-                    labels=status.labels,
-                    annotations=status.annotations,
-                    image_id=record.image_id,
-                )
-            )
-        return out
+    def _list_containers(self, spec: pb.ContainerFilter | None) -> list[ContainerView]:
+        if spec is not None and spec.pod_sandbox_id:  # the kubelet's per-pod call: scan without building views
+            records = self._containers.index.all(lambda r: r.sandbox_id == spec.pod_sandbox_id)
+            views = [self._container_views.of(r) for r in records]
+        else:
+            views = self._container_views.all()
+        return [v for v in views if matches(spec, v.record.id, v.status)]

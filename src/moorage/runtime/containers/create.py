@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from moorage.api.cri import pb
-from moorage.errors import FailedPrecondition, NotFound
+from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.runtime import conmon, signals, writable
@@ -36,15 +36,22 @@ from moorage.state.models import (
 
 
 class Create(ContainerBase):
-    async def create(self, sandbox_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> str:
+    async def create(self, sandbox_id: str, config: pb.ContainerConfig) -> str:
         sandbox = await self.sandboxes.get(sandbox_id)
         if sandbox.state != READY:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready ({sandbox.state})")
         image = await self.images.find(config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} is not on the node; pull it first (config.image.image)")
+        # The pod's config as it was run, never CreateContainerRequest.sandbox_config: the kubelet sends the same,
+        # and one that differs must not widen what the pod allows (containerd and CRI-O read their stored copy).
+        pod = pb.PodSandboxConfig.FromString(sandbox.config)
+        if config.linux.security_context.privileged and not pod.linux.security_context.privileged:
+            raise InvalidArgument(
+                f"config.linux.security_context.privileged: no privileged container allowed in sandbox {sandbox_id}: "
+                "the pod is not privileged (its linux.security_context.privileged is false)"
+            )
         volumes = await image_volumes.resolve(config.mounts, self.images.find)
-        pod = sandbox_config if sandbox_config.HasField("metadata") else pb.PodSandboxConfig.FromString(sandbox.config)
         meta = pod.metadata
         image_doc = config_json(image)
         runtime_config = image_doc.get("config") if isinstance(image_doc.get("config"), dict) else {}
