@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.api.cri import pb, pb_grpc
+from moorage.runtime.exec_sync import KUBELET_MAX_RECEIVE, OUTPUT_CAP
 from tests.fixtures import cgroups
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
@@ -271,7 +272,7 @@ def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> 
         result = exec_sync("sh", "-c", "echo out; echo err >&2; id -u; exit 4")
         assert (result.exit_code, result.stdout, result.stderr) == (4, b"out\n1000\n", b"err\n")
         big = exec_sync("sh", "-c", "head -c 20000000 /dev/zero")
-        assert (big.exit_code, len(big.stdout)) == (0, 16 << 20)  # capped, not failed
+        assert (big.exit_code, len(big.stdout)) == (0, OUTPUT_CAP)  # capped, not failed
         began = time.monotonic()
         err = rpc_error(lambda: exec_sync("sleep", "60", timeout=1))
         assert err.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -284,6 +285,21 @@ def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> 
         missing = rpc_error(lambda: exec_sync("/no/such/probe"))
         assert missing.code == grpc.StatusCode.INTERNAL
         assert missing.details.endswith('exec: "/no/such/probe": stat /no/such/probe: no such file or directory')
+
+
+def test_exec_sync_output_fits_the_kubelets_receive_limit(pod: Pod) -> None:
+    """stdout and stderr are capped together, so a kubelet (16 MiB receive limit) gets the answer, not an error."""
+    container_id = pod.run("chatty", "sleep", "1000")
+    script = "head -c 20000000 /dev/zero; head -c 20000000 /dev/zero >&2; exit 3"
+    request = pb.ExecSyncRequest(container_id=container_id, cmd=["sh", "-c", script], timeout=60)
+    options = [("grpc.max_receive_message_length", KUBELET_MAX_RECEIVE)]
+    with grpc.insecure_channel(pod.node.endpoint, options=options) as channel:
+        result = pb_grpc.RuntimeServiceStub(channel).ExecSync(request, timeout=120)
+    assert result.exit_code == 3
+    assert len(result.stdout) + len(result.stderr) == OUTPUT_CAP
+    assert result.ByteSize() <= KUBELET_MAX_RECEIVE
+    assert set(result.stdout) | set(result.stderr) == {0}
+    assert "exec output cut to fit the kubelet's message limit" in pod.node.log()
 
 
 def host_processes(cmdline: str, cgroup: str) -> list[int]:

@@ -12,7 +12,7 @@ import grpc
 from moorage.api.cri import pb, pb_grpc
 
 DEFAULT_ENDPOINT = "unix:///run/moorage/moorage.sock"
-MAX_RECEIVE = 64 << 20  # ExecSync output: up to 16 MiB per stream
+MAX_RECEIVE = 64 << 20  # more than the kubelet takes (16 MiB), for the largest lists
 ADMIN_SERVICE = "moorage.v1.Images"  # moorage.api.admin.SERVICE; the client does not import the daemon
 
 

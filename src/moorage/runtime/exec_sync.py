@@ -2,11 +2,15 @@
 probes), and UpdateContainerResources.
 
 The command runs through ``<runtime> exec`` with the container's own process settings (user, env, cwd,
-capabilities, seccomp) and the requested argv. Each output stream keeps its first 16 MiB; the rest is read
-and dropped so the command never blocks on a full pipe. On timeout (or when the caller goes away) the command
-and everything it started in the container are killed (:func:`moorage.node.proctree.kill_tree`; runc exec'd
-processes join the container's cgroup, so they are found in /proc), and DEADLINE_EXCEEDED returned, which the
-kubelet reads as the probe's timeout.
+capabilities, seccomp) and the requested argv. stdout and stderr together keep their first :data:`OUTPUT_CAP`
+bytes, whichever stream they come on, so the whole answer fits the kubelet's 16 MiB receive limit (CRI-O's fix
+for CVE-2022-1708 bounds both streams together at 16 MiB with conmon's ``--log-global-size-max``; containerd's
+for CVE-2022-31030 caps each stream at 16 MiB, so its answer can reach 32 MiB, which the kubelet refuses); the
+rest is read and dropped so the command never blocks on a full pipe, and the cut is logged.
+
+On timeout (or when the caller goes away) the command and everything it started in the container are killed
+(:func:`moorage.node.proctree.kill_tree`; runc exec'd processes join the container's cgroup, so they are found
+in /proc), and DEADLINE_EXCEEDED returned, which the kubelet reads as the probe's timeout.
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from moorage.errors import DeadlineExceeded, InvalidArgument, MoorageError
 from moorage.node.proctree import kill_tree
 from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
 
-OUTPUT_CAP = 16 << 20
+log = structlog.get_logger(__name__)
+
+KUBELET_MAX_RECEIVE = 16 << 20
+"""The kubelet's limit on a CRI message it receives (its remote runtime client's maxMsgSize)."""
+OUTPUT_CAP = KUBELET_MAX_RECEIVE - 1024
+"""stdout and stderr bytes an ExecSync answer keeps, both together: the kubelet's limit less room for the
+message's own framing (two length-prefixed fields and the exit code: under 30 bytes)."""
 PID_FILE_WAIT = 10.0
 """Seconds a kill waits for the runtime to write the pid of a command it is still starting."""
 RUNTIME_EXIT_WAIT = 2.0
@@ -55,7 +67,8 @@ async def exec_sync(
         )
         assert proc.stdout is not None
         assert proc.stderr is not None
-        reading = asyncio.gather(_capped(proc.stdout), _capped(proc.stderr), proc.wait())
+        budget = _Budget(OUTPUT_CAP)
+        reading = asyncio.gather(_capped(proc.stdout, budget), _capped(proc.stderr, budget), proc.wait())
         try:
             stdout, stderr, code = await asyncio.wait_for(asyncio.shield(reading), timeout or None)
         except TimeoutError:
@@ -73,14 +86,35 @@ async def exec_sync(
         pid_file.unlink(missing_ok=True)
     if code != 0 and b"exec failed" in stderr:
         raise MoorageError(f"exec in container {container_id} failed: {parse_runtime_stderr(stderr)}")
+    if budget.dropped:
+        log.warning(
+            "exec output cut to fit the kubelet's message limit",
+            container=container_id,
+            cmd=list(cmd)[:8],
+            kept=OUTPUT_CAP,
+            dropped=budget.dropped,
+        )
     return ExecResult(code, stdout, stderr)
 
 
-async def _capped(stream: asyncio.StreamReader) -> bytes:
+class _Budget:
+    """Output bytes left for both streams together; what comes past it is counted and dropped."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.dropped = 0
+
+    def take(self, chunk: bytes) -> bytes:
+        kept = chunk[: self.left]
+        self.left -= len(kept)
+        self.dropped += len(chunk) - len(kept)
+        return kept
+
+
+async def _capped(stream: asyncio.StreamReader, budget: _Budget) -> bytes:
     kept = bytearray()
     while chunk := await stream.read(READ_CHUNK):
-        if len(kept) < OUTPUT_CAP:
-            kept += chunk[: OUTPUT_CAP - len(kept)]
+        kept += budget.take(chunk)
     return bytes(kept)
 
 
