@@ -184,6 +184,31 @@ def test_bad_pods_are_refused_and_leave_nothing(node: DaemonProcess) -> None:
     assert list((node.state / "pods").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("host", "sysctl", "message"),
+    [
+        ({"host_network": True}, "net.ipv4.ip_forward",
+         "sysctl net.ipv4.ip_forward: lives in the net namespace, which this pod shares with the node (hostNetwork)"),
+        ({"host_ipc": True}, "kernel.shm_rmid_forced",
+         "sysctl kernel.shm_rmid_forced: lives in the ipc namespace, which this pod shares with the node (hostIPC)"),
+        ({"host_network": True, "host_ipc": True}, "fs.mqueue.msg_max",
+         "sysctl fs.mqueue.msg_max: lives in the ipc namespace, which this pod shares with the node (hostIPC)"),
+        ({"host_network": True, "host_ipc": True}, "kernel.panic", "sysctl kernel.panic: not namespaced"),
+    ],
+)  # fmt: skip
+def test_sysctls_of_namespaces_shared_with_the_node_are_refused(
+    node: DaemonProcess, host: dict[str, bool], sysctl: str, message: str
+) -> None:
+    """A pod on the node's network or IPC namespace cannot set their sysctls: that would change the node."""
+    before = Path("/proc/sys", *sysctl.split(".")).read_text()
+    err = rpc_error(lambda: run_pod(node, pod_config(sysctls={sysctl: "1"}, **host)))  # type: ignore[arg-type]
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err.details
+    assert message in err.details
+    assert Path("/proc/sys", *sysctl.split(".")).read_text() == before
+    assert listed(node) == []
+    assert not (node.state / "pods").exists() or list((node.state / "pods").iterdir()) == []
+
+
 def test_pods_survive_a_daemon_crash_and_half_made_ones_are_undone(node: DaemonProcess) -> None:
     ready = run_pod(node, pod_config("kept"))
     half = run_pod(node, pod_config("half"))

@@ -109,6 +109,24 @@ def sysctl_kind(name: str) -> Kind | None:
     return None
 
 
+def check_sysctls(sysctls: Mapping[str, str], shared: Mapping[Kind, str]) -> None:
+    """Refuse a pod's sysctl that is not namespaced, or lives in a namespace the pod shares with the node
+    (``shared``: kind → why, e.g. "net" → "hostNetwork"): setting it would change the node. runc refuses these
+    too ("not allowed in host network namespace"), and the kubelet classifies sysctls the same way
+    (``net.*``; ``kernel.shm*``, ``kernel.msg*``, ``kernel.sem``, ``fs.mqueue.*``)."""
+    for name in sysctls:
+        kind = sysctl_kind(name)
+        if kind is None:
+            raise InvalidSysctl(
+                f"sysctl {name}: not namespaced, refusing to set it for a pod (it would change the host)"
+            )
+        if kind in shared:
+            raise InvalidSysctl(
+                f"sysctl {name}: lives in the {kind} namespace, which this pod shares with the node ({shared[kind]}); "
+                "setting it would change the node"
+            )
+
+
 def pin(
     kinds: set[Kind],
     directory: Path,

@@ -32,7 +32,7 @@ from moorage.errors import AlreadyExists, InvalidArgument, MoorageError, NotFoun
 from moorage.node import namespaces, podfiles
 from moorage.runtime import events
 from moorage.runtime.events import Event, EventBus
-from moorage.runtime.network import PodNetwork, uses_cni
+from moorage.runtime.network import CheckResult, PodNetwork, uses_cni
 from moorage.runtime.spec import user
 from moorage.state.index import Index
 from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
@@ -81,6 +81,7 @@ class Sandboxes:
             raise InvalidArgument(f"runtime_handler {handler!r} is not configured (runtime.handlers has {known})")
         user.require_user_for_group(config.linux.security_context, "config.linux.security_context")
         modes = config.linux.security_context.namespace_options
+        namespaces.check_sysctls(config.linux.sysctls, _shared_with_node(modes))
         if modes.pid == pb.NamespaceMode.POD and self.infra is None:
             raise Unimplemented("a pod sharing one PID namespace (shareProcessNamespace) needs the pause container")
         meta = config.metadata
@@ -233,19 +234,15 @@ class Sandboxes:
             return False
         return not await self.infra.infra_running(record)
 
-    async def network_check(self, record: SandboxRecord) -> str:
-        """CNI CHECK of a ready pod's attachment, for verbose PodSandboxStatus: "ok", the plugin's error, or why
-        it was not checked."""
+    async def network_check(self, record: SandboxRecord) -> CheckResult:
+        """The last CNI CHECK of a ready pod's attachment (run in the background), for verbose
+        PodSandboxStatus: "ok", the plugin's error, or why it is not checked (time 0)."""
         config = pb.PodSandboxConfig.FromString(record.config)
         if not uses_cni(config):
-            return "not checked: the pod uses the node's network"
+            return CheckResult("not checked: the pod uses the node's network", 0)
         if record.state != READY:
-            return f"not checked: the pod is {record.state}"
-        try:
-            await self.network.check(record.id, record.status.namespaces.get("network", ""), config)
-        except MoorageError as exc:
-            return exc.message
-        return "ok"
+            return CheckResult(f"not checked: the pod is {record.state}", 0)
+        return await self.network.last_check(record.id, record.status.namespaces.get("network", ""), config)
 
     # --- records --------------------------------------------------------------------------------------------
 
@@ -285,6 +282,16 @@ class Sandboxes:
             kinds = {READY: (events.CREATED, events.STARTED), NOTREADY: (events.STOPPED,)}.get(record.state, ())
             for kind in kinds if before.state != NOTREADY else ():
                 self.events.publish(Event(kind, record.id, record.id, now))
+
+
+def _shared_with_node(modes: pb.NamespaceOption) -> dict[namespaces.Kind, str]:
+    """The namespaces a pod shares with the node, and why: a hostNetwork pod keeps the node's hostname too."""
+    shared: dict[namespaces.Kind, str] = {}
+    if modes.network == pb.NamespaceMode.NODE:
+        shared |= {"net": "hostNetwork", "uts": "hostNetwork"}
+    if modes.ipc == pb.NamespaceMode.NODE:
+        shared["ipc"] = "hostIPC"
+    return shared
 
 
 def _has_infra(record: SandboxRecord) -> bool:
