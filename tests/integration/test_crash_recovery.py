@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -156,3 +157,36 @@ def test_a_pod_stop_cut_after_its_pause_was_killed_is_stopped_after_the_restart(
         st = client.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status
     assert st.state == pb.PodSandboxState.SANDBOX_NOTREADY  # its PID namespace's holder is gone
     assert not [m for m in held_node.mounts() if m.endswith("/shm")]
+
+
+def test_state_no_record_owns_is_collected_at_start_up(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    """A failed undo's leftovers (a pod directory with a mount, a container's bundle, writable layer and conmon
+    files) are removed at the next start; what a pod or container owns stays."""
+    pod = Pod(node, busybox.name, cgroup_parent, tmp_path)
+    try:
+        kept = pod.run("kept", "sleep", "1000")
+        stray = "ab" * 32
+        pod_dir = node.state / "pods" / stray
+        (pod_dir / "ns").mkdir(parents=True)
+        (pod_dir / "hostname").write_text("stray\n")
+        (pod_dir / "shm").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "stray", str(pod_dir / "shm")], check=True)
+        dirs = [node.state / "bundles" / stray, node.root / "containers" / stray, node.state / "containers" / stray]
+        for directory in dirs:
+            (directory / "rootfs").mkdir(parents=True)
+        (node.state / "exits" / stray).write_text("0")
+        node.stop()
+        node.start()
+        assert not pod_dir.exists()
+        assert [m for m in node.mounts() if stray in m] == []
+        assert [d for d in dirs if d.exists()] == []
+        assert not (node.state / "exits" / stray).exists()
+        assert (node.state / "pods" / pod.id / "hostname").exists()  # the pod's own stay
+        assert (node.state / "bundles" / kept / "config.json").exists()
+        assert (node.root / "containers" / kept).is_dir()
+        assert pod.status(kept).state == pb.ContainerState.CONTAINER_RUNNING
+        assert "removing a pod directory no pod owns" in node.log()
+    finally:
+        node.remove_all_pods()

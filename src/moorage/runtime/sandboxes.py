@@ -29,7 +29,7 @@ import structlog
 from moorage.api.cri import pb
 from moorage.config import Config
 from moorage.errors import AlreadyExists, InvalidArgument, MoorageError, NotFound, Unimplemented
-from moorage.node import namespaces, podfiles
+from moorage.node import leftovers, namespaces, podfiles
 from moorage.runtime import events
 from moorage.runtime.events import Event, EventBus
 from moorage.runtime.network import CheckResult, PodNetwork, uses_cni
@@ -206,6 +206,7 @@ class Sandboxes:
         """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot);
         release CNI attachments of pods that are gone or stopped."""
         await self._recover_records()
+        await asyncio.to_thread(self._collect_strays)
         attached = [r.id for r in self.index.all(lambda r: r.state == READY)]
         try:
             await self.network.collect(attached)
@@ -228,6 +229,17 @@ class Sandboxes:
             elif await self._pause_died(record):
                 log.warning("pod sandbox's pause container is not running; stopping the pod", sandbox=record.id)
                 await self.stop(record.id)
+
+    def _collect_strays(self) -> None:
+        """Pod directories no pod record owns (a failed or interrupted undo's leftovers): their pinned
+        namespaces, /dev/shm and sysfs are detached and the directory removed."""
+        owned = {r.id for r in self.index.all()}
+        for stray in leftovers.strays(Path(self.config().state) / "pods", owned):
+            log.warning("removing a pod directory no pod owns", path=str(stray))
+            try:
+                leftovers.remove_tree(stray)
+            except MoorageError as exc:
+                log.error("cannot remove a pod directory no pod owns", path=str(stray), error=exc.message)
 
     async def _pause_died(self, record: SandboxRecord) -> bool:
         if record.state != READY or not record.status.infra_pid or self.infra is None:

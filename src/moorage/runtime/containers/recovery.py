@@ -18,15 +18,19 @@ before anything is served:
                     and no exit file     unknownExitCode): nothing runs it any more, nothing will exit
   ================  ===================  ==============================================================
 
-A running container is never touched: conmon kept it and its log while the daemon was away.
+A running container is never touched: conmon kept it and its log while the daemon was away. Last, what no
+record owns (a failed undo's leftovers: runtime containers, bundles, writable layers, conmon's files) is removed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 
 from moorage.errors import MoorageError
+from moorage.node import leftovers
 from moorage.runtime import conmon
 from moorage.runtime.containers.base import ContainerBase, log
 from moorage.state.models import (
@@ -68,6 +72,38 @@ class Recovery(ContainerBase):
         states = await self._runtime_states(live)
         for record in live:
             await self._reconcile(record, states.get(record.id, "unknown"))
+        await self._collect_strays()
+
+    async def _collect_strays(self) -> None:
+        """What no container record and no pod (a pause container has its pod's id) owns: runtime containers,
+        bundles, writable layers and conmon's files a failed or interrupted undo left."""
+        owned = {r.id for r in await self.all()} | {s.id for s in await self.sandboxes.all()}
+        for handler in sorted(self.config().runtime.handlers):
+            try:
+                runtime = self.runtime(handler)
+                listed = await runtime.list_containers()
+            except MoorageError as exc:
+                log.warning("cannot ask the OCI runtime for its containers", handler=handler, error=exc.message)
+                continue
+            for cid in sorted({str(c.get("id")) for c in listed} - owned):
+                log.warning("deleting a runtime container no record owns", container=cid, handler=handler)
+                with contextlib.suppress(MoorageError):
+                    await runtime.delete(cid, force=True)
+        paths = self.conmon_paths("x")
+        places = (
+            self.state / "bundles",
+            self.root / "containers",
+            paths.container_dir.parent,
+            paths.exits_dir,
+            paths.socket_dir,
+        )
+        for place in places:
+            for stray in await asyncio.to_thread(leftovers.strays, place, owned):
+                log.warning("removing files of a container no record owns", path=str(stray))
+                try:
+                    await asyncio.to_thread(leftovers.remove_tree, stray)
+                except MoorageError as exc:
+                    log.error("cannot remove files of a container no record owns", path=str(stray), error=exc.message)
 
     async def _runtime_states(self, records: Iterable[ContainerRecord]) -> dict[str, str]:
         """Container id → the runtime's status (created, running, stopped, paused), one ``list`` per handler;
