@@ -2,7 +2,9 @@
 
 Before binding, a socket file left at the path is probed: if a daemon answers on it, starting is refused
 (two runtimes on one socket would split the node's pods between them); if nothing answers, it is the stale
-socket of a crashed run and is replaced. The socket is created with mode 0660 (root and its group).
+socket of a crashed run and is replaced. The socket is created with mode 0660 (root and its group): bound in a
+private directory, given its mode there and renamed into place, so it is never reachable with another mode,
+and the process umask is left alone.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -66,14 +70,18 @@ async def start(
     server.add_generic_rpc_handlers(
         (service_handler(RUNTIME_SERVICE, runtime), service_handler(IMAGE_SERVICE, images), *extra)
     )
-    # Create the socket with the right mode from the first moment rather than chmod-ing it after.
-    old_umask = os.umask(0o777 & ~SOCKET_MODE)
+    # The socket never has a wider mode than SOCKET_MODE where clients can reach it: it is bound in a private
+    # directory, given its mode there and renamed into place. (Not by setting the umask around the bind: the
+    # umask is the process's, and other threads, gRPC's own among them, create files meanwhile.)
+    private = Path(tempfile.mkdtemp(prefix=".s", dir=path.parent))  # mode 0700
     try:
-        server.add_insecure_port(f"unix:{path}")
+        bound = private / "s"
+        server.add_insecure_port(f"unix:{bound}")
         await server.start()
+        os.chmod(bound, SOCKET_MODE)
+        os.rename(bound, path)
     finally:
-        os.umask(old_umask)
-    os.chmod(path, SOCKET_MODE)
+        shutil.rmtree(private, ignore_errors=True)
     return server
 
 
