@@ -76,6 +76,7 @@ bench: deps
 	PYTHONPATH=. $(PY) bench/pull.py
 	PYTHONPATH=. $(PY) bench/pods.py
 	PYTHONPATH=. $(PY) bench/exec.py
+	PYTHONPATH=. $(PY) bench/readpath.py --pods 110 250
 	$(MAKE) cri-tools
 	$(PY) -m tests.critest.run --benchmark --keep build/critest-bench
 

@@ -311,16 +311,24 @@ def test_verbose_status_runs_cni_check(net: NetNode) -> None:
     net.write_network(name="20-bridge.conflist", portmap=False)
     pod_id = net.run_pod("checked")
 
-    def check() -> str:
+    def check() -> tuple[str, int]:
         with net.daemon.client() as client:
-            info = client.pod_status(pod_id, verbose=True).info["info"]
-        return str(json.loads(info)["networkCheck"])
+            info = json.loads(client.pod_status(pod_id, verbose=True).info["info"])
+        return str(info["networkCheck"]), int(info["networkCheckedAt"])
 
-    assert check() == "ok"
+    result, at = check()
+    assert result == "ok"
+    assert at <= time.time_ns()
     assert net.in_pod(pod_id, "ip", "link", "del", "eth0").returncode == 0  # break the pod's network
-    broken = check()
-    assert "CNI plugin bridge" in broken
-    assert "eth0" in broken
+    broken_at = time.time_ns()
+    # The status answers the last CHECK's outcome at once and renews an older one in the background.
+    deadline = time.monotonic() + 15
+    while (found := check())[1] < broken_at and time.monotonic() < deadline:
+        time.sleep(0.2)
+    result, at = found
+    assert at >= broken_at, "no CNI CHECK ran after the network broke"
+    assert "CNI plugin bridge" in result
+    assert "eth0" in result
     (net.daemon.cni_dir / "20-bridge.conflist").unlink()
 
 

@@ -38,3 +38,25 @@ def test_put_replaces_drop_forgets_and_all_is_oldest_first() -> None:
     index.drop("c")
     assert index.get("c") is None
     assert len(index) == 2
+
+
+def test_generation_moves_on_every_change_and_only_then() -> None:
+    index: Index[Rec] = Index("container")
+    seen = [index.generation]
+    index.load([Rec("a", 1)])
+    seen.append(index.generation)
+    index.put(Rec("b", 2))
+    seen.append(index.generation)
+    index.all(), index.get("a"), index.resolve("a")
+    assert index.generation == seen[-1]
+    index.drop("zzz")  # nothing dropped: nothing changed
+    assert index.generation == seen[-1]
+    index.put(Rec("a", 3))
+    seen.append(index.generation)
+    assert [r.id for r in index.all()] == ["b", "a"]  # the order follows the change
+    index.drop("a")
+    seen.append(index.generation)
+    assert len(set(seen)) == len(seen)
+    listed = index.all()
+    listed.clear()  # a caller's list is its own
+    assert [r.id for r in index.all()] == ["b"]

@@ -9,8 +9,8 @@ with the request id, so the daemon keeps serving and the log line can be found.
 from __future__ import annotations
 
 import inspect
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -71,7 +71,7 @@ def server_stream(method: str, behavior: Behavior) -> Behavior:
 
 
 def _begin(method: str) -> float:
-    structlog.contextvars.bind_contextvars(rpc=method, request_id=uuid.uuid4().hex[:12])
+    structlog.contextvars.bind_contextvars(rpc=method, request_id=os.urandom(6).hex())
     return time.monotonic()
 
 

@@ -46,8 +46,19 @@ def _method_handler(
     return grpc.unary_unary_rpc_method_handler(
         guard.unary(name, behavior),
         request_deserializer=request_class.FromString,
-        response_serializer=response_class.SerializeToString,
+        response_serializer=_serializer(response_class),
     )
+
+
+def _serializer(response_class: Any) -> Callable[[Any], bytes]:
+    """A unary method may answer its response already encoded (bytes: a cached List answer, or cached fields
+    plus the rest), which goes out as it is."""
+    serialize = response_class.SerializeToString
+
+    def encode(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return encode
 
 
 def _refuse(rpc: str) -> Callable[[object, object], Any]:

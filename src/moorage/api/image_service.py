@@ -1,4 +1,9 @@
-"""CRI ImageService: one short method per RPC, delegating to :mod:`moorage.images.service`."""
+"""CRI ImageService: one short method per RPC, delegating to :mod:`moorage.images.service`.
+
+ImageStatus and ListImages (the kubelet's image GC and status manager poll them) answer encoded bytes: each
+image's ``Image`` message is built once per record version (records are immutable; the catalog publishes a new
+one on change) and the whole list once per catalog generation, as :mod:`moorage.api.views` does for pods.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ImageService:
     def __init__(self, images: ImageManager) -> None:
         self._images = images
+        self._encoded: dict[str, tuple[ImageRecord, str, bytes]] = {}  # id → (record, sandbox image, Image field)
+        self._list: tuple[int, str, bytes] = (-1, "", b"")  # catalog generation, sandbox image, the List response
 
     async def PullImage(self, request: pb.PullImageRequest, context: Context) -> pb.PullImageResponse:
         # image_ref is the image id (the config digest): Kubernetes 1.36 requires it to equal Image.id.
@@ -31,18 +38,28 @@ class ImageService:
         record = await self._images.pull(text, credentials)
         return pb.PullImageResponse(image_ref=record.id)
 
-    async def ImageStatus(self, request: pb.ImageStatusRequest, context: Context) -> pb.ImageStatusResponse:
+    async def ImageStatus(self, request: pb.ImageStatusRequest, context: Context) -> pb.ImageStatusResponse | bytes:
         # An unknown image is an empty response, not an error (api.proto).
         text = validate.required(request.image.image, "image.image")
         record = await self._images.find(text)
         if record is None:
             return pb.ImageStatusResponse()
-        info = {"info": json.dumps(_verbose(record), sort_keys=True)} if request.verbose else {}
-        return pb.ImageStatusResponse(image=self._image(record), info=info)
+        encoded = self._encode(record)  # ImageStatusResponse.image and ListImagesResponse.images are both field 1
+        if request.verbose:
+            info = {"info": json.dumps(_verbose(record), sort_keys=True)}
+            encoded += pb.ImageStatusResponse(info=info).SerializeToString()
+        return encoded
 
-    async def ListImages(self, request: pb.ListImagesRequest, context: Context) -> pb.ListImagesResponse:
-        records = await self._images.list(request.filter.image.image if request.HasField("filter") else "")
-        return pb.ListImagesResponse(images=[self._image(r) for r in records])
+    async def ListImages(self, request: pb.ListImagesRequest, context: Context) -> bytes:
+        if request.HasField("filter") and request.filter.image.image:
+            return b"".join(self._encode(r) for r in await self._images.list(request.filter.image.image))
+        generation, sandbox_image = await self._images.catalog.generation(), self._images.config().sandbox_image
+        if self._list[:2] != (generation, sandbox_image):
+            records = await self._images.list()
+            self._list = (generation, sandbox_image, b"".join(self._encode(r) for r in records))
+            current = {r.id for r in records}
+            self._encoded = {k: v for k, v in self._encoded.items() if k in current}
+        return self._list[2]
 
     async def StreamImages(
         self, request: pb.StreamImagesRequest, context: Context
@@ -66,6 +83,15 @@ class ImageService:
             inodes_used=pb.UInt64Value(value=usage.inodes_used),
         )
         return pb.ImageFsInfoResponse(image_filesystems=[images], container_filesystems=[images])
+
+    def _encode(self, record: ImageRecord) -> bytes:
+        """The image as field 1 of ImageStatusResponse (or one entry of ListImagesResponse), encoded."""
+        sandbox_image = self._images.config().sandbox_image  # pinned follows it (the config may be reloaded)
+        cached = self._encoded.get(record.id)
+        if cached is None or cached[0] is not record or cached[1] != sandbox_image:
+            cached = (record, sandbox_image, pb.ImageStatusResponse(image=self._image(record)).SerializeToString())
+            self._encoded[record.id] = cached
+        return cached[2]
 
     def _image(self, record: ImageRecord) -> pb.Image:
         image = pb.Image(

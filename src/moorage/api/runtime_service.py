@@ -128,11 +128,12 @@ class RuntimeService(StatsRpcs):
         record = await self._sandboxes.get(sandbox_id)
         rest = pb.PodSandboxStatusResponse(timestamp=time.time_ns())
         if request.verbose:
-            network = await self._sandboxes.network_check(record)
+            network = await self._sandboxes.network_check(record)  # the last CNI CHECK's, not waited for
             rest.info["info"] = json.dumps(
-                {"state": record.state, "name": record.name, **record.status.__dict__, "networkCheck": network},
+                {"state": record.state, "name": record.name, **record.status.__dict__, "networkCheck": network.result,
+                 "networkCheckedAt": network.at},
                 sort_keys=True,
-            )
+            )  # fmt: skip
         return self._pod_views.of(record).status_field + rest.SerializeToString()
 
     async def GetContainerEvents(

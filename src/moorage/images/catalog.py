@@ -4,14 +4,20 @@ An image is keyed by its id, the digest of its config (what Kubernetes calls the
 repo tags (``docker.io/library/busybox:1.36``) and repo digests (``docker.io/library/busybox@sha256:...``);
 a name belongs to one image at a time, so pulling a tag that moved re-points the name and may leave the old
 image without names (still listed, as containerd does, until removed or collected).
+
+ImageStatus and ListImages are on the kubelet's hot path, so the catalog keeps the images and their names in
+memory too: loaded from the store on first use, and after every write the records it touched are read back
+inside the same transaction and published (the store stays the truth; the store's one thread orders the
+writes, so memory follows them in order). Blobs, snapshots and users stay in SQL only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moorage.store.db import Store
 
@@ -44,14 +50,63 @@ class ImageRecord:
         return sorted(n for n in self.names if "@" in n)
 
 
+@dataclass
+class _Memory:
+    """The images by id and by name; ``generation`` moves with every change (for views built from them)."""
+
+    images: dict[str, ImageRecord] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+    ordered: list[ImageRecord] | None = None
+
+    def publish(self, records: list[ImageRecord], gone: set[str]) -> None:
+        for image_id in gone:
+            old = self.images.pop(image_id, None)
+            for name in old.names if old else ():
+                if self.names.get(name) == image_id:
+                    del self.names[name]
+        for record in records:
+            old = self.images.get(record.id)
+            for name in old.names if old else ():
+                if self.names.get(name) == record.id:
+                    del self.names[name]
+            self.images[record.id] = record
+            self.names.update((name, record.id) for name in record.names)
+        self.generation += 1
+        self.ordered = None
+
+
 class Catalog:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._memory: _Memory | None = None
+        self._loading = asyncio.Lock()
+
+    async def _loaded(self) -> _Memory:
+        if self._memory is None:
+            async with self._loading:
+                if self._memory is None:
+                    memory = _Memory()
+                    memory.publish(await self.store.read(lambda db: _load(db, "", ())), set())
+                    self._memory = memory
+        return self._memory
+
+    def _publish(self, records: list[ImageRecord], gone: set[str]) -> None:
+        if self._memory is not None:  # else the first read loads what the store has by then
+            self._memory.publish(records, gone)
+
+    async def generation(self) -> int:
+        return (await self._loaded()).generation
 
     async def save(self, image: ImageRecord, blobs: set[str]) -> None:
         """Persist an image with its layers and blobs, and point ``image.names`` at it, in one transaction."""
 
-        def write(db: sqlite3.Connection) -> None:
+        def write(db: sqlite3.Connection) -> list[ImageRecord]:
+            touched = {image.id} | {
+                str(r[0])
+                for name in image.names
+                for r in db.execute("SELECT image_id FROM image_names WHERE name = ?", (name,))
+            }
             db.execute(
                 "INSERT INTO images(id, manifest_digest, size, pinned, config, pulled_at) VALUES (?, ?, ?, 0, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest, size = excluded.size, "
@@ -74,29 +129,27 @@ class Catalog:
                 "ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
                 [(name, image.id) for name in image.names],
             )
+            marks = ", ".join("?" * len(touched))
+            return _load(db, f"WHERE id IN ({marks})", tuple(sorted(touched)))  # as stored, names moved
 
-        await self.store.write(write)
+        self._publish(await self.store.write(write), set())
 
     async def get(self, image_id: str) -> ImageRecord | None:
-        records = await self.store.read(lambda db: _load(db, "WHERE id = ?", (image_id,)))
-        return records[0] if records else None
+        return (await self._loaded()).images.get(image_id)
 
     async def all(self) -> list[ImageRecord]:
-        return await self.store.read(lambda db: _load(db, "", ()))
+        """Every image, by id (a new list the caller may keep)."""
+        memory = await self._loaded()
+        if memory.ordered is None:
+            memory.ordered = sorted(memory.images.values(), key=lambda r: r.id)
+        return list(memory.ordered)
 
     async def id_by_name(self, name: str) -> str | None:
-        row = await self.store.read(
-            lambda db: db.execute("SELECT image_id FROM image_names WHERE name = ?", (name,)).fetchone()
-        )
-        return str(row[0]) if row else None
+        return (await self._loaded()).names.get(name)
 
     async def ids_by_prefix(self, prefix: str) -> list[str]:
-        rows = await self.store.read(
-            lambda db: db.execute(
-                "SELECT id FROM images WHERE substr(id, 1, ?) = ? LIMIT 2", (len(prefix), prefix)
-            ).fetchall()
-        )
-        return [str(r[0]) for r in rows]
+        """Up to two ids starting with ``prefix`` (two: it is ambiguous)."""
+        return sorted(i for i in (await self._loaded()).images if i.startswith(prefix))[:2]
 
     async def users(self, image_id: str) -> list[str]:
         """Ids of the containers created from the image, or mounting it as an image volume."""
@@ -111,6 +164,7 @@ class Catalog:
 
     async def delete(self, image_id: str) -> None:
         await self.store.write(lambda db: db.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+        self._publish([], {image_id})
 
     async def referenced(self) -> tuple[set[str], set[str]]:
         """The blob digests and chain ids some image still needs."""

@@ -169,6 +169,8 @@ class ImageManager:
         """The image ``text`` names: its id (or a unique id prefix), a repo tag or a repo digest."""
         if match := _FULL_ID.fullmatch(text):
             return await self.catalog.get(f"sha256:{match.group(1)}")
+        if (image_id := await self.catalog.id_by_name(text)) is not None:  # a name as stored: fully qualified
+            return await self.catalog.get(image_id)
         conf = registries.load(self.config().registries_conf)
         try:
             refs = candidates(text, conf)

@@ -13,9 +13,17 @@ RPC_SECONDS = Histogram(
 )
 
 
+_RPC_CHILDREN: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+
 def observe_rpc(method: str, code: str, seconds: float) -> None:
-    RPC_REQUESTS.labels(method=method, code=code).inc()
-    RPC_SECONDS.labels(method=method).observe(seconds)
+    """Count and time one RPC; the labelled series are looked up once per method and code (every RPC is here)."""
+    children = _RPC_CHILDREN.get((method, code))
+    if children is None:
+        children = RPC_REQUESTS.labels(method=method, code=code), RPC_SECONDS.labels(method=method)
+        _RPC_CHILDREN[(method, code)] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def serve(address: str) -> tuple[str, int]:

@@ -6,17 +6,30 @@ hostNetwork pod skips CNI. From the config come CNI_ARGS (K8S_POD_NAMESPACE, K8S
 K8S_POD_INFRA_CONTAINER_ID, K8S_POD_UID) and the runtimeConfig capabilities: portMappings from the pod's
 port mappings that name a hostPort, dns from its DNSConfig, bandwidth from the kubernetes.io/ingress-bandwidth
 and egress-bandwidth annotations, and the cgroup path from its cgroup_parent.
+
+A verbose PodSandboxStatus reports whether the pod's network is still as ADD made it (CNI CHECK), but never
+waits for a plugin: it gets the last result with its time, and a result older than ``CHECK_MAX_AGE`` starts
+a new CHECK in the background for the next caller. A successful ADD counts as the first result; only a pod
+attached before a daemon restart waits for its first CHECK.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import structlog
 
 from moorage.api.cri import pb
-from moorage.errors import InvalidArgument
+from moorage.errors import InvalidArgument, MoorageError
 from moorage.node.cni import Attachment, AttachmentKey, Bandwidth, Cni, DnsConfig, PortMapping
 
+log = structlog.get_logger(__name__)
+
+CHECK_MAX_AGE = 1.0  # seconds: an older CHECK result is renewed in the background when asked for
 PROTOCOLS = {pb.Protocol.TCP: "tcp", pb.Protocol.UDP: "udp", pb.Protocol.SCTP: "sctp"}
 INGRESS_ANNOTATION = "kubernetes.io/ingress-bandwidth"
 EGRESS_ANNOTATION = "kubernetes.io/egress-bandwidth"
@@ -94,24 +107,71 @@ def quantity(text: str, field: str) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    result: str
+    """"ok", or the plugin's error."""
+    at: int
+    """When the CHECK (or the ADD) that found it ended, in ns since the epoch."""
+
+
 class PodNetwork:
     """Pods on the node's CNI network."""
 
     def __init__(self, cni: Cni) -> None:
         self.cni = cni
+        self._checked: dict[str, CheckResult] = {}
+        self._checking: dict[str, asyncio.Task[CheckResult]] = {}
 
     async def attach(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> list[str]:
         """CNI ADD; the pod's IPs, primary first. Nothing is left attached when it fails."""
         result = await self.cni.setup(attachment(sandbox_id, netns, config))
+        self._checked[sandbox_id] = CheckResult("ok", time.time_ns())
         return list(result.pod_ips)
 
     async def detach(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> None:
         """CNI DEL; idempotent, and works once the namespace is gone or the daemon restarted."""
+        self._checked.pop(sandbox_id, None)
+        task = self._checking.pop(sandbox_id, None)
+        if task is not None:
+            task.cancel()
         await self.cni.teardown(attachment(sandbox_id, netns, config))
 
     async def check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> None:
         """CNI CHECK: is the pod's network still as ADD made it? Raises with the plugin's error if not."""
         await self.cni.check(attachment(sandbox_id, netns, config))
+
+    async def last_check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> CheckResult:
+        """The last CHECK's outcome without waiting for a plugin (but for the first after a restart); one older
+        than CHECK_MAX_AGE is renewed in the background."""
+        last = self._checked.get(sandbox_id)
+        if last is None:
+            return await self._start_check(sandbox_id, netns, config)
+        if time.time_ns() - last.at > CHECK_MAX_AGE * 1e9:
+            self._start_check(sandbox_id, netns, config)
+        return last
+
+    def _start_check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> asyncio.Task[CheckResult]:
+        task = self._checking.get(sandbox_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._run_check(sandbox_id, netns, config))
+            self._checking[sandbox_id] = task
+        return task
+
+    async def _run_check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> CheckResult:
+        try:
+            await self.check(sandbox_id, netns, config)
+            found = CheckResult("ok", time.time_ns())
+        except MoorageError as exc:
+            found = CheckResult(exc.message, time.time_ns())
+        except Exception as exc:  # a bug: the status still answers, the log has it
+            log.error("cni check crashed", sandbox=sandbox_id, exc_info=exc)
+            found = CheckResult(f"check failed: {type(exc).__name__}: {exc}", time.time_ns())
+        finally:
+            if self._checking.get(sandbox_id) is asyncio.current_task():
+                del self._checking[sandbox_id]
+        self._checked[sandbox_id] = found
+        return found
 
     async def ready(self) -> tuple[bool, str]:
         return await self.cni.status()

@@ -4,6 +4,9 @@ The kubelet relists every second (ListPodSandbox, ListContainers) and polls Stat
 memory, never wait behind a slow write, a disk flush or a monitor. The store stays the truth: a record is
 persisted first and published here after the write returned (STYLE.md, "State"), and the index is rebuilt from
 the store at start-up. Pure: no I/O, no locks (it lives on the event loop's thread).
+
+Every change bumps :attr:`Index.generation`, so a reader may keep what it derived from the records (the CRI
+messages, a whole serialized list) until the generation moves; the oldest-first order is kept the same way.
 """
 
 from __future__ import annotations
@@ -29,15 +32,25 @@ class Index(Generic[R]):
     def __init__(self, kind: str) -> None:
         self.kind = kind  # "pod sandbox", "container": for messages
         self._records: dict[str, R] = {}
+        self.generation = 0
+        """Bumped by every load, put and drop (never by reads)."""
+        self._ordered: list[R] | None = None
 
     def load(self, records: Iterable[R]) -> None:
         self._records = {r.id: r for r in records}
+        self._changed()
 
     def put(self, record: R) -> None:
         self._records[record.id] = record
+        self._changed()
 
     def drop(self, record_id: str) -> None:
-        self._records.pop(record_id, None)
+        if self._records.pop(record_id, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        self.generation += 1
+        self._ordered = None
 
     def get(self, record_id: str) -> R | None:
         return self._records.get(record_id)
@@ -54,9 +67,10 @@ class Index(Generic[R]):
         return matches[0] if matches else None
 
     def all(self, where: Callable[[R], bool] | None = None) -> list[R]:
-        """Records (that ``where`` accepts), oldest first."""
-        chosen = self._records.values() if where is None else filter(where, self._records.values())
-        return sorted(chosen, key=lambda r: (r.created_at, r.id))
+        """Records (that ``where`` accepts), oldest first: a new list the caller may keep."""
+        if self._ordered is None:
+            self._ordered = sorted(self._records.values(), key=lambda r: (r.created_at, r.id))
+        return list(self._ordered) if where is None else [r for r in self._ordered if where(r)]
 
     def __len__(self) -> int:
         return len(self._records)
