@@ -26,7 +26,7 @@ from moorage.api.runtime_service import RuntimeService
 from moorage.config import Config
 from moorage.errors import ConfigError, MoorageError, StartupError
 from moorage.images.service import ImageManager
-from moorage.node import cgroupinfo
+from moorage.node import cgroupinfo, limits
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cni import Cni, NetworkConfig
 from moorage.observe import daemon_log, metrics
@@ -56,6 +56,7 @@ class Daemon:
     async def run(self) -> None:
         root, state, socket = Path(self.config.root), Path(self.config.state), Path(self.config.socket)
         cgroup_host = _cgroup_host(self.config.cgroup_driver)
+        open_files = limits.raise_open_files()
         _make_dir(root, 0o700)
         _make_dir(state, 0o711)
         lock_fd = _lock_root(root)
@@ -86,6 +87,7 @@ class Daemon:
                 self.config.streaming.address,
                 StreamBackend(sandboxes, containers),
                 idle_timeout=self.config.streaming.idle_timeout,
+                open_files=open_files,
             )
             await streaming.start()
             runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers, streaming)

@@ -53,6 +53,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_level: str | None = "debug"  # passed as --log-level; None: the config file decides
         self.netns: Path | None = None  # a test-made net namespace the daemon runs in (its CNI plugins too)
+        self.open_files: tuple[int, int] | None = None  # the daemon's RLIMIT_NOFILE at start (soft, hard)
         self.write_config(config_text)
 
     def write_config(self, extra: str, image: str = "") -> None:
@@ -92,6 +93,8 @@ class DaemonProcess:
         argv = self.serve_argv()
         if self.netns is not None:
             argv = ["nsenter", f"--net={self.netns}", *argv]  # nsenter execs: proc.pid is the daemon's
+        if self.open_files is not None:
+            argv = ["prlimit", f"--nofile={self.open_files[0]}:{self.open_files[1]}", "--", *argv]  # execs too
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT

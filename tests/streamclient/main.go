@@ -3,11 +3,15 @@
 // golang-github-docker-spdystream-dev). The tests run it against moorage's streaming server.
 //
 //	streamclient exec|attach URL [-stdin] [-tty] [-nostdout] [-stderr] [-width W -height H] [-protocol P,...]
+//	    [-resize-junk N]
 //	    stdin is copied to the stdin stream; stdout/stderr streams to stdout/stderr; the error stream's text
 //	    is printed to stderr as "ERROR: <text>"; for v4, the exit code from the status is this program's.
 //	streamclient portforward URL PORT
 //	    stdin is copied to the data stream (closed at EOF), the data stream to stdout, the error stream's text
 //	    to stderr as "ERROR: <text>".
+//	streamclient portforward-many URL PORT N
+//	    N connections one after another through one session, each sending "ping <i>" and expecting it back;
+//	    each stream is closed with FIN only (Close, never Reset), as the protocol allows. Prints "OK <N>".
 package main
 
 import (
@@ -113,6 +117,7 @@ func execCommand(args []string) {
 	stderr := flags.Bool("stderr", false, "a stderr stream")
 	width := flags.Int("width", 0, "terminal width")
 	height := flags.Int("height", 0, "terminal height")
+	junk := flags.Int("resize-junk", 0, "after the size, this many bytes of an unterminated JSON object on resize")
 	protocols := flags.String("protocol", "v4.channel.k8s.io,v3.channel.k8s.io,v2.channel.k8s.io,channel.k8s.io", "offered")
 	flags.Parse(args[1:])
 	session, protocol := upgrade(args[0], strings.Split(*protocols, ","))
@@ -137,6 +142,17 @@ func execCommand(args []string) {
 		s := open(session, kind("resize"))
 		if *width > 0 {
 			json.NewEncoder(s).Encode(map[string]int{"Width": *width, "Height": *height})
+		}
+		if *junk > 0 {
+			go func() {
+				s.Write([]byte(`{"Width": "`))
+				chunk := []byte(strings.Repeat("x", 1<<16))
+				for sent := 0; sent < *junk; sent += len(chunk) {
+					if _, err := s.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
 		}
 	}
 	message, _ := io.ReadAll(errorStream)
@@ -189,6 +205,34 @@ func portForward(args []string) {
 	session.Close()
 }
 
+// portForwardMany: connections in turn through one session, every stream half-closed both ways, none reset.
+func portForwardMany(args []string) {
+	session, _ := upgrade(args[0], []string{"portforward.k8s.io"})
+	count, _ := strconv.Atoi(args[2])
+	for i := 0; i < count; i++ {
+		headers := kind("error")
+		headers.Set("port", args[1])
+		headers.Set("requestID", strconv.Itoa(i))
+		errorStream := open(session, headers)
+		errorStream.Close() // nothing to say on it, as kubectl does
+		headers = kind("data")
+		headers.Set("port", args[1])
+		headers.Set("requestID", strconv.Itoa(i))
+		data := open(session, headers)
+		want := fmt.Sprintf("ping %d\n", i)
+		data.Write([]byte(want))
+		data.Close()
+		got, _ := io.ReadAll(data)
+		message, _ := io.ReadAll(errorStream)
+		if len(message) > 0 || string(got) != want {
+			fmt.Fprintf(os.Stderr, "ERROR: connection %d: got %q, error %q\n", i, got, message)
+			os.Exit(102)
+		}
+	}
+	fmt.Printf("OK %d\n", count)
+	session.Close()
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		fail("usage: streamclient exec|portforward URL ...")
@@ -198,6 +242,8 @@ func main() {
 		execCommand(os.Args[2:])
 	case "portforward":
 		portForward(os.Args[2:])
+	case "portforward-many":
+		portForwardMany(os.Args[2:])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}

@@ -12,7 +12,8 @@ import zlib
 import pytest
 
 from moorage.api.cri import pb
-from moorage.streaming import remotecommand, server, spdy
+from moorage.streaming import remotecommand, spdy
+from moorage.streaming import tokens as streaming_tokens
 
 
 def syn_stream(stream_id: int, headers: dict[str, str], deflate: zlib._Compress) -> bytes:
@@ -92,7 +93,7 @@ def test_a_header_block_too_big_is_refused() -> None:
 
 
 def test_tokens_serve_once_for_their_kind_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
-    tokens = server.Tokens()
+    tokens = streaming_tokens.Tokens()
     request = pb.ExecRequest(container_id="c", cmd=["sh"], stdout=True)
     token = tokens.add("exec", request)
     assert tokens.take("portforward", token) is None
@@ -100,7 +101,7 @@ def test_tokens_serve_once_for_their_kind_and_expire(monkeypatch: pytest.MonkeyP
     assert tokens.take("exec", token) is None
     old = tokens.add("exec", request)
     now = time.monotonic()
-    monkeypatch.setattr(time, "monotonic", lambda: now + server.TOKEN_TTL + 1)
+    monkeypatch.setattr(time, "monotonic", lambda: now + streaming_tokens.TOKEN_TTL + 1)
     assert tokens.take("exec", old) is None
 
 
@@ -135,6 +136,6 @@ class Chunks:
 def test_resizes_are_read_across_frame_boundaries() -> None:
     async def collect() -> list[tuple[int, int]]:
         stream = Chunks(b'{"Width":80,"He', b'ight":24}\n{"Width":120,"Height":40}', b"\n")
-        return [size async for size in remotecommand.resizes(stream)]  # type: ignore[arg-type]
+        return [size async for size in remotecommand.resizes(stream)]
 
     assert asyncio.run(collect()) == [(80, 24), (120, 40)]

@@ -16,7 +16,12 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import structlog
+
+from moorage.runtime.exec_stream import Source
 from moorage.streaming.session import Session, Stream
+
+log = structlog.get_logger(__name__)
 
 V4, V3, V2, V1 = "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"
 PROTOCOLS = (V4, V3, V2, V1)
@@ -80,21 +85,65 @@ async def accept_channels(session: Session, options: Options, protocol: str, tim
     return Channels(**found)
 
 
-async def resizes(stream: Stream | None) -> AsyncIterator[tuple[int, int]]:
-    """The terminal sizes the client sends, as (width, height), until it closes the stream."""
-    if stream is None:
-        return
-    decoder, buffer = json.JSONDecoder(), ""
+MAX_RESIZE_BYTES = 1024
+"""The longest one terminal size may be on the resize stream (``{"Width":65535,"Height":65535}`` is 30 bytes)."""
+
+
+class ResizeDecoder:
+    """The resize stream, sans I/O: bytes in, (width, height) out. Each size is a flat JSON object; each byte is
+    looked at once (a size split across frames waits, and is not re-parsed with every frame), and a size longer
+    than :data:`MAX_RESIZE_BYTES` is an error, as anything that is not a size object is."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._scanned = 0  # of the buffer, known to hold no "}"
+
+    def feed(self, data: bytes) -> list[tuple[int, int]]:
+        """The sizes ``data`` completes. Raises ValueError on a malformed or overlong size."""
+        self._buffer += data
+        sizes: list[tuple[int, int]] = []
+        while True:
+            del self._buffer[: len(self._buffer) - len(self._buffer.lstrip())]
+            end = self._buffer.find(b"}", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buffer)
+                if self._scanned > MAX_RESIZE_BYTES:
+                    raise ValueError(f"a terminal size longer than {MAX_RESIZE_BYTES} bytes on the resize stream")
+                return sizes
+            if end >= MAX_RESIZE_BYTES:
+                raise ValueError(f"a terminal size longer than {MAX_RESIZE_BYTES} bytes on the resize stream")
+            sizes.append(_size(bytes(self._buffer[: end + 1])))
+            del self._buffer[: end + 1]
+            self._scanned = 0
+
+
+def _size(raw: bytes) -> tuple[int, int]:
+    try:
+        size = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a terminal size on the resize stream: {raw[:64]!r}: {exc}") from None
+    if not isinstance(size, dict):
+        raise ValueError(f"not a terminal size on the resize stream: {raw[:64]!r}")
+    width, height = size.get("Width", 0), size.get("Height", 0)
+    if not (isinstance(width, int) and isinstance(height, int) and 0 <= width < 65536 and 0 <= height < 65536):
+        raise ValueError(f"not a terminal size on the resize stream: {raw[:64]!r}")
+    return width, height
+
+
+async def resizes(stream: Source) -> AsyncIterator[tuple[int, int]]:
+    """The terminal sizes the client sends, as (width, height), until it closes the stream or sends something
+    that is not a size (then the rest of the stream is dropped, as the kubelet stops reading it)."""
+    decoder = ResizeDecoder()
     while chunk := await stream.read():
-        buffer += chunk.decode(errors="replace")
-        while buffer.strip():
-            try:
-                size, end = decoder.raw_decode(buffer.lstrip())
-            except json.JSONDecodeError:
-                break  # an object split across frames: wait for the rest
-            buffer = buffer.lstrip()[end:]
-            if isinstance(size, dict):
-                yield int(size.get("Width", 0)), int(size.get("Height", 0))
+        try:
+            sizes = decoder.feed(chunk)
+        except ValueError as exc:
+            log.warning("resize stream dropped", error=str(exc))
+            while await stream.read():
+                pass
+            return
+        for size in sizes:
+            yield size
 
 
 def outcome(protocol: str, exit_code: int | None, error: str, cmd: list[str]) -> bytes:

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -28,16 +25,16 @@ import h11
 import structlog
 
 from moorage.api.cri import pb
-from moorage.errors import InvalidArgument, MoorageError, ResourceExhausted, StartupError
+from moorage.errors import InvalidArgument, MoorageError, StartupError
 from moorage.runtime.exec_stream import ExecIO
 from moorage.streaming import remotecommand
+from moorage.streaming.admission import HANDSHAKE_TIMEOUT, Admission
 from moorage.streaming.session import Session, Stream, socket_to_stream, stream_to_socket
+from moorage.streaming.tokens import Tokens
 
 log = structlog.get_logger(__name__)
 
-TOKEN_TTL = 60.0
-MAX_IN_FLIGHT = 1000
-REQUEST_TIMEOUT = 30.0  # to send the HTTP request, and then to open every stream
+STREAMS_TIMEOUT = 30.0  # to open every stream, once upgraded
 MAX_REQUEST_BYTES = 64 << 10
 PORT_FORWARD = "portforward.k8s.io"
 
@@ -52,53 +49,16 @@ class StreamingRuntime(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Pending:
-    kind: str  # "exec", "attach" or "portforward"
-    request: Request
-    expires: float
-
-
-Request = pb.ExecRequest | pb.AttachRequest | pb.PortForwardRequest
-
-
-class Tokens:
-    """Requests waiting for their connection: single use, expiring, bounded."""
-
-    def __init__(self) -> None:
-        self._pending: OrderedDict[str, Pending] = OrderedDict()
-
-    def add(self, kind: str, request: Request) -> str:
-        self._expire()
-        if len(self._pending) >= MAX_IN_FLIGHT:
-            raise ResourceExhausted(f"{MAX_IN_FLIGHT} streaming requests are waiting for their connection already")
-        token = secrets.token_urlsafe(12)
-        self._pending[token] = Pending(kind, request, time.monotonic() + TOKEN_TTL)
-        return token
-
-    def peek(self, kind: str, token: str) -> Request | None:
-        self._expire()
-        pending = self._pending.get(token)
-        return pending.request if pending is not None and pending.kind == kind else None
-
-    def take(self, kind: str, token: str) -> Request | None:
-        request = self.peek(kind, token)
-        if request is not None:
-            del self._pending[token]
-        return request
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        while self._pending and next(iter(self._pending.values())).expires < now:
-            self._pending.popitem(last=False)
-
-
 class StreamingServer:
-    def __init__(self, address: str, runtime: StreamingRuntime, idle_timeout: float = 0) -> None:
+    def __init__(
+        self, address: str, runtime: StreamingRuntime, idle_timeout: float = 0, open_files: int = 1024
+    ) -> None:
+        """``open_files``: the process's descriptor limit, which bounds how many connections it may hold."""
         self._address = address
         self._idle_timeout = idle_timeout
         self._runtime = runtime
         self._tokens = Tokens()
+        self._admission = Admission.for_open_files(open_files)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.base_url = ""
@@ -143,21 +103,36 @@ class StreamingServer:
     # --- connections -----------------------------------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else ""
+        if not self._admission.admit(host):
+            writer.transport.abort()  # a reset, at once: the descriptor is free again
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        served = False
+
+        def authenticated() -> None:
+            nonlocal served
+            served = True
+            self._admission.authenticated(host)
+
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, authenticated)
         except Exception as exc:  # one broken connection must not take the server down
             log.warning("streaming connection failed", error=str(exc))
         finally:
             self._connections.discard(task)
+            self._admission.release(host, stranger=not served)
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authenticated: Callable[[], None]
+    ) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         try:
-            request = await asyncio.wait_for(_read_request(http, reader), REQUEST_TIMEOUT)
+            request = await asyncio.wait_for(_read_request(http, reader), HANDSHAKE_TIMEOUT)
         except (TimeoutError, h11.RemoteProtocolError, ConnectionError):
             return
         if request is None:
@@ -194,6 +169,7 @@ class StreamingServer:
         if self._tokens.take(kind, token) is None:  # expired, or taken by a racing connection meanwhile
             await _respond(http, writer, 404, f"no pending {kind} request for this URL (expired or used)")
             return
+        authenticated()
         switch = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]
         if protocol:
             switch.append(("X-Stream-Protocol-Version", protocol))
@@ -216,7 +192,7 @@ class StreamingServer:
         """Exec or attach: the client's streams, the command (or the attachment) until it ends, the outcome."""
         options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
         try:
-            channels = await remotecommand.accept_channels(session, options, protocol, REQUEST_TIMEOUT)
+            channels = await remotecommand.accept_channels(session, options, protocol, STREAMS_TIMEOUT)
         except remotecommand.StreamsMissing as exc:
             log.warning("exec stream not used", container=request.container_id, error=str(exc))
             return
@@ -262,19 +238,18 @@ class StreamingServer:
                     task = asyncio.create_task(self._forward(request.pod_sandbox_id, pair, allowed))
                     forwards.add(task)
                     task.add_done_callback(forwards.discard)
+                    task.add_done_callback(_log_failure)
         finally:
             for task in forwards:
                 task.cancel()
 
     async def _forward(self, sandbox_id: str, pair: dict[str, Stream], allowed: set[int]) -> None:
         data, error = pair["data"], pair["error"]
+        error.discard()  # ours to write
         try:
-            port = int(data.header("port"))
-            if allowed and port not in allowed:
-                raise InvalidArgument(f"port {port} was not among the PortForward request's ports {sorted(allowed)}")
-            error.discard()  # ours to write
+            port = _port(data.header("port"), allowed)
             reader, writer = await self._runtime.port_forward(sandbox_id, port)
-        except (ValueError, MoorageError, OSError) as exc:
+        except (MoorageError, OSError) as exc:
             message = exc.message if isinstance(exc, MoorageError) else str(exc)
             data.discard()
             await error.write(f"error forwarding port {data.header('port')} to pod {sandbox_id}: {message}".encode())
@@ -290,6 +265,25 @@ class StreamingServer:
         finally:
             writer.close()
             data.discard()  # the pod's side is gone: more from the client must not hold up the session
+
+
+def _port(header: str, allowed: set[int]) -> int:
+    """The ``port`` header of a port-forward stream, checked: a TCP port, and one the request named."""
+    try:
+        port = int(header)
+    except ValueError:
+        raise InvalidArgument(f"port {header!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"port {port} is not a TCP port (1-65535)")
+    if allowed and port not in allowed:
+        raise InvalidArgument(f"port {port} was not among the PortForward request's ports {sorted(allowed)}")
+    return port
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A forward that failed in a way nobody waits for: logged, not left for 'Task exception was never retrieved'."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("port-forward connection failed", error=repr(exc))
 
 
 def _check_stdio(request: pb.ExecRequest | pb.AttachRequest) -> None:

@@ -25,7 +25,7 @@ from moorage.streaming import spdy
 
 log = structlog.get_logger(__name__)
 
-MAX_STREAMS = 64  # a client opens at most 5 streams for exec, 2 per port for port-forward
+MAX_STREAMS = 64  # open at once; a client opens at most 5 streams for exec, 2 per port-forward connection
 REPLY_TIMEOUT = 30.0
 INBOX_BYTES = 1 << 20
 
@@ -65,10 +65,11 @@ class Stream:
             await self._session.send(self._session.encoder.data(self.id, data))
 
     async def close(self) -> None:
-        """Half-close: no more data from us."""
+        """Half-close: no more data from us. A stream closed both ways leaves the session's table."""
         if not self.local_closed:
             self.local_closed = True
             await self._session.send(self._session.encoder.data(self.id, b"", fin=True))
+            self._session._closed_half(self)
 
     def discard(self) -> None:
         """Drop whatever the peer sends on this stream from now on: nothing will read it."""
@@ -93,6 +94,7 @@ class Stream:
         if not self.remote_closed:
             self.remote_closed = True
             self._inbox.put_nowait(b"")
+            self._session._closed_half(self)
 
 
 class Session:
@@ -209,7 +211,7 @@ class Session:
                 self._gone()
 
     async def _open(self, frame: spdy.ControlFrame) -> None:
-        if frame.stream_id in self._streams or frame.stream_id % 2 == 0:
+        if frame.stream_id <= self._last_id or frame.stream_id % 2 == 0:  # ids only grow (SPDY/3 §2.3.2)
             await self.send(self.encoder.rst_stream(frame.stream_id, spdy.PROTOCOL_ERROR))
             return
         if len(self._streams) >= MAX_STREAMS:
@@ -223,11 +225,16 @@ class Session:
             stream._ended()
         self._new.put_nowait(stream)
 
+    def _closed_half(self, stream: Stream) -> None:
+        """Both halves closed (FIN each way, no reset needed): the stream no longer counts, as in spdystream."""
+        if stream.local_closed and stream.remote_closed and self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+
     def _gone(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for stream in self._streams.values():
+        for stream in list(self._streams.values()):
             stream._ended()
         for reply in self._replies.values():
             if not reply.done():
