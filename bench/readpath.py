@@ -13,7 +13,8 @@ Python gRPC client, one call at a time after a warm-up:
 - ListPodSandbox and ListContainers (unfiltered, and filtered by pod id), the relist;
 - PodSandboxStatus and ContainerStatus (non-verbose), cycling over every pod and container;
 - PodSandboxStatus verbose (what critest -benchmark calls);
-- ImageStatus (cycling over the 100 images by tag) and ListImages.
+- ImageStatus (cycling over the 100 images by tag) and ListImages;
+- ``moorage ps`` as a user runs it, a new Python process each time (median of 5; goal 100 ms wall).
 
 Each figure is printed against its goal (issue 18: p50 <= 0.5 ms and p99 <= 2 ms; verbose p50 <= 2 ms).
 Everything made is removed afterwards (pods, images pulled for the benchmark, cgroups), on errors and Ctrl-C
@@ -32,6 +33,7 @@ import itertools
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +49,9 @@ from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess
 
-P50_GOAL, P99_GOAL, VERBOSE_GOAL = 0.5, 2.0, 2.0
+P50_GOAL, P99_GOAL, VERBOSE_GOAL, CLI_GOAL = 0.5, 2.0, 2.0, 100.0
+CLI = "`moorage ps` wall (a new process)"
+CLI_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ CALLS = (
     Call("PodSandboxStatus verbose", VERBOSE_GOAL, None, 0.2),
     Call("ImageStatus", P50_GOAL, P99_GOAL),
     Call("ListImages", P50_GOAL, P99_GOAL),
+    Call(CLI, CLI_GOAL, None),
 )
 
 
@@ -142,11 +147,16 @@ class Workload:
             raise RuntimeError("not every benchmark container is running")
         calls = self.calls()
         for call in CALLS:
-            fn = calls[call.name]
+            fn = calls.get(call.name)
+            if fn is None:
+                continue
             for _ in range(self.args.warmup):
                 fn()
             for _ in range(max(int(self.args.runs * call.runs_share), 10)):
                 timer(call.name, fn)
+        argv = [sys.executable, "-m", "moorage.cli.main", "--endpoint", self.client.endpoint, "ps"]
+        for _ in range(CLI_RUNS):
+            timer(CLI, lambda: subprocess.run(argv, check=True, capture_output=True, timeout=RPC_TIMEOUT))
         return timer.summary(c.name for c in CALLS)
 
 

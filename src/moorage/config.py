@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moorage.defaults import DEFAULT_CONFIG_PATH
 from moorage.errors import ConfigError
-
-DEFAULT_CONFIG_PATH = "/etc/moorage/config.toml"
 
 Check = Callable[[Any], str | None]
 """A value check: returns what is wrong with the value, or None when it is fine."""

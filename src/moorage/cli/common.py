@@ -14,12 +14,10 @@ from typing import Any, Protocol, TypeVar
 
 import click
 import grpc
-import yaml
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from moorage.cli.client import CriClient
-from moorage.config import DEFAULT_CONFIG_PATH
+from moorage.defaults import DEFAULT_CONFIG_PATH
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -198,6 +196,9 @@ def load_config(path: str, message: M) -> M:
 
     Field names are the proto's, in snake_case or lowerCamelCase; a ``.json`` file is read as strict JSON, any
     other as YAML (of which JSON is a subset)."""
+    import yaml  # noqa: PLC0415 - only the commands that read a config file pay for these
+    from google.protobuf import json_format  # noqa: PLC0415
+
     try:
         text = Path(path).read_text()
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
@@ -226,6 +227,8 @@ def _plain_env_values(data: dict[str, Any]) -> dict[str, Any]:
 
 def inspect_output(status: Message, info: Any) -> str:
     """crictl's inspect layout: the status message, then each verbose info entry parsed as JSON."""
+    from google.protobuf import json_format  # noqa: PLC0415 - only inspect commands pay for it
+
     out: dict[str, Any] = {"status": json_format.MessageToDict(status, always_print_fields_with_no_presence=True)}
     for name, value in info.items():
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -10,11 +11,8 @@ from typing import Any
 
 import click
 import grpc
-from google.protobuf import json_format
 
-from moorage import config as config_mod
 from moorage.api.cri import pb
-from moorage.cli import containers, logs, node, pods, streams
 from moorage.cli.client import DEFAULT_ENDPOINT
 from moorage.cli.common import call as _call
 from moorage.cli.common import client_for as _client
@@ -24,8 +22,34 @@ from moorage.cli.common import table as _table
 from moorage.cli.progress import PullDisplay, human_bytes
 from moorage.errors import ConfigError, StartupError, StoreError
 
+LAZY_COMMANDS = {
+    **{name: f"moorage.cli.pods:{name}" for name in ("pods", "inspectp", "runp", "stopp", "rmp")},
+    **{name: f"moorage.cli.containers:{name}" for name in ("ps", "inspect", "create", "start", "run", "stop", "rm")},
+    "logs": "moorage.cli.logs:logs",
+    "exec": "moorage.cli.streams:exec_command",
+    "attach": "moorage.cli.streams:attach_command",
+    "port-forward": "moorage.cli.streams:port_forward_command",
+    "check": "moorage.cli.node:check",
+    "node": "moorage.cli.node:node_group",
+}
+"""Commands defined in the other cli modules, by name: a module is imported when one of its commands runs (or
+``--help`` lists them all), so ``moorage ps`` does not import the streaming client or the node's preflight."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--endpoint",
     envvar="MOORAGE_ENDPOINT",
@@ -73,6 +97,8 @@ def config_group() -> None:
 @config_group.command("default")
 def config_default() -> None:
     """Print the complete default config, commented."""
+    from moorage import config as config_mod  # noqa: PLC0415 - the client commands need none of its declarations
+
     click.echo(config_mod.render_toml(), nl=False)
 
 
@@ -80,6 +106,8 @@ def config_default() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def config_check(file: str) -> None:
     """Validate FILE; exit non-zero naming the first bad key."""
+    from moorage import config as config_mod  # noqa: PLC0415
+
     try:
         config_mod.load(file)
     except ConfigError as exc:
@@ -106,6 +134,8 @@ def info(obj: dict[str, Any]) -> None:
     with _client(obj) as client:
         status = _call(lambda: client.status(verbose=True))
         runtime_config = _call(client.runtime_config)
+    from google.protobuf import json_format  # noqa: PLC0415 - only the commands printing JSON pay for it
+
     out: dict[str, Any] = {
         "status": json_format.MessageToDict(status.status, always_print_fields_with_no_presence=True),
         "runtimeHandlers": [json_format.MessageToDict(h) for h in status.runtime_handlers],
@@ -198,6 +228,8 @@ def image_inspect(obj: dict[str, Any], image: str) -> None:
         response = _call(lambda: client.image_status(image, verbose=True))
     if not response.HasField("image"):
         raise click.ClickException(f"no such image: {image}")
+    from google.protobuf import json_format  # noqa: PLC0415
+
     out: dict[str, Any] = {"status": json_format.MessageToDict(response.image)}
     for name, value in response.info.items():
         out[name] = json.loads(value)
@@ -221,13 +253,9 @@ def image_fsinfo(obj: dict[str, Any]) -> None:
     """Show the image filesystem's usage as JSON, as crictl imagefsinfo does."""
     with _client(obj) as client:
         response = _call(client.image_fs_info)
+    from google.protobuf import json_format  # noqa: PLC0415
+
     click.echo(json.dumps(json_format.MessageToDict(response), indent=2))
-
-
-for _command in (*pods.COMMANDS, *containers.COMMANDS, logs.logs, *streams.COMMANDS):
-    cli.add_command(_command)
-cli.add_command(node.check)
-cli.add_command(node.node_group)
 
 
 def main() -> None:
