@@ -9,8 +9,9 @@ and egress-bandwidth annotations, and the cgroup path from its cgroup_parent.
 
 A verbose PodSandboxStatus reports whether the pod's network is still as ADD made it (CNI CHECK), but never
 waits for a plugin: it gets the last result with its time, and a result older than ``CHECK_MAX_AGE`` starts
-a new CHECK in the background for the next caller. A successful ADD counts as the first result; only a pod
-attached before a daemon restart waits for its first CHECK.
+a new CHECK in the background for the next caller, one at a time on the node (starting a plugin forks on the
+event loop's thread, so a relist of verbose statuses must not start one per pod). A successful ADD counts as
+the first result; only a pod attached before a daemon restart waits for its first CHECK.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class PodNetwork:
         last = self._checked.get(sandbox_id)
         if last is None:
             return await self._start_check(sandbox_id, netns, config)
-        if time.time_ns() - last.at > CHECK_MAX_AGE * 1e9:
+        if time.time_ns() - last.at > CHECK_MAX_AGE * 1e9 and not self._checking:
             self._start_check(sandbox_id, netns, config)
         return last
 
