@@ -177,6 +177,13 @@ class ImageSection:
     pull_retries: int = key(
         4, "Attempts per registry request after a 429, a 5xx or a dropped connection, with backoff.", at_least(1)
     )
+    certs_dirs: tuple[str, ...] = key(
+        ["/etc/containers/certs.d", "/etc/docker/certs.d"],
+        "containers-certs.d(5) directories searched, in order, for a registry's <host[:port]>/ directory: *.crt "
+        "CAs it is trusted with, client.cert + client.key for mutual TLS. The first directory that has the host "
+        "decides (as CRI-O and podman read both of these).",
+        absolute_paths,
+    )
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,12 @@ class Config:
     registries_conf: str = key(
         "/etc/containers/registries.conf",
         "containers-registries.conf(5) v2 file: mirrors, insecure and blocked registries, short names.",
+        absolute_path,
+    )
+    short_name_aliases: str = key(
+        "/var/cache/containers/short-name-aliases.conf",
+        "Short-name aliases ([aliases] only) laid over registries.conf's and its drop-ins', as podman records them; "
+        "a missing file is no aliases.",
         absolute_path,
     )
     log: LogSection = field(default_factory=LogSection)

@@ -50,6 +50,8 @@ class DaemonProcess:
         self.log_path = self.dir / "daemon.log"
         self.registries_conf = self.dir / "registries.conf"
         self.auth_file = self.dir / "auth.json"
+        self.short_name_aliases = self.dir / "short-name-aliases.conf"
+        self.certs_dir = self.dir / "certs.d"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_level: str | None = "debug"  # passed as --log-level; None: the config file decides
         self.netns: Path | None = None  # a test-made net namespace the daemon runs in (its CNI plugins too)
@@ -64,9 +66,10 @@ class DaemonProcess:
         if driver and "cgroup_driver" not in extra:
             pause += f'cgroup_driver = "{driver}"\n'
         self.config_path.write_text(
-            f'registries_conf = "{self.registries_conf}"\n{pause}{extra}\n'
+            f'registries_conf = "{self.registries_conf}"\nshort_name_aliases = "{self.short_name_aliases}"\n'
+            f"{pause}{extra}\n"
             f'[cni]\nconf_dir = "{self.cni_dir}"\n'
-            f'[image]\nauth_files = ["{self.auth_file}"]\n{image}\n'
+            f'[image]\nauth_files = ["{self.auth_file}"]\ncerts_dirs = ["{self.certs_dir}"]\n{image}\n'
         )
 
     def loopback_network(self) -> None:

@@ -262,3 +262,73 @@ def test_dropin_path_that_is_not_a_directory_is_an_error(tmp_path: Path) -> None
     (tmp_path / "registries.conf.d").write_text("")
     with pytest.raises(ConfigError, match="cannot read registries drop-in directory"):
         registries.load(path)
+
+
+# --- short names (issue 12) ---------------------------------------------------------------------------------
+
+
+def _conf(tmp_path: Path, text: str, aliases: str | None = None) -> registries.RegistriesConf:
+    path = tmp_path / "registries.conf"
+    path.write_text(text)
+    alias_path = tmp_path / "short-name-aliases.conf"
+    if aliases is not None:
+        alias_path.write_text(aliases)
+    return registries.load(path, alias_path)
+
+
+SEARCH = 'unqualified-search-registries = ["quay.io", "docker.io"]\n'
+
+
+def test_an_ambiguous_short_name_is_refused_when_enforcing(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, SEARCH)
+    with pytest.raises(FailedPrecondition, match=r"ambiguous.*quay\.io, docker\.io.*enforcing"):
+        conf.resolve("busybox:1")
+    # looking up what is already on the node is not a pull: every candidate
+    assert [str(r) for r in conf.resolve("busybox:1", pulling=False)] == [
+        "quay.io/busybox:1",
+        "docker.io/library/busybox:1",
+    ]
+    # one search registry (or none: docker.io) is no ambiguity; a qualified name never is
+    assert [str(r) for r in _conf(tmp_path, 'unqualified-search-registries = ["quay.io"]\n').resolve("x")] == [
+        "quay.io/x:latest"
+    ]
+    assert [str(r) for r in _conf(tmp_path, "").resolve("x")] == ["docker.io/library/x:latest"]
+    assert [str(r) for r in conf.resolve("ghcr.io/x")] == ["ghcr.io/x:latest"]
+
+
+@pytest.mark.parametrize("mode", ["permissive", "disabled"])
+def test_permissive_and_disabled_try_every_search_registry(tmp_path: Path, mode: str) -> None:
+    conf = _conf(tmp_path, f'short-name-mode = "{mode}"\n' + SEARCH)
+    assert [r.domain for r in conf.resolve("busybox")] == ["quay.io", "docker.io"]
+
+
+def test_aliases_decide_and_the_alias_file_wins(tmp_path: Path) -> None:
+    conf = _conf(
+        tmp_path,
+        SEARCH + '[aliases]\n"busybox" = "quay.io/lib/busybox"\n"nginx" = "docker.io/library/nginx"\n',
+        '[aliases]\n"busybox" = "registry.example.com/busybox"\n',
+    )
+    assert [str(r) for r in conf.resolve("busybox:1.36")] == ["registry.example.com/busybox:1.36"]
+    assert [str(r) for r in conf.resolve(f"nginx@{SHA}")] == [f"docker.io/library/nginx@{SHA}"]
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        ('"quay.io/x" = "quay.io/x"', "the key must be a short name"),
+        ('"x:1" = "quay.io/x"', "the key must be a short name"),
+        ('"x" = "x"', "must be a fully qualified name"),
+        ('"x" = "quay.io/x:1"', "must be a fully qualified name without tag"),
+        (f'"x" = "quay.io/x@{SHA}"', "without tag or digest"),
+    ],
+)
+def test_bad_aliases_are_refused(tmp_path: Path, aliases: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _conf(tmp_path, f"[aliases]\n{aliases}\n")
+    with pytest.raises(ConfigError, match=message):
+        _conf(tmp_path, "", f"[aliases]\n{aliases}\n")
+
+
+def test_the_alias_file_holds_aliases_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"short-name-aliases\.conf: unqualified-search-registries: unknown key"):
+        _conf(tmp_path, "", 'unqualified-search-registries = ["x.io"]\n')

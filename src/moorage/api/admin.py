@@ -60,7 +60,7 @@ class AdminService:
         credentials = auth.from_request(str(request.get("username", "")), str(request.get("password", "")))
         pull = asyncio.ensure_future(self._images.pull(text, credentials))
         await asyncio.sleep(0)  # let the pull register its progress
-        progress = self._images.progress(text)
+        progress = self._images.progress(text, credentials)
         try:
             if progress is not None:
                 async for snapshot in progress.watch():

@@ -34,7 +34,9 @@ class ImageService:
         # image_ref is the image id (the config digest): Kubernetes 1.36 requires it to equal Image.id.
         text = validate.required(request.image.image, "image.image")
         a = request.auth
-        credentials = auth.from_request(a.username, a.password, a.auth, a.identity_token, a.registry_token)
+        credentials = auth.from_request(
+            a.username, a.password, a.auth, a.identity_token, a.registry_token, a.server_address
+        )
         record = await self._images.pull(text, credentials)
         return pb.PullImageResponse(image_ref=record.id)
 

@@ -1,19 +1,32 @@
-"""Registry credentials: where they come from and how a registry's challenge is answered (pure, no I/O but
-reading the credential files).
+"""Registry credentials: where they come from, where they may go, and how a registry's challenge is answered
+(pure, no I/O but reading the credential files and resolving a token realm's host).
 
-A pull uses the credentials the kubelet put in the request (CRI ``AuthConfig``: username and password, a
-base64 ``auth``, an identity token or a registry token); without them, the first of the configured credential
-files (docker ``config.json`` / containers-auth.json(5)) that has an entry for the image's registry or
-repository. A registry asks for them with a ``WWW-Authenticate`` challenge: ``Basic`` is answered with the
-credentials, ``Bearer`` by fetching a token from the named realm (see :mod:`moorage.images.registry`).
+A pull has the credentials the kubelet put in the request (CRI ``AuthConfig``: username and password, a
+base64 ``auth``, an identity token or a registry token) and the configured credential files (docker
+``config.json`` / containers-auth.json(5)). Each endpoint of the pull gets its own, and nobody else's:
+
+- the request's credentials only where they were given for: ``AuthConfig.server_address`` (a host, or a
+  host/repository prefix), or, when it is empty, the registry the image name itself names (docker.io for a
+  short name, as the kubelet's keyring reads it). So an unqualified-search registry other than that one,
+  and a mirror on another host, never see them;
+- otherwise the first credential file's entry for the endpoint's own host or repository.
+
+A registry asks for them with a ``WWW-Authenticate`` challenge: ``Basic`` is answered with the credentials,
+``Bearer`` by fetching a token from the named realm (see :mod:`moorage.images.registry`) once
+:func:`realm_problem` finds nothing wrong with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
+import ipaddress
 import json
 import re
+import socket
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +49,8 @@ class Credentials:
     """An OAuth2 refresh token, exchanged at the token realm for an access token."""
     registry_token: str = ""
     """A bearer token sent to the registry as it is."""
+    server_address: str = ""
+    """Where the request's credentials are for (AuthConfig.server_address); empty: the image's own registry."""
 
     def __bool__(self) -> bool:
         return bool(self.username or self.password or self.identity_token or self.registry_token)
@@ -47,14 +62,64 @@ class Credentials:
     def __repr__(self) -> str:  # never print secrets into logs
         return f"Credentials(username={self.username!r}, secret={'***' if self else ''})"
 
+    def fingerprint(self) -> str:
+        """A digest of everything here, to tell pulls with different credentials apart (never stored)."""
+        fields = (self.username, self.password, self.identity_token, self.registry_token, self.server_address)
+        return hashlib.sha256("\0".join(fields).encode()).hexdigest() if self else ""
 
-def from_request(
-    username: str = "", password: str = "", auth: str = "", identity_token: str = "", registry_token: str = ""
+
+def from_request(  # noqa: PLR0917 - the AuthConfig fields, in its order
+    username: str = "",
+    password: str = "",
+    auth: str = "",
+    identity_token: str = "",
+    registry_token: str = "",
+    server_address: str = "",
 ) -> Credentials:
     """Credentials from a CRI AuthConfig; ``auth`` is ``base64(user:password)`` as in docker's config.json."""
     if auth and not (username or password):
         username, password = _decode_auth(auth, "AuthConfig.auth")
-    return Credentials(username, password, identity_token, registry_token)
+    return Credentials(username, password, identity_token, registry_token, server_address)
+
+
+def scope(server_address: str, named: Reference) -> str:
+    """``host`` or ``host/repo-prefix`` the request's credentials are for: server_address without scheme or API
+    path (``https://index.docker.io/v1/`` is docker.io), else the registry of the name as requested."""
+    if not server_address:
+        return named.domain
+    text = server_address.strip()
+    text = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", text).rstrip("/")
+    text = re.sub(r"/v[12]$", "", text)
+    host, _, rest = text.partition("/")
+    host = DEFAULT_DOMAIN if host in DOCKER_HUB_KEYS else host
+    return f"{host}/{rest}" if rest else host
+
+
+def covers(credential_scope: str, ref: Reference) -> bool:
+    """Whether credentials for ``credential_scope`` (a host or host/repo prefix) belong to ``ref``."""
+    name = ref.name
+    return name == credential_scope or name.startswith(credential_scope + "/")
+
+
+def for_endpoint(
+    request: Credentials,
+    named: Reference,
+    candidate: Reference,
+    target: Reference,
+    *,
+    mirror: bool,
+    auth_files: Iterable[str],
+) -> Credentials:
+    """The credentials one endpoint gets: the request's where they belong, else its own credential-file entry.
+
+    ``named`` is the name as requested, ``candidate`` the registry it resolved to (a search registry or alias),
+    ``target`` where this endpoint really is (a mirror, or the location registries.conf rewrites to). The
+    registry itself (not a mirror) counts as where ``candidate`` is, since registries.conf says it is."""
+    if request:
+        where = scope(request.server_address, named)
+        if covers(where, target) or (not mirror and covers(where, candidate)):
+            return request
+    return from_files(auth_files, target)
 
 
 def from_files(paths: Iterable[str], ref: Reference) -> Credentials:
@@ -134,3 +199,42 @@ def parse_challenges(headers: Iterable[str]) -> list[Challenge]:
             out.append(Challenge(scheme.strip(",").lower(), params))
             rest = rest.lstrip(", ")
     return out
+
+
+async def realm_problem(realm: str, *, registry_scheme: str, registry_host: str) -> str:
+    """Why a token realm a registry's challenge names must not get credentials, or "" when it may.
+
+    Refused: a realm that is not http(s); plain http when the registry was reached over https; a link-local
+    or unspecified address (cloud metadata services live there), literal or resolved; a loopback realm for a
+    registry that is not itself on loopback."""
+    try:
+        url = urllib.parse.urlsplit(realm)
+    except ValueError:
+        return "not a URL"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return "not an http(s) URL"
+    if registry_scheme == "https" and url.scheme != "https":
+        return "plain http for a registry reached over https"
+    addresses = await _addresses(url.hostname)
+    if any(a.is_link_local or a.is_unspecified for a in addresses):
+        return "a link-local address"
+    if any(a.is_loopback for a in addresses):
+        registry_hostname = urllib.parse.urlsplit(f"//{registry_host}").hostname or registry_host
+        if not all(a.is_loopback for a in await _addresses(registry_hostname)):
+            return "a loopback address, for a registry that is not on loopback"
+    return ""
+
+
+async def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``host``'s IP addresses: itself if it is one, else what it resolves to (nothing if it does not)."""
+    try:
+        found = [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        if host == "localhost" or host.endswith(".localhost"):
+            return [ipaddress.ip_address("127.0.0.1")]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return []
+        found = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+    return [a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped else a for a in found]

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from moorage.errors import DataLoss, InvalidImage
+from moorage.errors import DataLoss, InvalidImage, MoorageError
 from moorage.images.catalog import Catalog
 from moorage.images.content import STALE_INGEST_SECONDS, ContentStore, Ingest
 from moorage.images.progress import Progress, SharedWork
@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 UNPACK_SLOTS = 2
 BLOB_ATTEMPTS = 2
+SHARED_BLOB_TRIES = 3
 
 Fetch = Callable[[Ingest], Awaitable[None]]
 """Fills an ingest (resuming at its offset); the layer store commits it."""
@@ -61,6 +62,7 @@ class LayerStore:
         self.catalog = catalog
         self.leases: Counter[str] = Counter()
         self._blobs: SharedWork[Path] = SharedWork()
+        self._blob_owners: dict[str, str] = {}
         self._unpacks: SharedWork[None] = SharedWork()
         self._unpack_slots = asyncio.Semaphore(UNPACK_SLOTS)
         self._gc_lock = asyncio.Lock()
@@ -76,10 +78,30 @@ class LayerStore:
 
     # --- blobs ----------------------------------------------------------------------------------------------
 
-    async def blob(self, digest: str, size: int, fetch: Fetch) -> Path:
-        """The committed blob, fetched once however many callers want it at the same moment."""
-        if self.content.has(digest):
-            return self.content.path(digest)
+    async def blob(self, digest: str, size: int, fetch: Fetch, owner: str = "") -> Path:
+        """The committed blob, fetched once however many callers want it at the same moment.
+
+        ``owner`` says whose fetch it is (an endpoint and its credentials): when a download another owner
+        started fails, this caller fetches the blob itself rather than fail with the other's error."""
+        for _ in range(SHARED_BLOB_TRIES):
+            if self.content.has(digest):
+                return self.content.path(digest)
+            if digest not in self._blobs.running():
+                self._blob_owners[digest] = owner
+            mine = self._blob_owners.get(digest) == owner
+            try:
+                return await self._blobs.run(digest, lambda: self._fetch_blob(digest, size, fetch))
+            except MoorageError as exc:
+                if mine:
+                    raise
+                log.info(
+                    "a download of this blob for another pull failed; fetching it for this one",
+                    blob=digest,
+                    error=exc.message,
+                )
+            finally:
+                if digest not in self._blobs.running():
+                    self._blob_owners.pop(digest, None)
         return await self._blobs.run(digest, lambda: self._fetch_blob(digest, size, fetch))
 
     async def _fetch_blob(self, digest: str, size: int, fetch: Fetch) -> Path:

@@ -1,9 +1,11 @@
 """One pull: which references and endpoints to try, and fetching an image from the first that has it.
 
-A short name (``busybox``) is tried under each of registries.conf's unqualified-search-registries in order
-(docker.io when none are set, as the kubelet and containerd expect), or rewritten by an alias. Each
-reference is tried at its mirrors first, then at its own registry. A failed pull names every endpoint it
-tried and why each failed, and raises the error class of the last one (the registry itself).
+A short name (``busybox``) resolves as registries.conf's short-name-mode says (an alias, else the
+unqualified-search registries, docker.io when none are set; ambiguous names refused in enforcing mode: see
+:mod:`moorage.images.registries`). Each reference is tried at its mirrors first, then at its own registry,
+each endpoint with only the credentials that belong to it (:func:`moorage.images.auth.for_endpoint`). A failed
+pull names every endpoint it tried and why each failed, and raises the error class of the last one (the
+registry itself).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, Layer
 from moorage.images.layers import LayerStore, Lease
 from moorage.images.progress import Progress
-from moorage.images.reference import DEFAULT_DOMAIN, Reference, is_qualified, parse
+from moorage.images.reference import DEFAULT_DOMAIN, Reference, parse
 from moorage.images.registry import HttpClients, RegistryClient
 from moorage.images.snapshots import chain_ids
 
@@ -32,18 +34,14 @@ log = structlog.get_logger(__name__)
 DOCKER_HUB_HOST = "registry-1.docker.io"
 
 
-def candidates(text: str, conf: registries.RegistriesConf) -> list[Reference]:
+def load_registries(config: Config) -> registries.RegistriesConf:
+    """registries.conf with its drop-ins and the short-name-aliases.conf the config names."""
+    return registries.load(config.registries_conf, config.short_name_aliases or None)
+
+
+def candidates(text: str, conf: registries.RegistriesConf, *, pulling: bool = False) -> list[Reference]:
     """The fully qualified references a name may mean, in the order to try them."""
-    if is_qualified(text):
-        return [parse(text)]
-    name = text.partition("@")[0]
-    bare = name.partition(":")[0]  # a short name has no registry, so ':' can only start its tag
-    alias = conf.aliases.get(bare)
-    if alias is not None:
-        return [parse(alias + text[len(bare) :])]
-    if conf.unqualified_search_registries:
-        return [parse(text, default_domain=domain) for domain in conf.unqualified_search_registries]
-    return [parse(text)]
+    return conf.resolve(text, pulling=pulling)
 
 
 @dataclass(frozen=True)
@@ -66,9 +64,10 @@ class Puller:
         self.config = config
 
     async def pull(self, text: str, credentials: Credentials, progress: Progress) -> ImageRecord:
-        conf = registries.load(self.config().registries_conf)
+        conf = load_registries(self.config())
+        named = parse(text)  # the name as requested: a short name's registry is docker.io, as the kubelet reads it
         failures: list[tuple[str, MoorageError]] = []
-        for ref in candidates(text, conf):
+        for ref in candidates(text, conf, pulling=True):
             try:
                 endpoints = conf.endpoints(ref)
             except MoorageError as exc:
@@ -77,7 +76,7 @@ class Puller:
             for endpoint in endpoints:
                 label = f"{'mirror ' if endpoint.mirror else ''}{endpoint.reference.domain}"
                 try:
-                    return await self._pull_from(ref, endpoint, credentials, progress)
+                    return await self._pull_from(named, ref, endpoint, credentials, progress)
                 except MoorageError as exc:
                     log.warning("pull failed at endpoint", endpoint=label, error=exc.message)
                     failures.append((label, exc))
@@ -88,7 +87,12 @@ class Puller:
         raise type(last)(f"pulling {text} failed at every endpoint tried: {tried}")
 
     async def _pull_from(
-        self, ref: Reference, endpoint: registries.Endpoint, credentials: Credentials, progress: Progress
+        self,
+        named: Reference,
+        ref: Reference,
+        endpoint: registries.Endpoint,
+        credentials: Credentials,
+        progress: Progress,
     ) -> ImageRecord:
         target = endpoint.reference
         image_config = self.config().image
@@ -97,7 +101,9 @@ class Puller:
             DOCKER_HUB_HOST if target.domain == DEFAULT_DOMAIN else target.domain,
             target.path,
             insecure=endpoint.insecure,
-            credentials=credentials or auth.from_files(image_config.auth_files, target),
+            credentials=auth.for_endpoint(
+                credentials, named, ref, target, mirror=endpoint.mirror, auth_files=image_config.auth_files
+            ),
             retries=image_config.pull_retries,
         )
         with self.layers.lease() as lease:
@@ -162,6 +168,7 @@ class Puller:
                     desc.digest,
                     desc.size,
                     lambda ingest: client.download(desc.digest, ingest, lambda n: progress.add_bytes(desc.digest, n)),
+                    owner=f"{client.host}\0{client.credentials.fingerprint()}",
                 )
                 seconds = time.monotonic() - started
             log.info("layer fetched", layer=desc.digest, bytes=desc.size, seconds=round(seconds, 3))

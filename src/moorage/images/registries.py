@@ -26,6 +26,16 @@ order (containers-registries.conf.d(5)); each is a whole v2 file laid over what 
 - a top-level key it sets (``unqualified-search-registries``, ``short-name-mode``) replaces the earlier value;
 - a ``[[registry]]`` entry replaces, in place, the earlier entry with the same prefix; other entries are appended;
 - ``[aliases]`` merge key by key.
+
+Then the aliases of ``short-name-aliases.conf`` (containers-registries.conf(5): ``[aliases]`` only; podman
+records its users' choices there) are laid over those, taking precedence as in containers/image.
+
+Short names (:meth:`RegistriesConf.resolve`) follow ``short-name-mode``: an alias (a key is a name without
+registry, tag or digest; a value a fully qualified name without tag or digest) decides alone; otherwise the
+unqualified-search registries are the candidates, docker.io when none are set (as the kubelet expects). With
+more than one, ``enforcing`` (the default) refuses the name as ambiguous, since a daemon has no terminal to
+ask on and the first registry to answer would win (name squatting); ``permissive`` and ``disabled`` try
+them all in order.
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moorage.errors import ConfigError, FailedPrecondition
-from moorage.images.reference import Reference, parse
+from moorage.errors import ConfigError, FailedPrecondition, MoorageError
+from moorage.images.reference import DEFAULT_DOMAIN, Reference, is_qualified, parse
 
 PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
 SHORT_NAME_MODES = ("enforcing", "permissive", "disabled")
@@ -105,6 +115,26 @@ class RegistriesConf:
         out.append(Endpoint(_rewrite(ref, registry.prefix, registry.location), registry.insecure, mirror=False))
         return out
 
+    def resolve(self, text: str, *, pulling: bool = True) -> list[Reference]:
+        """The fully qualified references a name may mean, in the order to try them (see the module doc).
+
+        ``pulling=False`` (finding an image already on the node) never refuses an ambiguous name."""
+        if is_qualified(text):
+            return [parse(text)]
+        bare = text.partition("@")[0].partition(":")[0]  # a short name has no registry: ':' can only start a tag
+        parse(text)  # a malformed name is INVALID_ARGUMENT before anything else
+        alias = self.aliases.get(bare)
+        if alias is not None:
+            return [parse(alias + text[len(bare) :])]
+        search = self.unqualified_search_registries or (DEFAULT_DOMAIN,)
+        if pulling and len(search) > 1 and self.short_name_mode == "enforcing":
+            raise FailedPrecondition(
+                f"short name {text!r} is ambiguous: it could be pulled from any of the unqualified-search "
+                f"registries {', '.join(search)} and short-name-mode is enforcing; use a fully qualified name "
+                "or add an alias in registries.conf"
+            )
+        return [parse(text, default_domain=domain) for domain in search]
+
     def insecure(self, domain: str) -> bool:
         registry = self.find(Reference(domain, "x"))
         return bool(registry and registry.insecure)
@@ -128,8 +158,8 @@ def _rewrite(ref: Reference, prefix: str, location: str) -> Reference:
     return parse(location + rest)
 
 
-def load(path: str | Path) -> RegistriesConf:
-    """Read a registries.conf, then the drop-ins in ``registries.conf.d/`` beside it.
+def load(path: str | Path, aliases_path: str | Path | None = None) -> RegistriesConf:
+    """Read a registries.conf, then the drop-ins in ``registries.conf.d/`` beside it, then ``aliases_path``.
 
     A missing file or directory means no settings. Errors name the file and the key.
     """
@@ -140,6 +170,15 @@ def load(path: str | Path) -> RegistriesConf:
         table = _read(dropin)
         if table is not None:
             conf = _overlay(conf, parse_table(table, str(dropin)), set(table))
+    table = _read(Path(aliases_path)) if aliases_path else None
+    if table is not None:
+        unknown = set(table) - {"aliases"}
+        if unknown:
+            raise ConfigError(f"{aliases_path}: {sorted(unknown)[0]}: unknown key (only [aliases] belongs here)")
+        cached = _aliases(table.get("aliases", {}), str(aliases_path))
+        conf = RegistriesConf(
+            conf.registries, conf.unqualified_search_registries, conf.short_name_mode, {**conf.aliases, **cached}
+        )
     return conf
 
 
@@ -202,14 +241,33 @@ def parse_table(table: dict[str, Any], source: str) -> RegistriesConf:
     mode = table.get("short-name-mode", "enforcing")
     if mode not in SHORT_NAME_MODES:
         raise ConfigError(f"{source}: short-name-mode: must be one of {', '.join(SHORT_NAME_MODES)}; got {mode!r}")
-    aliases = table.get("aliases", {})
-    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
-        raise ConfigError(f"{source}: aliases: expected a table of strings")
+    aliases = _aliases(table.get("aliases", {}), source)
     entries = table.get("registry", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: registry: expected [[registry]] tables")
     registries = tuple(_registry(entry, source, i) for i, entry in enumerate(entries))
     return RegistriesConf(registries, tuple(search), mode, dict(aliases))
+
+
+def _aliases(table: Any, source: str) -> dict[str, str]:
+    """``[aliases]``: short name → fully qualified name, neither with a tag or digest (as containers/image)."""
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ConfigError(f"{source}: aliases: expected a table of strings")
+    for name, value in table.items():
+        where = f"{source}: aliases.{name}"
+        if is_qualified(name) or any(c in name for c in ":@") or not _valid(name):
+            raise ConfigError(f"{where}: the key must be a short name without registry, tag or digest")
+        if not is_qualified(value) or "@" in value or ":" in value.partition("/")[2] or not _valid(value):
+            raise ConfigError(f"{where}: {value!r} must be a fully qualified name without tag or digest")
+    return dict(table)
+
+
+def _valid(name: str) -> bool:
+    try:
+        parse(name if is_qualified(name) else f"example.com/{name}")
+    except MoorageError:
+        return False
+    return True
 
 
 def _registry(entry: Any, source: str, index: int) -> Registry:

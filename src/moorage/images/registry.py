@@ -3,8 +3,17 @@
 It fetches manifests and blobs of one repository, answers ``Basic`` and ``Bearer`` challenges (fetching and
 caching tokens per scope), retries with backoff on 429, 5xx and dropped connections (honouring
 ``Retry-After``), resumes a blob download with ``Range`` where it stopped, and follows redirects to blob
-storage (httpx drops the Authorization header when a redirect leaves the registry's origin). Plain HTTP is
-used only for endpoints marked insecure, and only after HTTPS failed there.
+storage (httpx drops the Authorization header when a redirect leaves the registry's origin).
+
+Security rules kept here:
+
+- **Scheme per endpoint and per pull.** A client is made for one endpoint of one pull. It speaks HTTPS; only
+  an endpoint marked insecure may fall back to plain HTTP, and only when HTTPS fails there during this pull.
+  Nothing is remembered across pulls or endpoints, so a host used insecurely (as a mirror, say) is still
+  HTTPS-only where it is not marked insecure, and a transient failure does not pin a host to HTTP.
+- **TLS per host** from certs.d (:mod:`moorage.images.certs`): extra CAs and a client certificate.
+- **Token realms** are checked before any credential goes there (:func:`moorage.images.auth.realm_problem`).
+- **Error bodies** of registries and token servers are echoed only as a short, sanitised excerpt.
 
 HTTP failures become MoorageErrors here, so callers above see NOT_FOUND, UNAUTHENTICATED, ... with the
 endpoint in the message.
@@ -15,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 import structlog
 
 from moorage.errors import (
     DataLoss,
+    FailedPrecondition,
     InvalidImage,
     MoorageError,
     NotFound,
@@ -31,6 +42,7 @@ from moorage.errors import (
     Unauthenticated,
     Unavailable,
 )
+from moorage.images import auth, certs
 from moorage.images import manifest as mf
 from moorage.images.auth import Credentials, parse_challenges
 from moorage.images.content import Ingest
@@ -40,33 +52,45 @@ log = structlog.get_logger(__name__)
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 10.0
 CHUNK = 256 << 10
+EXCERPT_CHARS = 160
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)")
+TRANSPORT_ERRORS = (httpx.TransportError, ssl.SSLError)
+"""A refused TLS handshake (a client certificate the server rejects) can surface as a bare SSLError on read."""
 
 
-@dataclass
 class HttpClients:
-    """The shared connection pools: one verifying TLS, one for insecure registries. Scheme choice per host."""
+    """The shared connection pools, one per TLS setting: verifying or not, and each host's certs.d contents."""
 
-    secure: httpx.AsyncClient
-    insecure: httpx.AsyncClient
-    schemes: dict[str, str] = field(default_factory=dict)
+    def __init__(self, read_timeout: float | None, certs_dirs: Callable[[], tuple[str, ...]]) -> None:
+        self.read_timeout = read_timeout
+        self.certs_dirs = certs_dirs
+        self._clients: dict[tuple[bool, certs.HostCerts | None], httpx.AsyncClient] = {}
 
     @classmethod
-    def create(cls, read_timeout: float | None) -> HttpClients:
-        def client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                verify=verify,
-                timeout=httpx.Timeout(30.0, read=read_timeout),
+    def create(cls, read_timeout: float | None, certs_dirs: Callable[[], tuple[str, ...]] = tuple) -> HttpClients:
+        return cls(read_timeout, certs_dirs)
+
+    def for_host(self, host: str, *, verify: bool) -> httpx.AsyncClient:
+        """A client for ``host``: the node's CA store (where operators add private CAs) plus the host's certs.d
+        CAs, and its client certificate; ``verify=False`` only for endpoints marked insecure."""
+        host_certs = certs.find(self.certs_dirs(), host)
+        key = (verify, host_certs)
+        client = self._clients.get(key)
+        if client is None:
+            client = httpx.AsyncClient(
+                verify=certs.context(host_certs, verify=verify),
+                timeout=httpx.Timeout(30.0, read=self.read_timeout),
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
                 follow_redirects=True,
                 trust_env=False,
             )
-
-        # Verified against the node's CA store (where operators add private registries' CAs), not certifi's.
-        return cls(client(ssl.create_default_context()), client(False))
+            self._clients[key] = client
+        return client
 
     async def aclose(self) -> None:
-        await self.secure.aclose()
-        await self.insecure.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
 
 @dataclass(frozen=True)
@@ -96,10 +120,8 @@ class RegistryClient:
         self.credentials = credentials
         self.retries = retries
         self._authorization: str | None = f"Bearer {credentials.registry_token}" if credentials.registry_token else None
-
-    @property
-    def _client(self) -> httpx.AsyncClient:
-        return self.http.insecure if self.insecure else self.http.secure
+        self._client = http.for_host(host, verify=not insecure)
+        self._scheme: str | None = None  # decided on the first request of this client, i.e. per endpoint and pull
 
     # --- the distribution API -------------------------------------------------------------------------------
 
@@ -147,7 +169,7 @@ class RegistryClient:
                     ingest.write(chunk)
                     on_bytes(len(chunk))
                 return
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 attempt += 1
                 if attempt >= self.retries:
                     raise Unavailable(
@@ -167,7 +189,7 @@ class RegistryClient:
         while True:
             try:
                 response = await self._send(method, path, headers)
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 attempt += 1
                 if attempt >= self.retries:
                     raise Unavailable(f"{what}: {_describe(exc)} ({attempt} attempts)") from None
@@ -201,17 +223,18 @@ class RegistryClient:
         return await self._client.send(request, stream=True)
 
     async def _base_url(self) -> str:
-        """https://host; for an insecure registry, http://host when it does not speak TLS (checked once)."""
-        scheme = self.http.schemes.get(self.host)
-        if scheme is None:
-            scheme = "https"
+        """https://host; http://host only for an endpoint marked insecure whose HTTPS failed in this pull."""
+        if self._scheme is None:
+            self._scheme = "https"
             if self.insecure:
                 try:
                     await self._client.get(f"https://{self.host}/v2/", timeout=10.0)
-                except httpx.TransportError:
-                    scheme = "http"
-            self.http.schemes[self.host] = scheme
-        return f"{scheme}://{self.host}"
+                except TRANSPORT_ERRORS as exc:
+                    log.info(
+                        "insecure registry does not answer HTTPS; using HTTP", host=self.host, error=_describe(exc)
+                    )
+                    self._scheme = "http"
+        return f"{self._scheme}://{self.host}"
 
     async def _authorize(self, response: httpx.Response, what: str) -> None:
         challenges = parse_challenges(response.headers.get_list("www-authenticate"))
@@ -228,17 +251,20 @@ class RegistryClient:
 
     async def _fetch_token(self, params: dict[str, str], what: str) -> str:
         realm = params["realm"]
+        problem = await auth.realm_problem(realm, registry_scheme=self._scheme or "https", registry_host=self.host)
+        if problem:
+            raise FailedPrecondition(f"{what}: registry {self.host} names token realm {_excerpt(realm)}: {problem}")
         scope = params.get("scope") or f"repository:{self.repository}:pull"
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
         creds = self.credentials
         try:
             if creds.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": "moorage"}
-                response = await self._client.post(realm, data={**form, **query})
+                response = await self._client.post(realm, data={**form, **query}, follow_redirects=False)
             else:
                 headers = {"Authorization": creds.basic()} if (creds.username or creds.password) else {}
-                response = await self._client.get(realm, params=query, headers=headers)
-        except httpx.TransportError as exc:
+                response = await self._client.get(realm, params=query, headers=headers, follow_redirects=False)
+        except TRANSPORT_ERRORS as exc:
             raise Unavailable(f"{what}: token server {realm}: {_describe(exc)}") from None
         if response.status_code in (401, 403):
             who = f"the credentials of {creds.username!r}" if creds else "anonymous access"
@@ -248,7 +274,7 @@ class RegistryClient:
         try:
             doc = response.json()
             token = doc.get("token") or doc.get("access_token")
-        except ValueError:
+        except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
             raise Unauthenticated(f"{what}: token server {realm} returned no token")
@@ -282,15 +308,30 @@ def _http_error(response: httpx.Response, what: str, creds: Credentials) -> Moor
 
 
 def _status(response: httpx.Response) -> str:
-    """``404 MANIFEST_UNKNOWN: manifest unknown``: the status with the registry's own error code if it sent one."""
+    """``404 MANIFEST_UNKNOWN: manifest unknown``: the status with the server's own error, as a short excerpt.
+
+    The body is the remote's text: only a bounded, printable excerpt of it reaches logs and the kubelet."""
     text = f"{response.status_code} {response.reason_phrase}".strip()
     try:
-        errors = response.json().get("errors") or []
-        if errors and isinstance(errors[0], dict):
-            text = f"{response.status_code} {errors[0].get('code', '')}: {errors[0].get('message', '')}"
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
-        pass
-    return text
+        doc = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        doc = None
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        return f"{response.status_code} {_excerpt(str(first.get('code', '')) + ': ' + str(first.get('message', '')))}"
+    try:
+        body = response.text
+    except httpx.ResponseNotRead:
+        body = ""
+    return f"{text}: {_excerpt(body)}" if body.strip() else text
+
+
+def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` with control and other unprintable characters dropped, whitespace collapsed, cut to ``limit``."""
+    text = _ANSI_ESCAPE.sub("", text[: limit * 4])
+    clean = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -302,5 +343,5 @@ def _backoff(attempt: int) -> float:
     return float(min(0.25 * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)) * random.uniform(0.8, 1.2)
 
 
-def _describe(exc: httpx.TransportError) -> str:
+def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

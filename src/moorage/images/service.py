@@ -23,14 +23,13 @@ import structlog
 from moorage.config import Config
 from moorage.errors import AmbiguousId, DeadlineExceeded, FailedPrecondition, InvalidArgument, InvalidImage
 from moorage.images import manifest as mf
-from moorage.images import registries
 from moorage.images.archive import Archive, ArchiveImage, ArchiveLayer
 from moorage.images.auth import Credentials
 from moorage.images.catalog import Catalog, ImageRecord, Layer
 from moorage.images.content import ContentStore, Ingest
 from moorage.images.layers import Fetch, LayerStore
 from moorage.images.progress import Progress, SharedWork
-from moorage.images.pull import Puller, candidates
+from moorage.images.pull import Puller, candidates, load_registries
 from moorage.images.reference import Reference, parse
 from moorage.images.registry import HttpClients
 from moorage.images.snapshots import Snapshotter, chain_ids
@@ -57,7 +56,9 @@ class ImageManager:
         self.root = root
         self.layers = LayerStore(ContentStore(root / "content"), Snapshotter(root / "snapshots"), self.catalog)
         timeout = config().image.pull_progress_timeout
-        self.http = HttpClients.create(read_timeout=float(timeout) if timeout else None)
+        self.http = HttpClients.create(
+            read_timeout=float(timeout) if timeout else None, certs_dirs=lambda: self.config().image.certs_dirs
+        )
         self.puller = Puller(self.layers, self.http, config)
         self._pulls: SharedWork[ImageRecord] = SharedWork()
         self._progress: dict[str, Progress] = {}
@@ -80,15 +81,18 @@ class ImageManager:
     # --- pull -----------------------------------------------------------------------------------------------
 
     async def pull(self, text: str, credentials: Credentials) -> ImageRecord:
-        progress = self._progress.setdefault(text, Progress(text))
+        # Pulls share a download only with the same credentials: a pull with bad ones must not fail (or
+        # authorize) another. Once content is verified and local, any pull reuses it.
+        key = _pull_key(text, credentials)
+        progress = self._progress.setdefault(key, Progress(text))
         try:
-            return await self._pulls.run(text, lambda: self._watched_pull(text, credentials, progress))
+            return await self._pulls.run(key, lambda: self._watched_pull(text, credentials, progress))
         finally:
-            if text not in self._pulls.running():
-                self._progress.pop(text, None)
+            if key not in self._pulls.running():
+                self._progress.pop(key, None)
 
-    def progress(self, text: str) -> Progress | None:
-        return self._progress.get(text)
+    def progress(self, text: str, credentials: Credentials) -> Progress | None:
+        return self._progress.get(_pull_key(text, credentials))
 
     async def _watched_pull(self, text: str, credentials: Credentials, progress: Progress) -> ImageRecord:
         timeout = self.config().image.pull_progress_timeout
@@ -171,7 +175,7 @@ class ImageManager:
             return await self.catalog.get(f"sha256:{match.group(1)}")
         if (image_id := await self.catalog.id_by_name(text)) is not None:  # a name as stored: fully qualified
             return await self.catalog.get(image_id)
-        conf = registries.load(self.config().registries_conf)
+        conf = load_registries(self.config())
         try:
             refs = candidates(text, conf)
         except InvalidArgument:
@@ -265,6 +269,10 @@ def _docker_manifest(image: ArchiveImage) -> bytes:
         "layers": [{"mediaType": la.media_type, "size": la.size, "digest": la.digest} for la in image.layers],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _pull_key(text: str, credentials: Credentials) -> str:
+    return f"{text}\0{credentials.fingerprint()}"
 
 
 def _sha256(data: bytes) -> str:
