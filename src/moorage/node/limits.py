@@ -29,4 +29,3 @@ def raise_open_files() -> int:
         log.debug("raised the open file limit", soft=hard, was=soft)
         return hard
     return soft
-
