@@ -184,6 +184,13 @@ class ImageSection:
         "decides (as CRI-O and podman read both of these).",
         absolute_paths,
     )
+    max_layer_size: int = key(
+        32 << 30,
+        "Bytes one layer may unpack to (its uncompressed tar stream); past it the pull fails and the half-made "
+        "layer is removed: a small compressed layer can expand to fill the disk (a layer bomb). 32 GiB is about "
+        "three times the largest single layers of common images.",
+        at_least(1),
+    )
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,24 @@ def test_malicious_layers_are_refused_and_leave_nothing(node: DaemonProcess, reg
     assert not Path("/escaped").exists()
 
 
+def test_a_layer_bomb_is_stopped_at_image_max_layer_size(unstarted: DaemonProcess, registry: Registry) -> None:
+    """A zstd layer of a few KiB that unpacks to 8 MiB, on a node whose image.max_layer_size is 1 MiB: the pull
+    fails with RESOURCE_EXHAUSTED naming the key and leaves nothing; the busybox layer (about 1 MiB less) is fine."""
+    bomb = fixtures.layer([fixtures.Entry.file("zeros", b"\0" * (8 << 20))], "zstd")
+    fixtures.push(registry, "test/bomb", "1", fixtures.image([bomb]))
+    node = unstarted
+    node.write_config("", image="max_layer_size = 1048576")
+    node.trust_registry(registry.host)
+    node.start()
+    with node.client() as client:
+        err = rpc_error(functools.partial(client.pull_image, f"{registry.host}/test/bomb:1"))
+        assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details
+        assert "unpacks to more than image.max_layer_size (1048576 bytes)" in err.details
+        assert client.list_images() == []
+        assert layer_dirs(node) == []
+        assert list((node.root / "snapshots" / ".tmp").iterdir()) == []
+
+
 def test_layer_whose_diff_id_lies_is_refused(node: DaemonProcess, registry: Registry) -> None:
     good = fixtures.busybox_layer()
     img = fixtures.image([good], config_extra={"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]}})

@@ -504,3 +504,20 @@ def test_a_full_filesystem_fails_the_unpack_and_leaks_no_thread_or_descriptor(tm
         assert len(os.listdir("/proc/self/fd")) == fds
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@root_only
+@pytest.mark.parametrize("kind", ["zstd", "gzip", "none"])
+def test_a_layer_past_max_size_is_refused_while_it_unpacks(site: Site, kind: Literal["gzip", "zstd", "none"]) -> None:
+    """A layer bomb: 8 MiB of zeros compress to a few KiB; with a 1 MiB limit the unpack stops at the limit, not
+    at the end of the stream, and says which limit it hit. The same layer under a larger limit unpacks."""
+    data = Layer().file("zeros", b"\0" * (8 << 20)).tar()
+    blob = site.tmp / f"bomb-{kind}"
+    blob.write_bytes(compress(data, kind))
+    if kind == "zstd":
+        assert blob.stat().st_size < 64 << 10
+    with pytest.raises(ResourceExhausted, match=r"unpacks to more than image.max_layer_size \(1048576 bytes\)"):
+        apply_layer(blob, site.dest, max_size=1 << 20)
+    assert not (site.dest / "zeros").exists() or (site.dest / "zeros").stat().st_size <= 1 << 20
+    fresh = Site(site.tmp / "fresh")
+    assert apply_layer(blob, fresh.dest, max_size=len(data)).diff_id == "sha256:" + hashlib.sha256(data).hexdigest()

@@ -56,8 +56,15 @@ class Lease:
 
 
 class LayerStore:
-    def __init__(self, content: ContentStore, snapshots: Snapshotter, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        content: ContentStore,
+        snapshots: Snapshotter,
+        catalog: Catalog,
+        max_layer_size: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.content = content
+        self.max_layer_size = max_layer_size
         self.snapshots = snapshots
         self.catalog = catalog
         self.leases: Counter[str] = Counter()
@@ -141,7 +148,7 @@ class LayerStore:
             prepared = self.snapshots.prepare()
             work: asyncio.Future[Any] | None = None
             try:
-                unpacking = asyncio.ensure_future(asyncio.to_thread(apply_layer, blob, prepared))
+                unpacking = asyncio.ensure_future(asyncio.to_thread(apply_layer, blob, prepared, self.max_layer_size()))
                 work = unpacking
                 stats = await asyncio.shield(unpacking)
                 if stats.diff_id != diff_id:

@@ -54,7 +54,12 @@ class ImageManager:
         self.config = config
         self.catalog = Catalog(store)
         self.root = root
-        self.layers = LayerStore(ContentStore(root / "content"), Snapshotter(root / "snapshots"), self.catalog)
+        self.layers = LayerStore(
+            ContentStore(root / "content"),
+            Snapshotter(root / "snapshots"),
+            self.catalog,
+            max_layer_size=lambda: self.config().image.max_layer_size,
+        )
         timeout = config().image.pull_progress_timeout
         self.http = HttpClients.create(
             read_timeout=float(timeout) if timeout else None, certs_dirs=lambda: self.config().image.certs_dirs

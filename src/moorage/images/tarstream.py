@@ -35,7 +35,7 @@ from typing import IO, BinaryIO, Literal, cast
 
 import zstandard
 
-from moorage.errors import InvalidImage, MoorageError
+from moorage.errors import InvalidImage, MoorageError, ResourceExhausted
 
 Compression = Literal["gzip", "zstd", "none"]
 
@@ -86,17 +86,18 @@ def detect_compression(head: bytes) -> Compression:
 
 
 @contextlib.contextmanager
-def open_layer(blob: Path, hash_update: Callable[[bytes], object]) -> Iterator[TarReader]:
+def open_layer(blob: Path, hash_update: Callable[[bytes], object], max_size: int | None = None) -> Iterator[TarReader]:
     """A reader of the tar members in ``blob``, decompressed on a worker thread that passes every chunk of tar
     bytes to ``hash_update`` first. On a clean exit the stream is read to its end (the end-of-archive blocks and
     any padding after them are part of the diff id); on any exit the worker is stopped and the file closed.
 
-    Raises InvalidImage for a truncated or corrupt stream, MoorageError when the blob cannot be read.
+    Raises InvalidImage for a truncated or corrupt stream, ResourceExhausted when it decompresses to more than
+    ``max_size`` bytes (a layer bomb), MoorageError when the blob cannot be read.
     """
     with open(blob, "rb", buffering=0) as f:
         kind = detect_compression(f.read(4))
         f.seek(0)
-        chunks = _in_thread(_decompressed(f, kind, hash_update, blob))
+        chunks = _in_thread(_decompressed(f, kind, hash_update, blob, max_size))
         try:
             yield TarReader(chunks)
             for _ in chunks:
@@ -118,9 +119,10 @@ def _corrupt(detail: str) -> InvalidImage:
 
 
 def _decompressed(
-    f: BinaryIO, kind: Compression, hash_update: Callable[[bytes], object], blob: Path
+    f: BinaryIO, kind: Compression, hash_update: Callable[[bytes], object], blob: Path, max_size: int | None = None
 ) -> Iterator[bytes]:
-    """The tar bytes of the blob, in chunks of at most CHUNK bytes, each passed to ``hash_update`` first."""
+    """The tar bytes of the blob, in chunks of at most CHUNK bytes, each passed to ``hash_update`` first; at most
+    ``max_size`` of them in all."""
     source: Iterator[bytes]
     if kind == "gzip":
         source = _gunzip(f)
@@ -128,8 +130,14 @@ def _decompressed(
         source = _unzstd(f)
     else:
         source = iter(partial(f.read, CHUNK), b"")
+    total = 0
     try:
         for chunk in source:
+            total += len(chunk)
+            if max_size is not None and total > max_size:
+                raise ResourceExhausted(
+                    f"layer {blob.name} unpacks to more than image.max_layer_size ({max_size} bytes): refused"
+                )
             hash_update(chunk)
             yield chunk
     except zlib.error as exc:

@@ -77,14 +77,14 @@ class LayerStats:
     inodes: int  # entries created: files, directories, links, whiteouts, ...
 
 
-def apply_layer(blob: Path, dest: Path) -> LayerStats:
+def apply_layer(blob: Path, dest: Path, max_size: int | None = None) -> LayerStats:
     """Unpack ``blob`` into the empty directory ``dest``; synchronous (run it in a thread).
 
     Raises InvalidImage for a malformed or unsafe layer, naming the member and the problem; ResourceExhausted
-    when the disk is full; MoorageError for other I/O failures.
+    when the disk is full or the layer unpacks to more than ``max_size`` bytes; MoorageError for other I/O failures.
     """
     digest = hashlib.sha256()
-    with open_layer(blob, digest.update) as reader:
+    with open_layer(blob, digest.update, max_size) as reader:
         writer = _Writer(dest)
         try:
             while (member := reader.next()) is not None:
