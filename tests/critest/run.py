@@ -32,7 +32,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moorage.node.cgroups import DEFAULT_CGROUPFS_PARENT
 from tests.critest.images import build_and_push, prepare
+from tests.fixtures import cgroups
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess
 
@@ -136,6 +138,9 @@ def moorage_node(registry: str) -> Iterator[DaemonProcess]:
     Its streaming server listens on a free port of 127.0.0.1, which is where critest connects."""
     daemon = DaemonProcess('sandbox_image = "localhost/moorage/pause:1.0"\n')
     daemon.log_level = "info"
+    # critest's pods name no cgroup parent, so they live under the runtime's default one: removed after the run
+    # unless the node had it before
+    had_default_parent = bool(cgroups.existing(DEFAULT_CGROUPFS_PARENT))
     try:
         daemon.registries_conf.write_text(registries_conf(registry))
         daemon.cni_dir.mkdir(exist_ok=True)
@@ -144,6 +149,8 @@ def moorage_node(registry: str) -> Iterator[DaemonProcess]:
         yield daemon
     finally:
         daemon.cleanup()
+        if not had_default_parent:
+            cgroups.remove(DEFAULT_CGROUPFS_PARENT)
 
 
 def critest_argv(daemon: DaemonProcess, args: argparse.Namespace, report: Path) -> list[str]:
