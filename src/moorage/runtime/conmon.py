@@ -167,6 +167,14 @@ def conmon_pid(paths: ConmonPaths) -> int | None:
     return pid if paths.cid.encode() in cmdline and b"--cid" in cmdline else None
 
 
+async def wait_exited(paths: ConmonPaths, timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) for the container's conmon to exit: it may write the ``oom`` file after
+    the exit file, when the cgroup's OOM event reaches it late, and exits once both are written."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while conmon_pid(paths) is not None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.005)
+
+
 async def create_container(
     conmon: str,
     runtime: OciRuntime,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ from moorage.state.models import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_
 from moorage.store.db import Store
 
 log = structlog.get_logger(__name__)
+OOM_REPORT_WAIT = 1.0
+"""Seconds a SIGKILLed container's exit waits for its conmon to exit, so a late ``oom`` file is not missed."""
 
 KILL_WAIT_SECONDS = 10.0
 
@@ -120,6 +123,9 @@ class ContainerBase:
             return
         finished = max(paths.exit_file.stat().st_mtime_ns, record.status.started_at)  # mtimes are coarse
         oom = (paths.container_dir / "oom").exists()
+        if not oom and code == 128 + signal.SIGKILL:  # killed: an OOM kill conmon has not reported yet?
+            await conmon.wait_exited(paths, OOM_REPORT_WAIT)
+            oom = (paths.container_dir / "oom").exists()
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         await self.records.save(record.moved(CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason))
         log.info("container exited", container=container_id, exit_code=code, reason=reason)
