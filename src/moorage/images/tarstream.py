@@ -1,8 +1,8 @@
 """Read one image layer blob as a stream of tar members: the reading half of ``unpack``.
 
-A blob is plain, gzip or zstd; ``detect_compression`` tells which from its first bytes. ``open_layer`` reads it
-once, front to back: a worker thread reads the file, decompresses it and hashes the tar bytes (the diff id), up to
-QUEUE_CHUNKS chunks ahead of the caller; the calling thread walks the tar headers with a ``TarReader``::
+``open_layer`` reads a blob once, front to back: a worker thread (``decompress``) reads the file, decompresses it
+and hashes the tar bytes (the diff id), a few chunks ahead of the caller; the calling thread walks the tar headers
+with a ``TarReader``::
 
     with open_layer(blob, digest.update) as reader:
         while (member := reader.next()) is not None:
@@ -22,29 +22,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import struct
-import threading
 import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
-from typing import IO, BinaryIO, Literal, cast
 
-import zstandard
+from moorage.errors import InvalidImage
+from moorage.images.decompress import Compression, corrupt, decompressed, detect_compression, in_thread
 
-from moorage.errors import InvalidImage, MoorageError, ResourceExhausted
+__all__ = ["Compression", "Member", "TarReader", "detect_compression", "open_layer", "show_name"]
 
-Compression = Literal["gzip", "zstd", "none"]
-
-CHUNK = 1 << 20  # bytes read from the blob, and the most a decompressor hands over at once
-QUEUE_CHUNKS = 16  # chunks the decompressing thread may run ahead of the reader
 EXT_HEADER_MAX = 16 << 20  # largest PAX or GNU long-name record accepted (xattrs included)
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZERO_BLOCK = bytes(512)
 _XATTR_PREFIX = b"SCHILY.xattr."
 
@@ -76,15 +67,6 @@ class Member:
         return show_name(self.name)
 
 
-def detect_compression(head: bytes) -> Compression:
-    """The compression of a blob, from its first bytes (four are enough)."""
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC) or (len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"):
-        return "zstd"  # a zstd frame, or a skippable frame (zstd:chunked layers may start with one)
-    return "none"
-
-
 @contextlib.contextmanager
 def open_layer(blob: Path, hash_update: Callable[[bytes], object], max_size: int | None = None) -> Iterator[TarReader]:
     """A reader of the tar members in ``blob``, decompressed on a worker thread that passes every chunk of tar
@@ -97,7 +79,7 @@ def open_layer(blob: Path, hash_update: Callable[[bytes], object], max_size: int
     with open(blob, "rb", buffering=0) as f:
         kind = detect_compression(f.read(4))
         f.seek(0)
-        chunks = _in_thread(_decompressed(f, kind, hash_update, blob, max_size))
+        chunks = in_thread(decompressed(f, kind, hash_update, blob, max_size))
         try:
             yield TarReader(chunks)
             for _ in chunks:
@@ -109,191 +91,6 @@ def open_layer(blob: Path, hash_update: Callable[[bytes], object], max_size: int
 def show_name(name: bytes) -> str:
     """A member name or other header bytes, for messages."""
     return name.decode("utf-8", "backslashreplace")
-
-
-def _corrupt(detail: str) -> InvalidImage:
-    return InvalidImage(f"layer is truncated or corrupt: {detail}")
-
-
-# --- the decompressing thread ---------------------------------------------------------------------------------
-
-
-def _decompressed(
-    f: BinaryIO, kind: Compression, hash_update: Callable[[bytes], object], blob: Path, max_size: int | None = None
-) -> Iterator[bytes]:
-    """The tar bytes of the blob, in chunks of at most CHUNK bytes, each passed to ``hash_update`` first; at most
-    ``max_size`` of them in all."""
-    source: Iterator[bytes]
-    if kind == "gzip":
-        source = _gunzip(f)
-    elif kind == "zstd":
-        source = _unzstd(f)
-    else:
-        source = iter(partial(f.read, CHUNK), b"")
-    total = 0
-    try:
-        for chunk in source:
-            total += len(chunk)
-            if max_size is not None and total > max_size:
-                raise ResourceExhausted(
-                    f"layer {blob.name} unpacks to more than image.max_layer_size ({max_size} bytes): refused"
-                )
-            hash_update(chunk)
-            yield chunk
-    except zlib.error as exc:
-        raise _corrupt(f"gzip: {exc}") from exc
-    except zstandard.ZstdError as exc:
-        raise _corrupt(f"zstd: {exc}") from exc
-    except OSError as exc:
-        raise MoorageError(f"reading layer blob {blob}: {exc}") from exc
-
-
-def _gunzip(f: BinaryIO) -> Iterator[bytes]:
-    """Inflate every gzip member of ``f`` in turn; never more than CHUNK bytes of output per step (a zip bomb
-    only costs time). A stream that stops inside a member is truncated."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    data = b""
-    while True:
-        if not data:
-            data = f.read(CHUNK)
-            if not data:
-                break
-        if inflater.eof:  # the previous member ended and more bytes follow: they must be another member
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out = inflater.decompress(data, CHUNK)
-        if out:
-            yield out
-        data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
-    while not inflater.eof and (out := inflater.decompress(b"", CHUNK)):
-        yield out  # output zlib still held when the input ran out
-    if not inflater.eof:
-        raise _corrupt("the gzip stream ends early")
-
-
-def _unzstd(f: BinaryIO) -> Iterator[bytes]:
-    """Decompress every zstd frame of ``f``, CHUNK bytes at most per step. zstandard's reader ends quietly on a
-    cut stream, so the frame headers are walked alongside to tell a whole stream from a truncated one."""
-    frames = _ZstdFrames(f)
-    reader = zstandard.ZstdDecompressor().stream_reader(
-        cast(IO[bytes], frames), read_size=CHUNK, read_across_frames=True
-    )
-    yield from iter(partial(reader.read, CHUNK), b"")
-    if not frames.complete:
-        raise _corrupt("the zstd stream ends early")
-
-
-class _ZstdFrames:
-    """A file wrapper that follows zstd frame and block headers (RFC 8878, section 3.1) in the bytes read through
-    it. It decodes nothing: it reads sizes only, to know whether the stream stops between two frames."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        self._state = "magic"
-        self._want = 4  # length of the header field being collected
-        self._field = bytearray()
-        self._skip = 0  # block content or skippable frame bytes to pass over
-        self._checksum = False
-
-    @property
-    def complete(self) -> bool:
-        return self._state == "magic" and not self._field and not self._skip
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self._feed(data)
-        return data
-
-    def _feed(self, data: bytes) -> None:
-        i, n = 0, len(data)
-        while i < n:
-            if self._skip:
-                step = min(self._skip, n - i)
-                self._skip -= step
-                i += step
-                continue
-            take = min(self._want - len(self._field), n - i)
-            self._field += data[i : i + take]
-            i += take
-            if len(self._field) == self._want:
-                field = bytes(self._field)
-                self._field.clear()
-                self._advance(field)
-
-    def _advance(self, field: bytes) -> None:
-        state = self._state
-        if state == "magic":
-            if field == _ZSTD_MAGIC:
-                self._state, self._want = "descriptor", 1
-            elif field[0] & 0xF0 == 0x50 and field[1:] == b"\x2a\x4d\x18":
-                self._state, self._want = "skippable", 4
-            else:
-                raise _corrupt("zstd: unknown frame magic")
-        elif state == "skippable":
-            self._skip = int.from_bytes(field, "little")
-            self._state, self._want = "magic", 4
-        elif state == "descriptor":
-            d = field[0]
-            single_segment = d >> 5 & 1
-            self._checksum = bool(d & 4)
-            rest = (0 if single_segment else 1) + (0, 1, 2, 4)[d & 3] + (single_segment, 2, 4, 8)[d >> 6]
-            self._state, self._want = ("header", rest) if rest else ("block", 3)
-        elif state == "header":
-            self._state, self._want = "block", 3
-        elif state == "block":
-            header = int.from_bytes(field, "little")
-            block_type = header >> 1 & 3
-            if block_type == 3:
-                raise _corrupt("zstd: reserved block type")
-            self._skip = 1 if block_type == 1 else header >> 3  # an RLE block stores one byte
-            if not header & 1:
-                self._state, self._want = "block", 3
-            elif self._checksum:
-                self._state, self._want = "checksum", 4
-            else:
-                self._state, self._want = "magic", 4
-        else:  # checksum
-            self._state, self._want = "magic", 4
-
-
-class _Stop(Exception):
-    """Tells the decompressing thread its reader has gone."""
-
-
-def _in_thread(source: Iterator[bytes]) -> Generator[bytes, None, None]:
-    """Run ``source`` on a worker thread, QUEUE_CHUNKS ahead of the consumer. zlib, zstd, sha256 and file reads
-    release the GIL, so decompression overlaps the writes the consumer makes (as `tar -z` overlaps gzip)."""
-    handoff: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_CHUNKS)
-    stop = threading.Event()
-
-    def put(item: bytes | BaseException | None) -> None:
-        handoff.put(item)
-        if stop.is_set():
-            raise _Stop
-
-    def run() -> None:
-        try:
-            for chunk in source:
-                put(chunk)
-            put(None)
-        except _Stop:
-            pass
-        except BaseException as exc:  # handed to the consumer, which raises it
-            with contextlib.suppress(_Stop):
-                put(exc)
-
-    worker = threading.Thread(target=run, name="moorage-layer-decompress", daemon=True)
-    worker.start()
-    try:
-        while (item := handoff.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a worker waiting for room in the queue
-            with contextlib.suppress(queue.Empty):
-                handoff.get(timeout=0.01)
-        worker.join()
 
 
 # --- the tar reader -------------------------------------------------------------------------------------------
@@ -345,7 +142,7 @@ class TarReader:
             avail = len(self._buf) - self._pos
             if not avail:
                 if not self._more():
-                    raise _corrupt(f'the stream ends inside member "{show_name(self._member)}"')
+                    raise corrupt(f'the stream ends inside member "{show_name(self._member)}"')
                 continue
             k = min(n, avail)
             self._pos += k
@@ -374,7 +171,7 @@ class TarReader:
             avail = len(self._buf) - self._pos
             if not avail:
                 if not self._more():
-                    raise _corrupt(f'the stream ends inside member "{show_name(self._member)}"')
+                    raise corrupt(f'the stream ends inside member "{show_name(self._member)}"')
                 continue
             k = min(size, avail)
             view = self._view[self._pos : self._pos + k]
@@ -399,10 +196,10 @@ class TarReader:
             if len(header) < 512:
                 if not header and not pax and long_name is None and long_link is None:
                     return None  # the stream stops at a member boundary, without end blocks: accepted, as Go does
-                raise _corrupt(f"the stream ends inside the tar header at offset {offset}")
+                raise corrupt(f"the stream ends inside the tar header at offset {offset}")
             if header == _ZERO_BLOCK:
                 if pax or long_name is not None or long_link is not None:
-                    raise _corrupt(f"an extended header at offset {offset} describes no member")
+                    raise corrupt(f"an extended header at offset {offset} describes no member")
                 return None
             _verify_checksum(header, offset)
             typeflag = header[156]
@@ -412,7 +209,7 @@ class TarReader:
                     raise InvalidImage(f"layer header at offset {offset}: {size} byte extended header is too large")
                 data = self._read(size)
                 if len(data) < size:
-                    raise _corrupt(f"the stream ends inside the extended header at offset {offset}")
+                    raise corrupt(f"the stream ends inside the extended header at offset {offset}")
                 self._skip(-size % 512)
                 if typeflag == _PAX:
                     pax.update(_parse_pax(data, offset))
@@ -505,7 +302,7 @@ def _number(field: bytes, offset: int) -> int:
     try:
         return int(text, 8) if text else 0
     except ValueError:
-        raise _corrupt(f"malformed number {field!r} in the tar header at offset {offset}") from None
+        raise corrupt(f"malformed number {field!r} in the tar header at offset {offset}") from None
 
 
 def _verify_checksum(header: bytes, offset: int) -> None:
@@ -522,7 +319,7 @@ def _verify_checksum(header: bytes, offset: int) -> None:
         return
     signed = struct.unpack("148b8x356b", header)  # some old writers summed signed chars
     if stored != sum(signed) + 256:
-        raise _corrupt(f"bad tar header checksum at offset {offset}")
+        raise corrupt(f"bad tar header checksum at offset {offset}")
 
 
 def _parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
@@ -537,10 +334,10 @@ def _parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
             length = 0
         record_end = pos + length
         if length <= space - pos + 1 or record_end > end or data[record_end - 1] != 0x0A:
-            raise _corrupt(f"malformed PAX record in the extended header at offset {offset}")
+            raise corrupt(f"malformed PAX record in the extended header at offset {offset}")
         key, eq, value = data[space + 1 : record_end - 1].partition(b"=")
         if not eq:
-            raise _corrupt(f"malformed PAX record in the extended header at offset {offset}")
+            raise corrupt(f"malformed PAX record in the extended header at offset {offset}")
         records[key] = value
         pos = record_end
     return records

@@ -1,10 +1,10 @@
 """Apply one image layer blob (a tar stream, plain, gzip or zstd) into an empty directory, as an overlayfs lower layer.
 
 This is the applier of containerd's overlay snapshotter. The layer is read once, as a stream, by three threads:
-one reads the blob, decompresses it and hashes the tar bytes (the diff id) and the calling thread parses tar
-headers, both in ``tarstream``; the calling thread also makes every path operation (create, link, remove, check),
-and a third writes the content and metadata of small files through the descriptors it opened. zlib, zstd,
-sha256 and file I/O release the GIL, so the three overlap as ``tar -xz`` overlaps gzip and tar. OCI whiteouts
+one reads the blob, decompresses it and hashes the tar bytes (the diff id: ``decompress``) and the calling thread
+parses tar headers (``tarstream``); the calling thread also makes every path operation (create, link, remove,
+check), and a third writes the content and metadata of small files through the descriptors it opened. zlib,
+zstd, sha256 and file I/O release the GIL, so the three overlap as ``tar -xz`` overlaps gzip and tar. OCI whiteouts
 become what overlayfs reads in a lower layer::
 
     dir/.wh.name        ->  dir/name: a character device 0:0 (an overlay whiteout)
