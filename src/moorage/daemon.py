@@ -29,6 +29,7 @@ from moorage.images.service import ImageManager
 from moorage.node import cgroupinfo, limits
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cni import Cni, NetworkConfig
+from moorage.node.sdnotify import Notifier
 from moorage.observe import daemon_log, metrics
 from moorage.runtime import pause_image
 from moorage.runtime.containers import Containers
@@ -52,6 +53,7 @@ class Daemon:
         self._config_path = config_path
         self._overrides = dict(overrides)
         self._stop = asyncio.Event()
+        self._notifier = Notifier.from_environment()  # systemd's socket, kept from every child process
 
     async def run(self) -> None:
         root, state, socket = Path(self.config.root), Path(self.config.state), Path(self.config.socket)
@@ -110,6 +112,7 @@ class Daemon:
                 cgroups=cgroup_host.mode,
                 streaming=streaming.base_url,
             )
+            self._notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving on " + str(socket))
             await self._stop.wait()
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
             await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
@@ -144,9 +147,15 @@ class Daemon:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def stop(self) -> None:
+        """SIGTERM, SIGINT: begin the graceful stop, and tell systemd it is under way."""
+        if not self._stop.is_set():
+            self._notifier.send("STOPPING=1")
+        self._stop.set()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; a bad file is logged and the running config kept."""
