@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd critest cri-tools protos docs bench pause clean
+.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd critest cri-tools kubelet test-kubelet protos docs bench pause clean
 
 deps: $(VENV)/.installed build/pause/pause build/pinns/pinns
 
@@ -53,6 +53,17 @@ critest: deps cri-tools
 	$(PY) -m tests.critest.run $(CRITEST_ARGS)
 	$(PY) -m tests.critest.run --parallel 2 $(CRITEST_ARGS)
 	$(PY) -m tests.critest.run --handler crun $(CRITEST_ARGS)
+
+## The kubelet of Kubernetes $(KUBERNETES_VERSION), built from the Go module proxy into build/kubelet.
+KUBERNETES_VERSION ?= v1.37.2
+kubelet: build/kubelet/.version
+
+build/kubelet/.version: scripts/build-kubelet
+	KUBERNETES_VERSION=$(KUBERNETES_VERSION) scripts/build-kubelet
+
+## A real kubelet in standalone mode (static pods) on a fresh daemon, in a network namespace of its own.
+test-kubelet: deps kubelet cri-tools
+	$(PY) -m tests.kubelet.run $(PYTEST_ARGS)
 
 ## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/api/_gen (committed).
 protos: deps
