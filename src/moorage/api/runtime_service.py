@@ -32,6 +32,7 @@ from moorage.runtime.containers import Containers
 from moorage.runtime.events import Event, Overflow
 from moorage.runtime.pod_cidr import PodCidr
 from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.spec import resources
 from moorage.state.models import CONTAINER_RUNNING, READY
 from moorage.streaming.server import StreamingServer
 
@@ -210,6 +211,7 @@ class RuntimeService(StatsRpcs):
         validate.name(request.config.metadata.name, "config.metadata.name")
         validate.required(request.config.image.image, "config.image.image")
         validate.relative_path(request.config.log_path, "config.log_path", "the pod's log_directory")
+        resources.check(request.config.linux.resources, "config.linux.resources")
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         container_id = await self._containers.create(sandbox_id, request.config)  # the pod's stored config is used
         return pb.CreateContainerResponse(container_id=container_id)
@@ -296,6 +298,7 @@ class RuntimeService(StatsRpcs):
         self, request: pb.UpdateContainerResourcesRequest, context: Context
     ) -> pb.UpdateContainerResourcesResponse:
         container_id = await self._existing("containers", request.container_id, "container_id")
+        resources.check(request.linux, "linux")
         await self._containers.update_resources(container_id, request.linux)
         return pb.UpdateContainerResourcesResponse()
 

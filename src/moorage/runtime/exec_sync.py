@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 
-from moorage.errors import DeadlineExceeded, InvalidArgument, MoorageError
+from moorage.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MoorageError, NotFound
 from moorage.node.proctree import kill_tree
 from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
 
@@ -85,7 +85,7 @@ async def exec_sync(
         process_file.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
     if code != 0 and b"exec failed" in stderr:
-        raise MoorageError(f"exec in container {container_id} failed: {parse_runtime_stderr(stderr)}")
+        raise _exec_failed(container_id, cmd[0], parse_runtime_stderr(stderr))
     if budget.dropped:
         log.warning(
             "exec output cut to fit the kubelet's message limit",
@@ -158,3 +158,14 @@ def _read_pid(pid_file: Path) -> int | None:
         return int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _exec_failed(container_id: str, program: str, message: str) -> MoorageError:
+    """The runtime could not start the command: a program the container lacks is NOT_FOUND and one it may not run
+    FAILED_PRECONDITION (both the request's doing, not the node's), anything else stays an internal error."""
+    said = f"exec in container {container_id} failed: {message}"
+    if "no such file or directory" in message or "executable file not found" in message:
+        return NotFound(f"cmd[0] {program!r} not found in the container: {said}")
+    if "permission denied" in message:
+        return FailedPrecondition(f"cmd[0] {program!r} cannot be run in the container: {said}")
+    return MoorageError(said)

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moorage.errors import MoorageError, NotFound, Unavailable
+from moorage.errors import InvalidArgument, MoorageError, NotFound, Unavailable
 
 # runc without --log-format json (or a runtime that ignores it) logs like logrus' text formatter.
+_KERNEL_REFUSED = re.compile(r"failed to write .*: (invalid argument|numerical result out of range)$")
 _LOGRUS_MSG = re.compile(r'\blevel=(?P<level>\w+)\s+msg="(?P<msg>(?:[^"\\]|\\.)*)"')
 
 
@@ -102,6 +103,8 @@ class OciRuntime:
             what = f"{os.path.basename(self.path)} {args[0]}" + (f" {cid}" if cid else "")
             if _is_not_found(message, self.root, cid):
                 raise NotFound(f"{what}: container {cid} not found: {message}")
+            if _KERNEL_REFUSED.search(message):  # a cgroup file refused a value the request gave
+                raise InvalidArgument(f"{what}: the kernel refused a requested value: {message}")
             raise MoorageError(f"{what}: {message}")
         return stdout
 

@@ -10,12 +10,28 @@ Lifecycle::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 
 from moorage.api.cri import pb
+from moorage.errors import InvalidArgument
+
+CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # the kernel's cpuset list format: 0-3,5
+
+
+def check(r: pb.LinuxContainerResources, field: str) -> None:
+    """Values the OCI runtime or the kernel cannot take are INVALID_ARGUMENT naming the field, before anything is
+    made: the OCI spec's shares and period are unsigned, and cpusets are lists of CPU or node numbers."""
+    for name in ("cpu_shares", "cpu_period"):
+        if getattr(r, name) < 0:
+            raise InvalidArgument(f"{field}.{name}: {getattr(r, name)} is negative")
+    for name in ("cpuset_cpus", "cpuset_mems"):
+        value = getattr(r, name)
+        if value and not CPU_LIST.match(value):
+            raise InvalidArgument(f"{field}.{name}: {value!r} is not a list of numbers and ranges such as 0-3,5")
 
 
 def cpu(r: pb.LinuxContainerResources) -> dict[str, Any]:
