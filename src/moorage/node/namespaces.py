@@ -40,14 +40,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, get_args
 
+from moorage import defaults
 from moorage.errors import AlreadyExists, InvalidArgument, MoorageError
 
 Kind = Literal["net", "ipc", "uts"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 PROC = Path("/proc")
 PINNS_SOURCE = "src/moorage/node/pinns/pinns.c"
-PINNS = Path(__file__).resolve().parents[3] / "build" / "pinns" / "pinns"
-"""The C namespace helper (src/moorage/node/pinns/pinns.c) as ``make`` builds it in the source tree."""
+PINNS = defaults.helper("pinns")
+"""The C namespace helper (src/moorage/node/pinns/pinns.c) as ``make`` builds it, or as the package installs it."""
 HOSTNAME_MAX = 64  # HOST_NAME_MAX; the kernel's limit for a UTS namespace's nodename
 
 _CLONE_FLAGS: dict[str, int] = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import moorage
+from moorage import defaults
 from moorage.errors import MoorageError
 from moorage.images.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, node_platform
 from moorage.images.service import ImageManager
@@ -24,7 +25,7 @@ from moorage.images.service import ImageManager
 LOCAL_NAME = "localhost/moorage/pause"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 PAUSE_CONFIG: dict[str, Any] = {"Entrypoint": ["/pause"], "User": "65535:65535"}
-SOURCE_TREE_BINARY = Path(moorage.__file__).resolve().parents[2] / "build" / "pause" / "pause"
+DEFAULT_BINARY = defaults.helper("pause")
 
 
 def is_local(image: str) -> bool:
@@ -32,8 +33,9 @@ def is_local(image: str) -> bool:
 
 
 def find_binary(configured: str) -> Path:
-    """The pause program: the configured path, else the one ``make pause`` builds in the source tree."""
-    path = Path(configured) if configured else SOURCE_TREE_BINARY
+    """The pause program: the configured path, else the one ``make pause`` builds in the source tree, else the
+    one the Debian package installs (/usr/lib/moorage/libexec/pause)."""
+    path = Path(configured) if configured else DEFAULT_BINARY
     if not path.is_file():
         raise MoorageError(
             f"the pause program {path} does not exist; build it with `make pause` (runtime.pause_binary)"
