@@ -93,6 +93,11 @@ def meta(name: str = "web", namespace: str = "default", uid: str = "u-1") -> pb.
             "INVALID_ARGUMENT",
             "config.metadata.uid is required",
         ),
+        (
+            pb.RunPodSandboxRequest(config=pb.PodSandboxConfig(metadata=meta(), log_directory="logs/web")),
+            "INVALID_ARGUMENT",
+            "config.log_directory 'logs/web' must be an absolute path",
+        ),
         (pb.PodSandboxStatusRequest(), "INVALID_ARGUMENT", "pod_sandbox_id is required"),
         (pb.PodSandboxStatusRequest(pod_sandbox_id="deadbeef"), "NOT_FOUND", "pod sandbox 'deadbeef' not found"),
         (pb.ContainerStatusRequest(container_id="c0ffee"), "NOT_FOUND", "container 'c0ffee' not found"),

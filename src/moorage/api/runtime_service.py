@@ -120,6 +120,7 @@ class RuntimeService(StatsRpcs):
         validate.name(meta.name, "config.metadata.name")
         validate.name(meta.namespace, "config.metadata.namespace")
         validate.name(meta.uid, "config.metadata.uid")
+        validate.absolute_path(request.config.log_directory, "config.log_directory")
         sandbox_id = await self._sandboxes.run(request.config, request.runtime_handler)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 

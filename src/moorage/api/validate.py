@@ -62,3 +62,13 @@ def relative_path(value: str, field: str, under: str) -> str:
     if ".." in value.split("/"):
         raise InvalidArgument(f"{field} {value!r} leads outside {under} ('..' is not allowed)")
     return value
+
+
+def absolute_path(value: str, field: str) -> str:
+    """A host path the request may leave empty, else absolute: a relative one would be resolved against the
+    daemon's working directory (a pod's log_directory, where its containers' logs are written)."""
+    if "\0" in value:
+        raise InvalidArgument(f"{field} {value!r} contains a NUL byte")
+    if value and not value.startswith("/"):
+        raise InvalidArgument(f"{field} {value!r} must be an absolute path")
+    return value
