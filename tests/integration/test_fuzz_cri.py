@@ -176,6 +176,17 @@ def test_what_the_fuzz_found_is_answered_precisely(fuzz_node: FuzzNode) -> None:
         expect(
             grpc.StatusCode.INVALID_ARGUMENT, "config.linux.resources.cpu_shares", lambda: rt.CreateContainer(create)
         )
+        # A memory limit below what runc itself needs (was INTERNAL "unable to set memory limit"), CRI-O's minimum.
+        tiny = pb.UpdateContainerResourcesRequest(
+            container_id=running, linux=pb.LinuxContainerResources(memory_limit_in_bytes=99)
+        )
+        expect(bad, "linux.memory_limit_in_bytes: 99 is below the minimum", lambda: rt.UpdateContainerResources(tiny))
+        # An enum value the proto does not define (was INTERNAL: a ValueError naming the mode).
+        unknown = pod_config(world, "unknown-mode")
+        unknown.linux.security_context.namespace_options.pid = 2147483647  # type: ignore[assignment]
+        run = pb.RunPodSandboxRequest(config=unknown)
+        pid = "config.linux.security_context.namespace_options.pid: 2147483647 is not a NamespaceMode"
+        expect(bad, pid, lambda: rt.RunPodSandbox(run))
         assert rt.ExecSync(pb.ExecSyncRequest(container_id=running, cmd=["true"], timeout=5)).exit_code == 0
 
 

@@ -121,6 +121,7 @@ class RuntimeService(StatsRpcs):
         validate.name(meta.namespace, "config.metadata.namespace")
         validate.name(meta.uid, "config.metadata.uid")
         validate.absolute_path(request.config.log_directory, "config.log_directory")
+        validate.known_enums(request.config, "config")
         sandbox_id = await self._sandboxes.run(request.config, request.runtime_handler)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
@@ -213,6 +214,7 @@ class RuntimeService(StatsRpcs):
         validate.required(request.config.image.image, "config.image.image")
         validate.relative_path(request.config.log_path, "config.log_path", "the pod's log_directory")
         resources.check(request.config.linux.resources, "config.linux.resources")
+        validate.known_enums(request.config, "config")
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         container_id = await self._containers.create(sandbox_id, request.config)  # the pod's stored config is used
         return pb.CreateContainerResponse(container_id=container_id)

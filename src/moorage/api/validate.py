@@ -6,6 +6,7 @@ is refused here, before anything below the edge sees it.
 
 from __future__ import annotations
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from moorage.errors import InvalidArgument
@@ -72,3 +73,24 @@ def absolute_path(value: str, field: str) -> str:
     if value and not value.startswith("/"):
         raise InvalidArgument(f"{field} {value!r} must be an absolute path")
     return value
+
+
+def known_enums(message: Message, where: str) -> None:
+    """Every enum value in ``message`` (a pod or container config) is one the proto defines: proto3 keeps unknown
+    numbers, and a mode or protocol nobody defined must be refused, not guessed at."""
+    for f, value in message.ListFields():
+        path = f"{where}.{f.name}"
+        if f.type == FieldDescriptor.TYPE_ENUM:
+            assert f.enum_type is not None
+            for number in value if f.is_repeated else [value]:
+                if number not in f.enum_type.values_by_number:
+                    known = ", ".join(v.name for v in f.enum_type.values)
+                    raise InvalidArgument(f"{path}: {number} is not a {f.enum_type.name} ({known})")
+        elif f.type == FieldDescriptor.TYPE_MESSAGE:
+            assert f.message_type is not None
+            if f.message_type.GetOptions().map_entry:
+                values = list(value.values()) if f.message_type.fields_by_name["value"].message_type else []
+            else:
+                values = list(value) if f.is_repeated else [value]
+            for item in values:
+                known_enums(item, path)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moorage.errors import InvalidArgument, MoorageError, NotFound, Unavailable
+from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError, NotFound, Unavailable
 
 # runc without --log-format json (or a runtime that ignores it) logs like logrus' text formatter.
 _KERNEL_REFUSED = re.compile(r"failed to write .*: (invalid argument|numerical result out of range)$")
@@ -105,6 +105,8 @@ class OciRuntime:
                 raise NotFound(f"{what}: container {cid} not found: {message}")
             if _KERNEL_REFUSED.search(message):  # a cgroup file refused a value the request gave
                 raise InvalidArgument(f"{what}: the kernel refused a requested value: {message}")
+            if "unable to set memory limit" in message:  # below what the container already uses
+                raise FailedPrecondition(f"{what}: {message}")
             raise MoorageError(f"{what}: {message}")
         return stdout
 

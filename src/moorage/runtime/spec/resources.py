@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from moorage.api.cri import pb
 from moorage.errors import InvalidArgument
 
+MIN_MEMORY = 12 << 20  # CRI-O's minimum container memory limit: below it runc's own start can be OOM killed
 CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")  # the kernel's cpuset list format: 0-3,5
 
 
@@ -28,6 +29,10 @@ def check(r: pb.LinuxContainerResources, field: str) -> None:
     for name in ("cpu_shares", "cpu_period"):
         if getattr(r, name) < 0:
             raise InvalidArgument(f"{field}.{name}: {getattr(r, name)} is negative")
+    if 0 < r.memory_limit_in_bytes < MIN_MEMORY:
+        raise InvalidArgument(
+            f"{field}.memory_limit_in_bytes: {r.memory_limit_in_bytes} is below the minimum of {MIN_MEMORY} (12 MiB)"
+        )
     for name in ("cpuset_cpus", "cpuset_mems"):
         value = getattr(r, name)
         if value and not CPU_LIST.match(value):
