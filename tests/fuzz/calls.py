@@ -30,6 +30,7 @@ DELIBERATE = {
     grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,  # only when the daemon says so (ExecSync's timeout), never our deadline
 }
+PULLS = {"PullImage", "RunPodSandbox"}  # RunPodSandbox pulls the sandbox image for a pod sharing its PID namespace
 PULL_FAILURES = {  # a pull of a name that resolves to a registry that cannot serve it
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.UNAUTHENTICATED,
@@ -53,7 +54,7 @@ class Answer:
         """Why this answer is wrong, or None when it is a deliberate one."""
         if self.code == grpc.StatusCode.DEADLINE_EXCEEDED and self.details == "Deadline Exceeded":
             return f"no answer within {TIMEOUT:.0f}s (a hang)"
-        if self.code in DELIBERATE or (self.rpc == "PullImage" and self.code in PULL_FAILURES):
+        if self.code in DELIBERATE or (self.rpc in PULLS and self.code in PULL_FAILURES):
             return None if self.code == grpc.StatusCode.OK or self.details.strip() else "an error without a message"
         return f"{self.code.name} is not a deliberate answer to a bad request"
 

@@ -181,6 +181,12 @@ def test_what_the_fuzz_found_is_answered_precisely(fuzz_node: FuzzNode) -> None:
             container_id=running, linux=pb.LinuxContainerResources(memory_limit_in_bytes=99)
         )
         expect(bad, "linux.memory_limit_in_bytes: 99 is below the minimum", lambda: rt.UpdateContainerResources(tiny))
+        # A resource runc refuses in its own check of the config (unified keys on cgroup v1; was INTERNAL).
+        if not cgroups.is_v2():
+            unified = pb.UpdateContainerResourcesRequest(
+                container_id=running, linux=pb.LinuxContainerResources(unified={"memory.high": "max"})
+            )
+            expect(bad, "cannot use unified on cgroup v1", lambda: rt.UpdateContainerResources(unified))
         # An enum value the proto does not define (was INTERNAL: a ValueError naming the mode).
         unknown = pod_config(world, "unknown-mode")
         unknown.linux.security_context.namespace_options.pid = 2147483647  # type: ignore[assignment]

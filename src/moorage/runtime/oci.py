@@ -103,7 +103,8 @@ class OciRuntime:
             what = f"{os.path.basename(self.path)} {args[0]}" + (f" {cid}" if cid else "")
             if _is_not_found(message, self.root, cid):
                 raise NotFound(f"{what}: container {cid} not found: {message}")
-            if _KERNEL_REFUSED.search(message):  # a cgroup file refused a value the request gave
+            if _KERNEL_REFUSED.search(message) or message.startswith("invalid configuration:"):
+                # a cgroup file refused a value the request gave, or runc's own check of the config did
                 raise InvalidArgument(f"{what}: the kernel refused a requested value: {message}")
             if "unable to set memory limit" in message:  # below what the container already uses
                 raise FailedPrecondition(f"{what}: {message}")
