@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd critest cri-tools kubelet test-kubelet protos docs bench pause clean
+.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd critest cri-tools clientgo kubelet test-kubelet protos docs bench pause clean
 
 deps: $(VENV)/.installed build/pause/pause build/pinns/pinns
 
@@ -20,7 +20,7 @@ stop:
 	scripts/quickstart --stop
 
 ## Everything CI checks: lint, types, tests. pytest's exit 5 (no test ran) fails too.
-test: deps cri-tools lint typecheck pytest
+test: deps cri-tools clientgo lint typecheck pytest
 
 lint:
 	$(BIN)/ruff check src tests bench
@@ -47,6 +47,10 @@ deb: deps
 ## The package installed, started, restarted and removed under systemd in the cgroup v2 guest: ~4 minutes.
 test-deb: deb cri-tools
 	VENV=$(VENV) MOORAGE_VM_SYSTEMD=1 scripts/test-cgroupv2 -m integration tests/package/test_deb_guest.py
+
+## tests/clientgo: client-go's streaming clients (exec, attach, port-forward over SPDY and WebSocket) for the tests.
+clientgo:
+	scripts/build-clientgo
 
 ## crictl, critest and ginkgo of cri-tools $(CRI_TOOLS_VERSION), built from the Go module proxy into build/cri-tools.
 CRI_TOOLS_VERSION ?= v1.37.0

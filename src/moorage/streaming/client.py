@@ -19,7 +19,8 @@ import h11
 
 from moorage.errors import MoorageError
 from moorage.streaming import remotecommand
-from moorage.streaming.session import Session, Stream, socket_to_stream, stream_to_socket
+from moorage.streaming.channel import socket_to_stream, stream_to_socket
+from moorage.streaming.session import Session, Stream
 
 PORT_FORWARD = "portforward.k8s.io"
 

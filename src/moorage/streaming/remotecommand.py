@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from moorage.runtime.exec_stream import Source
+from moorage.streaming.channel import Duplex
 from moorage.streaming.session import Session, Stream
 
 log = structlog.get_logger(__name__)
@@ -42,11 +43,13 @@ class Options:
 
 @dataclass
 class Channels:
-    error: Stream
-    stdin: Stream | None = None
-    stdout: Stream | None = None
-    stderr: Stream | None = None
-    resize: Stream | None = None
+    """The client's streams (SPDY) or channels (WebSocket) of an exec or attach."""
+
+    error: Duplex
+    stdin: Duplex | None = None
+    stdout: Duplex | None = None
+    stderr: Duplex | None = None
+    resize: Duplex | None = None
 
 
 def negotiate(offered: list[str]) -> str | None:

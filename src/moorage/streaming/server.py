@@ -1,16 +1,18 @@
 """The streaming server: where the URLs of the Exec, Attach and PortForward RPCs lead.
 
 The kubelet (or the API server it forwards to) calls Exec, gets ``http://<address>/exec/<token>`` and opens it
-with an HTTP upgrade to SPDY/3.1; the token names the request, is good for one connection and expires after
-:data:`TOKEN_TTL` seconds, as in the kubelet's own streaming server. HTTP/1.1 is parsed with h11; the upgraded
-connection is a :class:`~moorage.streaming.session.Session`. Exec and attach speak the remote command protocol
-(:mod:`moorage.streaming.remotecommand`), port-forward ``portforward.k8s.io``: per forwarded connection the
-client opens an ``error`` and a ``data`` stream with the same ``requestID`` and the ``port``, and the server
-connects to that port on the pod's loopback, inside its net namespace.
+with an HTTP upgrade; the token names the request, is good for one connection and expires after
+:data:`TOKEN_TTL` seconds, as in the kubelet's own streaming server. HTTP/1.1 is parsed with h11. A token is used
+up only by a connection that is served: a refused upgrade leaves the URL for a client's fallback.
 
-WebSocket upgrades (``v5.channel.k8s.io``) are refused with 400 for now, leaving the URL usable: client-go's
-fallback executor (crictl, kubectl) then retries it with SPDY, which the API server and the kubelet speak to
-runtimes anyway.
+- ``Upgrade: SPDY/3.1``: a :class:`~moorage.streaming.session.Session`. Exec and attach speak the remote
+  command protocol (:mod:`moorage.streaming.remotecommand`, ``X-Stream-Protocol-Version`` v4 down to
+  channel.k8s.io); port-forward ``portforward.k8s.io`` (:mod:`moorage.streaming.portforward`).
+- ``Upgrade: websocket`` (:mod:`moorage.streaming.websocket`, framed by wsproto): the ``Sec-WebSocket-Protocol``
+  the client offers first among those :mod:`moorage.streaming.wschannels` speaks: for exec and attach
+  ``v5.channel.k8s.io`` (with its close signal), ``v4.channel.k8s.io`` (the status JSON), ``channel.k8s.io``
+  and the base64 variants; for port-forward ``SPDY/3.1+portforward.k8s.io`` (a SPDY session tunneled in
+  binary messages, client-go's tunneling dialer) or ``v4.channel.k8s.io`` (a channel pair per requested port).
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ import structlog
 from moorage.api.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, StartupError
 from moorage.runtime.exec_stream import ExecIO
-from moorage.streaming import remotecommand
+from moorage.streaming import portforward, remotecommand, websocket, wschannels
 from moorage.streaming.admission import HANDSHAKE_TIMEOUT, Admission
-from moorage.streaming.session import Session, Stream, socket_to_stream, stream_to_socket
-from moorage.streaming.tokens import Tokens
+from moorage.streaming.session import Session
+from moorage.streaming.tokens import Request, Tokens
 
 log = structlog.get_logger(__name__)
 
 STREAMS_TIMEOUT = 30.0  # to open every stream, once upgraded
 MAX_REQUEST_BYTES = 64 << 10
 PORT_FORWARD = "portforward.k8s.io"
+MAX_WS_PORTS = 32  # port-forward over WebSocket channels: two channels each
+STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)  # exec's and attach's WebSocket channels
 
 
 class StreamingRuntime(Protocol):
@@ -152,8 +156,16 @@ class StreamingServer:
         if "upgrade" not in ",".join(headers.get("connection", [])).lower():
             await _respond(http, writer, 400, "a streaming request must ask for a connection upgrade")
             return
-        if [u.lower() for u in headers.get("upgrade", [])] != ["spdy/3.1"]:
-            await _respond(http, writer, 400, f"upgrade to {headers.get('upgrade')} is not supported; use SPDY/3.1")
+        upgrade = [u.lower() for u in headers.get("upgrade", [])]
+        if upgrade == ["websocket"]:
+            await self._serve_websocket(
+                http, reader, writer, headers, pending=pending, url=(kind, token), authenticated=authenticated
+            )
+            return
+        if upgrade != ["spdy/3.1"]:
+            await _respond(
+                http, writer, 400, f"upgrade to {headers.get('upgrade')} is not supported; use SPDY/3.1 or websocket"
+            )
             return
         offered = [v.strip() for value in headers.get("x-stream-protocol-version", []) for v in value.split(",")]
         if isinstance(pending, pb.PortForwardRequest):
@@ -166,7 +178,7 @@ class StreamingServer:
             extra = [("X-Accepted-Stream-Protocol-Versions", ", ".join(supported))]
             await _respond(http, writer, 403, f"none of the offered protocols {offered} is supported", extra)
             return
-        if self._tokens.take(kind, token) is None:  # expired, or taken by a racing connection meanwhile
+        if (pending := self._tokens.take(kind, token)) is None:  # expired, or taken by a racing connection meanwhile
             await _respond(http, writer, 404, f"no pending {kind} request for this URL (expired or used)")
             return
         authenticated()
@@ -175,27 +187,110 @@ class StreamingServer:
             switch.append(("X-Stream-Protocol-Version", protocol))
         writer.write(http.send(h11.InformationalResponse(status_code=101, headers=switch)))
         await writer.drain()
-        session = Session(reader, writer, http.trailing_data[0], self._idle_timeout)
+        await self._serve_spdy(Session(reader, writer, http.trailing_data[0], self._idle_timeout), pending, protocol)
+
+    async def _serve_spdy(self, session: Session, pending: Request, protocol: str) -> None:
+        """The SPDY session's streams: port-forward's pairs, or exec's and attach's once all are open."""
         runner = asyncio.create_task(session.run())
         try:
             if isinstance(pending, pb.PortForwardRequest):
-                await self._port_forward(session, pending)
-            else:
-                await self._remote_command(session, pending, protocol, runner)
+                await portforward.over_spdy(self._runtime, session, pending)
+                return
+            options = remotecommand.Options(pending.stdin, pending.stdout, pending.stderr, pending.tty)
+            try:
+                channels = await remotecommand.accept_channels(session, options, protocol, STREAMS_TIMEOUT)
+            except remotecommand.StreamsMissing as exc:
+                log.warning("exec stream not used", container=pending.container_id, error=str(exc))
+                return
+            await self._remote_command(pending, channels, protocol, runner)
         finally:
             await session.close()
             runner.cancel()
 
-    async def _remote_command(
-        self, session: Session, request: pb.ExecRequest | pb.AttachRequest, protocol: str, runner: asyncio.Task[None]
+    async def _serve_websocket(
+        self,
+        http: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        headers: dict[str, list[str]],
+        *,
+        pending: Request,
+        url: tuple[str, str],
+        authenticated: Callable[[], None],
     ) -> None:
-        """Exec or attach: the client's streams, the command (or the attachment) until it ends, the outcome."""
-        options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
+        """A WebSocket upgrade: the subprotocol the client offers first that we speak, as the kubelet chooses."""
+        kind, token = url
+        port_forward = isinstance(pending, pb.PortForwardRequest)
+        supported = wschannels.PORT_FORWARD if port_forward else wschannels.REMOTE_COMMAND
+        offered = websocket.offered_protocols(headers)
         try:
-            channels = await remotecommand.accept_channels(session, options, protocol, STREAMS_TIMEOUT)
-        except remotecommand.StreamsMissing as exc:
-            log.warning("exec stream not used", container=request.container_id, error=str(exc))
+            protocol = wschannels.negotiate(offered, supported)
+            if protocol is None:
+                raise websocket.HandshakeError(
+                    403, f"none of the offered subprotocols {offered} is supported; supported: {sorted(supported)}"
+                )
+            spec = supported[protocol]
+            if (
+                isinstance(pending, pb.PortForwardRequest)
+                and not spec.tunnel
+                and not 0 < len(pending.port) <= MAX_WS_PORTS
+            ):
+                raise websocket.HandshakeError(
+                    400, f"port-forward over {protocol or 'channel.k8s.io'} needs 1-{MAX_WS_PORTS} ports in the request"
+                )
+            answer = websocket.accept_headers(headers, protocol)
+        except websocket.HandshakeError as exc:
+            await _respond(http, writer, exc.status, exc.message, exc.headers)
             return
+        if self._tokens.take(kind, token) is None:
+            await _respond(http, writer, 404, f"no pending {kind} request for this URL (expired or used)")
+            return
+        authenticated()
+        writer.write(http.send(h11.InformationalResponse(status_code=101, headers=answer)))
+        await writer.drain()
+        ws = websocket.WebSocket(reader, writer, http.trailing_data[0], self._idle_timeout)
+        if spec.tunnel:
+            tunnel = wschannels.Tunnel(ws)
+            runner = asyncio.create_task(_pump(ws, tunnel.received, tunnel._ended))
+            session = Session(tunnel, tunnel, idle_timeout=0)  # the WebSocket keeps the idle time
+            try:
+                await self._serve_spdy(session, pending, PORT_FORWARD)
+            finally:
+                runner.cancel()
+            return
+        if isinstance(pending, pb.PortForwardRequest):
+            mux = wschannels.Channels(ws, spec, 2 * len(pending.port), set(range(0, 2 * len(pending.port), 2)))
+        else:
+            mux = wschannels.Channels(ws, spec, 5, {STDIN, RESIZE} if pending.stdin else {RESIZE})
+        runner = asyncio.create_task(_pump(ws, mux.received, mux.end))
+        try:
+            if isinstance(pending, pb.PortForwardRequest):
+                work = asyncio.create_task(portforward.over_channels(self._runtime, mux, pending))
+                await asyncio.wait({work, runner}, return_when=asyncio.FIRST_COMPLETED)
+                work.cancel()
+                return
+            await mux.announce(STDOUT if pending.stdout else STDERR if pending.stderr else ERROR)
+            channels = remotecommand.Channels(
+                error=mux.channels[ERROR],
+                stdin=mux.channels[STDIN] if pending.stdin else None,
+                stdout=mux.channels[STDOUT] if pending.stdout else None,
+                stderr=mux.channels[STDERR] if pending.stderr else None,
+                resize=mux.channels[RESIZE] if pending.tty else None,
+            )
+            await self._remote_command(pending, channels, remotecommand.V4 if spec.status else remotecommand.V1, runner)
+        finally:
+            await ws.close()
+            runner.cancel()
+
+    async def _remote_command(
+        self,
+        request: pb.ExecRequest | pb.AttachRequest,
+        channels: remotecommand.Channels,
+        protocol: str,
+        runner: asyncio.Task[None],
+    ) -> None:
+        """Exec or attach with the client's channels, until it ends (then the outcome on the error channel) or the
+        client goes away (``runner`` ends: then the command is killed)."""
         io = ExecIO(
             stdin=channels.stdin,
             stdout=channels.stdout,
@@ -224,66 +319,13 @@ class StreamingServer:
             if stream is not None:
                 await stream.close()
 
-    async def _port_forward(self, session: Session, request: pb.PortForwardRequest) -> None:
-        pairs: dict[str, dict[str, Stream]] = {}
-        forwards: set[asyncio.Task[None]] = set()
-        allowed = set(request.port)
-        try:
-            while (stream := await session.next_stream()) is not None:
-                request_id = stream.header("requestID")
-                pair = pairs.setdefault(request_id, {})
-                pair[stream.header("streamType")] = stream
-                if {"data", "error"} <= pair.keys():
-                    del pairs[request_id]
-                    task = asyncio.create_task(self._forward(request.pod_sandbox_id, pair, allowed))
-                    forwards.add(task)
-                    task.add_done_callback(forwards.discard)
-                    task.add_done_callback(_log_failure)
-        finally:
-            for task in forwards:
-                task.cancel()
 
-    async def _forward(self, sandbox_id: str, pair: dict[str, Stream], allowed: set[int]) -> None:
-        data, error = pair["data"], pair["error"]
-        error.discard()  # ours to write
-        try:
-            port = _port(data.header("port"), allowed)
-            reader, writer = await self._runtime.port_forward(sandbox_id, port)
-        except (MoorageError, OSError) as exc:
-            message = exc.message if isinstance(exc, MoorageError) else str(exc)
-            data.discard()
-            await error.write(f"error forwarding port {data.header('port')} to pod {sandbox_id}: {message}".encode())
-            await error.close()
-            await data.close()
-            return
-        await error.close()
-
-        try:
-            await asyncio.gather(stream_to_socket(data, writer), socket_to_stream(reader, data))
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            data.discard()  # the pod's side is gone: more from the client must not hold up the session
-
-
-def _port(header: str, allowed: set[int]) -> int:
-    """The ``port`` header of a port-forward stream, checked: a TCP port, and one the request named."""
+async def _pump(ws: websocket.WebSocket, handler: websocket.Handler, end: Callable[[], None]) -> None:
+    """The WebSocket's frames to ``handler`` until it closes; then ``end``."""
     try:
-        port = int(header)
-    except ValueError:
-        raise InvalidArgument(f"port {header!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise InvalidArgument(f"port {port} is not a TCP port (1-65535)")
-    if allowed and port not in allowed:
-        raise InvalidArgument(f"port {port} was not among the PortForward request's ports {sorted(allowed)}")
-    return port
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    """A forward that failed in a way nobody waits for: logged, not left for 'Task exception was never retrieved'."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.warning("port-forward connection failed", error=repr(exc))
+        await ws.run(handler)
+    finally:
+        end()
 
 
 def _check_stdio(request: pb.ExecRequest | pb.AttachRequest) -> None:

@@ -17,48 +17,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 
 from moorage.streaming import spdy
+from moorage.streaming.channel import ByteReader, ByteWriter, IdleReader, Inbox
 
 log = structlog.get_logger(__name__)
 
-MAX_STREAMS = 64  # open at once; a client opens at most 5 streams for exec, 2 per port-forward connection
+MAX_STREAMS = 256  # open at once; 5 streams for an exec, 2 per port-forward connection (kubectl opens them at once)
 REPLY_TIMEOUT = 30.0
-INBOX_BYTES = 1 << 20
 
 
-class Stream:
-    """One SPDY stream. ``read`` returns b"" once the peer closed its half.
-
-    What the peer sends waits here until read; past :data:`INBOX_BYTES` the session stops reading the connection
-    until this stream is read, so TCP pushes back on a peer that sends faster than the command reads (SPDY/3
-    flow control being unused). Call :meth:`discard` on a stream nobody will read."""
+class Stream(Inbox):
+    """One SPDY stream. ``read`` returns b"" once the peer closed its half (see :class:`Inbox` for its bounds)."""
 
     def __init__(self, session: Session, stream_id: int, headers: dict[str, list[str]]) -> None:
+        super().__init__()
         self.id = stream_id
         self.headers = headers
         self._session = session
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._buffered = 0
-        self._drained = asyncio.Event()
-        self._discarding = False
-        self.remote_closed = False
         self.local_closed = False
 
     def header(self, name: str) -> str:
         values = self.headers.get(name.lower())
         return values[0] if values else ""
-
-    async def read(self) -> bytes:
-        if self.remote_closed and self._inbox.empty():
-            return b""
-        data = await self._inbox.get()
-        self._buffered -= len(data)
-        self._drained.set()
-        return data
 
     async def write(self, data: bytes) -> None:
         if not self.local_closed and data:
@@ -71,39 +54,13 @@ class Stream:
             await self._session.send(self._session.encoder.data(self.id, b"", fin=True))
             self._session._closed_half(self)
 
-    def discard(self) -> None:
-        """Drop whatever the peer sends on this stream from now on: nothing will read it."""
-        self._discarding = True
-        while not self._inbox.empty():
-            self._inbox.get_nowait()
-        self._buffered = 0
-        self._drained.set()
-
-    async def _received(self, data: bytes, fin: bool) -> None:
-        if data and not self._discarding:
-            while self._buffered >= INBOX_BYTES and not self._discarding:
-                self._drained.clear()
-                await self._drained.wait()
-            if not self._discarding:
-                self._buffered += len(data)
-                self._inbox.put_nowait(data)
-        if fin:
-            self._ended()
-
-    def _ended(self) -> None:
-        if not self.remote_closed:
-            self.remote_closed = True
-            self._inbox.put_nowait(b"")
-            self._session._closed_half(self)
+    def _on_remote_close(self) -> None:
+        self._session._closed_half(self)
 
 
 class Session:
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes = b"", idle_timeout: float = 0
-    ) -> None:
-        self._reader = reader
-        self._idle_timeout = idle_timeout
-        self._active = time.monotonic()
+    def __init__(self, reader: ByteReader, writer: ByteWriter, leftover: bytes = b"", idle_timeout: float = 0) -> None:
+        self._reader = IdleReader(reader, idle_timeout)
         self._writer = writer
         self._leftover = leftover
         self.encoder = spdy.Encoder()
@@ -140,7 +97,7 @@ class Session:
     async def send(self, frame: bytes) -> None:
         if self.closed:
             return
-        self._active = time.monotonic()
+        self._reader.active()
         async with self._lock:
             try:
                 self._writer.write(frame)
@@ -153,8 +110,7 @@ class Session:
         try:
             if self._leftover:
                 await self._handle(self._decoder.feed(self._leftover))
-            while not self.closed and (data := await self._read()):
-                self._active = time.monotonic()
+            while not self.closed and (data := await self._reader.read()):
                 await self._handle(self._decoder.feed(data))
         except spdy.ProtocolError as exc:
             log.warning("streaming client broke the SPDY protocol; closing", error=str(exc))
@@ -163,20 +119,6 @@ class Session:
             pass
         finally:
             self._gone()
-
-    async def _read(self) -> bytes:
-        """The next bytes from the peer; b"" once nothing went either way for the idle timeout."""
-        while True:
-            if not self._idle_timeout:
-                return await self._reader.read(1 << 16)
-            left = self._active + self._idle_timeout - time.monotonic()
-            if left <= 0:
-                log.info("streaming session idle; closing", idle_timeout=self._idle_timeout)
-                return b""
-            try:
-                return await asyncio.wait_for(self._reader.read(1 << 16), left)
-            except TimeoutError:
-                continue  # frames we sent meanwhile count as activity: look again
 
     async def close(self) -> None:
         if not self.closed:
@@ -240,19 +182,3 @@ class Session:
             if not reply.done():
                 reply.set_exception(ConnectionError("the connection closed before the stream was answered"))
         self._new.put_nowait(None)
-
-
-async def socket_to_stream(reader: asyncio.StreamReader, stream: Stream) -> None:
-    """What a TCP connection sends, onto ``stream``; our half of the stream is closed at its end."""
-    while chunk := await reader.read(1 << 16):
-        await stream.write(chunk)
-    await stream.close()
-
-
-async def stream_to_socket(stream: Stream, writer: asyncio.StreamWriter) -> None:
-    """What the peer sends on ``stream``, onto a TCP connection, half-closed (EOF) at the stream's end."""
-    while chunk := await stream.read():
-        writer.write(chunk)
-        await writer.drain()
-    with contextlib.suppress(OSError):
-        writer.write_eof()

@@ -1,0 +1,124 @@
+"""Exec, attach and port-forward through k8s.io/client-go's own streaming clients (Kubernetes 1.37, the code in
+kubectl, crictl and the API server's proxies): the SPDY executor, the WebSocket executor (v5.channel.k8s.io, or
+v4 when asked), the fallback executor, and the port forwarder over SPDY, over SPDY tunneled in a WebSocket, and
+with the fallback dialer. tests/clientgo, built by scripts/build-clientgo (make test builds it first)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from moorage.api.cri import pb
+from tests.integration.test_containers import Pod
+from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
+from tests.integration.test_streaming import assert_a_killed_client_kills, attach_url, exec_url
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTGO = ROOT / "build" / "clientgo" / "clientgo"
+EXECUTORS = ["spdy", "websocket", "fallback"]
+
+
+@pytest.fixture(scope="session")
+def clientgo() -> Path:
+    subprocess.run([str(ROOT / "scripts" / "build-clientgo")], check=True, timeout=900)  # a no-op once built
+    return CLIENTGO
+
+
+def run(binary: Path, *args: str, stdin: bytes = b"", timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(binary), *args], input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def sleeper(pod: Pod) -> str:
+    return pod.run("sleeper", "sleep", "1000")
+
+
+@pytest.mark.parametrize("transport", [*EXECUTORS, "websocket-v4"])
+def test_exec_stdout_stderr_and_exit_code(pod: Pod, sleeper: str, clientgo: Path, transport: str) -> None:
+    flags = ["-transport", "websocket", "-protocols", "v4.channel.k8s.io"] if transport == "websocket-v4" else [
+        "-transport", transport]  # fmt: skip
+    url = exec_url(pod, sleeper, ["sh", "-c", "echo out; echo err >&2; echo more; exit 3"], stdout=True, stderr=True)
+    done = run(clientgo, "exec", *flags, "-stderr", url)
+    assert done.returncode == 3, done.stderr  # client-go's CodeExitError, from the v4 status
+    assert done.stdout == b"out\nmore\n"
+    assert done.stderr == b"err\n"
+
+    ok = run(clientgo, "exec", *flags, exec_url(pod, sleeper, ["echo", "fine"], stdout=True))
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, b"fine\n", b"")
+
+
+@pytest.mark.parametrize("transport", EXECUTORS)
+def test_exec_stdin_to_its_end(pod: Pod, sleeper: str, clientgo: Path, transport: str) -> None:
+    """The whole of stdin, then its end (v5's close signal over WebSocket, a FIN over SPDY), then the rest."""
+    data = b"".join(b"line %d\n" % i for i in range(20000))
+    url = exec_url(pod, sleeper, ["sh", "-c", "cat; echo end"], stdin=True, stdout=True)
+    done = run(clientgo, "exec", "-transport", transport, "-stdin", url, stdin=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data + b"end\n"
+
+
+@pytest.mark.parametrize("transport", EXECUTORS)
+def test_exec_tty_is_sized_and_resized(pod: Pod, sleeper: str, clientgo: Path, transport: str) -> None:
+    script = (
+        "stty size; echo RESIZE-ME; i=0; "
+        'while [ "$(stty size)" = "37 91" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty size; exit 4'
+    )
+    url = exec_url(pod, sleeper, ["sh", "-c", script], stdin=True, stdout=True, tty=True)
+    done = run(clientgo, "exec", "-transport", transport, "-stdin", "-tty", "-width", "91", "-height", "37",
+               "-resize-on", "RESIZE-ME", "-resize", "120x50", url)  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    assert done.stdout.decode().replace("\r\n", "\n").splitlines() == ["37 91", "RESIZE-ME", "50 120"]
+
+
+@pytest.mark.parametrize("transport", EXECUTORS)
+def test_a_disconnect_kills_the_command(pod: Pod, sleeper: str, clientgo: Path, transport: str) -> None:
+    url = exec_url(pod, sleeper, ["sleep", "777"], stdout=True)
+    assert_a_killed_client_kills([str(clientgo), "exec", "-transport", transport, url], "sleep 777")
+
+
+@pytest.mark.parametrize("transport", EXECUTORS)
+def test_attach_follows_output_and_feeds_stdin(pod: Pod, clientgo: Path, transport: str) -> None:
+    container_id = pod.run("reader", "sh", "-c", "echo ready; cat; echo closed >&2", stdin=True, stdin_once=True)
+    url = attach_url(pod, container_id, stdin=True, stdout=True, stderr=True)
+    done = run(clientgo, "attach", "-transport", transport, "-stdin", "-stderr", url, stdin=b"hello\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout in (b"hello\n", b"ready\nhello\n")  # "ready" may come before the attach
+    assert done.stderr == b"closed\n"
+    assert pod.wait_exit(container_id, 20).exit_code == 0
+
+
+def test_the_fallback_executor_falls_back_to_spdy_on_the_same_url(pod: Pod, sleeper: str, clientgo: Path) -> None:
+    """A WebSocket subprotocol the server does not speak is refused without using up the URL: client-go's
+    fallback executor then gets it served over SPDY."""
+    url = exec_url(pod, sleeper, ["sh", "-c", "echo via spdy; exit 6"], stdout=True)
+    ws_only = run(clientgo, "exec", "-transport", "websocket", "-protocols", "v9.channel.k8s.io", url)
+    assert ws_only.returncode == 102
+    done = run(clientgo, "exec", "-transport", "fallback", "-protocols", "v9.channel.k8s.io", url)
+    assert (done.returncode, done.stdout) == (6, b"via spdy\n"), done.stderr
+
+
+@pytest.mark.parametrize("transport", EXECUTORS)
+def test_port_forward_carries_100_connections_through_one_session(pod: Pod, clientgo: Path, transport: str) -> None:
+    pod.run("echo-server", "busybox", "nc", "-ll", "-p", "8080", "-e", "busybox", "cat")
+    done = None
+    for _ in range(50):  # until nc listens
+        with pod.node.client() as c:
+            url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
+        done = run(clientgo, "portforward", "-transport", transport, "-port", "8080", "-connections", "1", url)
+        if done.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert done is not None
+    assert done.returncode == 0, done.stderr
+    with pod.node.client() as c:
+        url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
+    many = run(clientgo, "portforward", "-transport", transport, "-port", "8080", "-connections", "100",
+               "-parallel", "10", url, timeout=180)  # fmt: skip
+    assert (many.returncode, many.stdout) == (0, b"OK 100\n"), b"\n".join(
+        line for line in many.stderr.splitlines() if not line.startswith(b"Handling connection")
+    )
