@@ -45,9 +45,23 @@ def in_terminal(config: Path, *args: str, size: str = "cols 100 rows 30") -> sub
         os.close(slave)
 
 
-@pytest.mark.parametrize("transport", ["spdy"])
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
 def test_exec_it_shows_the_commands_output_and_nothing_else(config: Path, pod: Pod, transport: str) -> None:
     container_id = pod.run("sleeper", "sleep", "1000")
     done = in_terminal(config, "exec", "--transport", transport, "-it", container_id, "sh", "-c", "stty size")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.replace(b"\r", b"") == b"30 100\n"
+
+
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
+def test_exec_streams_stdin_and_exits_with_the_commands_code(config: Path, pod: Pod, transport: str) -> None:
+    container_id = pod.run("sleeper", "sleep", "1000")
+    argv = [str(CRICTL), "--config", str(config), "exec", "--transport", transport]
+    done = subprocess.run([*argv, container_id, "sh", "-c", "echo out; echo err >&2; exit 3"],
+                          capture_output=True, timeout=90, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout) == (1, b"out\n"), done.stderr  # crictl exits 1, naming the code
+    assert done.stderr.startswith(b"err\n")
+    assert b"exit code 3" in done.stderr
+    typed = subprocess.run([*argv, "-i", container_id, "sh", "-c", "cat; echo end"], input=b"typed\n",
+                           capture_output=True, timeout=90, check=False)  # fmt: skip
+    assert (typed.returncode, typed.stdout) == (0, b"typed\nend\n"), typed.stderr

@@ -8,10 +8,12 @@ version, opens its streams, and learns the command's exit code from the v4 statu
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,9 +128,15 @@ def test_a_url_serves_one_connection_and_only_protocols_it_speaks(pod: Pod, slee
     assert refused.returncode == 101
     assert b"HTTP 403" in refused.stderr
     assert b"ACCEPTED: v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io" in refused.stderr
-    websocket = _raw_upgrade(url, "websocket")
-    assert websocket.startswith(b"HTTP/1.1 400 "), websocket
-    assert b"use SPDY/3.1" in websocket
+    websocket = _raw_upgrade(url, "websocket", "v9.channel.k8s.io")
+    assert websocket.startswith(b"HTTP/1.1 403 "), websocket
+    assert b"'v5.channel.k8s.io'" in websocket  # the subprotocols it speaks
+    old = _raw_upgrade(url, "websocket", "v5.channel.k8s.io", version=8)
+    assert old.startswith(b"HTTP/1.1 426 "), old
+    assert b"Sec-WebSocket-Version: 13" in old
+    other = _raw_upgrade(url, "h2c", "")
+    assert other.startswith(b"HTTP/1.1 400 "), other
+    assert b"use SPDY/3.1 or websocket" in other
     served = client(streamclient, "exec", url)  # refusals leave the URL to the fallback: it serves once
     assert (served.returncode, served.stdout) == (0, b"served\n"), served.stderr
     again = client(streamclient, "exec", url)
@@ -136,13 +144,13 @@ def test_a_url_serves_one_connection_and_only_protocols_it_speaks(pod: Pod, slee
     assert b"HTTP 404" in again.stderr
 
 
-def _raw_upgrade(url: str, protocol: str) -> bytes:
+def _raw_upgrade(url: str, protocol: str, subprotocol: str, version: int = 13) -> bytes:
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
         conn.sendall(
             f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n".encode()
+            f"Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n".encode()
         )
         return b"".join(iter(lambda: conn.recv(4096), b""))
 
@@ -157,13 +165,18 @@ def test_a_command_that_cannot_start_is_reported_on_the_error_stream(
 
 def test_a_client_that_goes_away_takes_the_command_with_it(pod: Pod, sleeper: str, streamclient: Path) -> None:
     url = exec_url(pod, sleeper, ["sleep", "777"], stdout=True)
-    proc = subprocess.Popen([str(streamclient), "exec", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert_a_killed_client_kills([str(streamclient), "exec", url], "sleep 777")
+
+
+def assert_a_killed_client_kills(argv: list[str], cmdline: str) -> None:
+    """The client ``argv`` SIGKILLed once ``cmdline`` runs: then it does not for long."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: _processes("sleep 777"), 20), "the exec never started"
+        assert _wait_for(lambda: _processes(cmdline), 20), "the exec never started"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert _wait_for(lambda: not _processes("sleep 777"), 20), "the exec outlived its client"
+    assert _wait_for(lambda: not _processes(cmdline), 20), "the exec outlived its client"
 
 
 @pytest.mark.parametrize("tty", [False, True])
@@ -354,6 +367,30 @@ def test_moorage_exec_t_carries_the_local_terminal(pod: Pod, sleeper: str) -> No
     lines = done.stdout.decode().replace("\r", "").splitlines()
     assert "22 77" in lines
     assert any(line.startswith("/dev/pts/") for line in lines)
+
+
+def test_moorage_exec_it_returns_when_the_command_ends_and_restores_the_terminal(pod: Pod, sleeper: str) -> None:
+    """In a real pseudo-terminal nobody types into: the command's end ends moorage exec -it, with its exit code,
+    and the terminal is in the mode it was before (not raw)."""
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    argv = [sys.executable, "-m", "moorage.cli.main", "--endpoint", pod.node.endpoint, "exec", "-it", sleeper,
+            "sh", "-c", "echo hi; exit 3"]  # fmt: skip
+    try:
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        output = bytearray()
+        try:
+            code = proc.wait(timeout=60)  # hung until a key was pressed before
+        finally:
+            proc.kill()
+        while select.select([master], [], [], 0)[0]:
+            output += os.read(master, 4096)
+        assert code == 3, output
+        assert b"hi" in output
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_moorage_attach_follows_the_output(pod: Pod) -> None:

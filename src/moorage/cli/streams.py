@@ -141,12 +141,37 @@ async def _streams(url: str, options: Options) -> int:
         stream.flush()
 
     local = Local(
-        read_stdin=lambda: asyncio.to_thread(os.read, sys.stdin.fileno(), 1 << 15),
+        read_stdin=partial(_read, sys.stdin.fileno()),
         write_stdout=partial(write, sys.stdout),
         write_stderr=partial(write, sys.stderr),
         sizes=_terminal_sizes() if options.tty and sys.stdout.isatty() else None,
     )
     return await remote_command(url, options, local)
+
+
+async def _read(fd: int) -> bytes:
+    """The next bytes of ``fd``, waited for on the event loop (not a thread: a thread blocked in read() on a
+    terminal would hold up the exit until a key is pressed). A regular file is read directly: it never blocks."""
+    loop = asyncio.get_running_loop()
+    while True:
+        ready: asyncio.Future[None] = loop.create_future()
+        try:
+            loop.add_reader(fd, _set, ready)
+        except PermissionError:  # epoll refuses regular files
+            return os.read(fd, 1 << 15)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        try:
+            return os.read(fd, 1 << 15)
+        except BlockingIOError:
+            continue
+
+
+def _set(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def _terminal_sizes() -> AsyncIterator[tuple[int, int]]:
