@@ -5,11 +5,19 @@ with the fallback dialer. tests/clientgo, built by scripts/build-clientgo (make 
 
 from __future__ import annotations
 
+import base64
+import json
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 from moorage.api.cri import pb
 from tests.integration.test_containers import Pod
@@ -122,3 +130,56 @@ def test_port_forward_carries_100_connections_through_one_session(pod: Pod, clie
     assert (many.returncode, many.stdout) == (0, b"OK 100\n"), b"\n".join(
         line for line in many.stderr.splitlines() if not line.startswith(b"Handling connection")
     )
+
+
+def _websocket(url: str, subprotocol: str, send: list[bytes | str]) -> list[bytes | str]:
+    """A wsproto client for the channel protocols no Go client speaks: the messages until the server closes."""
+
+    parts = urlsplit(url)
+    ws = WSConnection(ConnectionType.CLIENT)
+    got: list[bytes | str] = []
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        conn.sendall(ws.send(Request(host=parts.netloc, target=parts.path, subprotocols=[subprotocol])))
+        while True:
+            data = conn.recv(65536)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    assert event.subprotocol == subprotocol
+                    for message in send:
+                        conn.sendall(
+                            ws.send(TextMessage(message) if isinstance(message, str) else BytesMessage(message))
+                        )
+                elif isinstance(event, TextMessage | BytesMessage):
+                    got.append(event.data if isinstance(event.data, str) else bytes(event.data))
+                elif isinstance(event, CloseConnection):
+                    if data:
+                        conn.sendall(ws.send(event.response()))
+                    return got
+            if not data:
+                return got
+
+
+def test_exec_over_base64_channels(pod: Pod, sleeper: str) -> None:
+    url = exec_url(pod, sleeper, ["sh", "-c", "head -c 5; echo; exit 2"], stdin=True, stdout=True)
+    got = _websocket(url, "v4.base64.channel.k8s.io", ["0" + base64.b64encode(b"hello").decode()])
+    assert got[0] == "1"  # the kubelet's empty first message on stdout
+    assert "".join(base64.b64decode(m[1:]).decode() for m in got if isinstance(m, str) and m[:1] == "1") == "hello\n"
+    status = json.loads(base64.b64decode(next(m for m in got if isinstance(m, str) and m[:1] == "3")[1:]))
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "2"}]
+
+
+def test_port_forward_over_v4_channels(pod: Pod) -> None:
+    pod.run("echo-server", "busybox", "nc", "-ll", "-p", "8080", "-e", "busybox", "head", "-n", "1")
+    got: list[bytes | str] = []
+    for _ in range(50):  # until nc listens
+        with pod.node.client() as c:
+            url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
+        got = _websocket(url, "v4.channel.k8s.io", [b"\x00hello channels\n"])
+        if b"\x00hello channels\n" in got:
+            break
+        time.sleep(0.2)
+    port = struct.pack("<H", 8080)
+    assert got[:2] == [b"\x00" + port, b"\x01" + port]  # each channel opens with the port
+    assert b"".join(m[1:] for m in got[2:] if isinstance(m, bytes) and m[:1] == b"\x00") == b"hello channels\n"
