@@ -17,7 +17,7 @@ from tests.integration.daemon import START_TIMEOUT, DaemonProcess
 pytestmark = pytest.mark.integration
 
 
-def _start_notified(daemon: DaemonProcess, notify_socket: str) -> None:
+def _start_notified(daemon: DaemonProcess, notify_socket: str) -> subprocess.Popen[bytes]:
     """Start the daemon as systemd would: $NOTIFY_SOCKET set, nobody polling its socket."""
     with open(daemon.log_path, "ab") as log:
         daemon.proc = subprocess.Popen(
@@ -27,6 +27,7 @@ def _start_notified(daemon: DaemonProcess, notify_socket: str) -> None:
             start_new_session=True,
             env={**os.environ, "NOTIFY_SOCKET": notify_socket},
         )
+    return daemon.proc
 
 
 def _receive(sock: socket.socket, daemon: DaemonProcess, timeout: float) -> dict[str, str]:
@@ -48,17 +49,17 @@ def test_ready_once_the_socket_answers_and_stopping_on_sigterm(unstarted: Daemon
         else:
             value = str(unstarted.dir / "notify")
             sock.bind(value)
-        _start_notified(unstarted, value)
+        proc = _start_notified(unstarted, value)
         ready = _receive(sock, unstarted, START_TIMEOUT)
         # Readiness means the kubelet can connect now: no retry, no wait.
         with unstarted.client(timeout=2) as client:
             assert client.version().runtime_name == "moorage"
         assert ready["READY"] == "1"
-        assert ready["MAINPID"] == str(unstarted.proc.pid)
+        assert ready["MAINPID"] == str(proc.pid)
         assert ready["STATUS"] == f"serving on {unstarted.socket}"
         unstarted.send(signal.SIGTERM)
         assert _receive(sock, unstarted, 15) == {"STOPPING": "1"}
-        assert unstarted.proc.wait(15) == 0
+        assert proc.wait(15) == 0
 
 
 def test_notify_socket_is_not_inherited_by_the_daemons_children(unstarted: DaemonProcess) -> None:
