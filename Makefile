@@ -44,10 +44,6 @@ test-cgroupv2-systemd: deps
 deb: deps
 	VENV=$(VENV) scripts/build-deb
 
-## The package installed, started, restarted and removed under systemd in the cgroup v2 guest: ~4 minutes.
-test-deb: deb cri-tools
-	VENV=$(VENV) MOORAGE_VM_SYSTEMD=1 scripts/test-cgroupv2 -m integration tests/package/test_deb_guest.py
-
 ## tests/clientgo: client-go's streaming clients (exec, attach, port-forward over SPDY and WebSocket) for the tests.
 clientgo:
 	scripts/build-clientgo
