@@ -37,3 +37,10 @@ def test_an_update_changes_only_what_it_sets() -> None:
         unified={"a": "1", "b": "3"},
     )  # fmt: skip
     assert current.cpu_quota == 50000  # not changed in place
+
+
+def test_hugepage_limits_left_out_without_the_hugetlb_controller() -> None:
+    """The kubelet sends a hugepage limit per page size; on a node without hugetlb runc would refuse them."""
+    r = pb.LinuxContainerResources(hugepage_limits=[pb.HugepageLimit(page_size="2MB", limit=0)])
+    assert resources.build(r, [])["hugepageLimits"] == [{"pageSize": "2MB", "limit": 0}]
+    assert "hugepageLimits" not in resources.build(r, [], hugetlb=False)

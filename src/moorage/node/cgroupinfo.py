@@ -84,6 +84,11 @@ class CgroupHost:
         return self.mode == "v2"
 
     @property
+    def hugetlb(self) -> bool:
+        """The hugetlb controller is there for containers' hugepage limits (v1: a mounted hierarchy)."""
+        return "hugetlb" in (self.v2_controllers if self.unified else self.v1_controllers)
+
+    @property
     def hybrid_v2_in_use(self) -> str | None:
         """The cgroup2 mount of a hybrid host when it holds controllers (crun refuses such a host), else None."""
         return self.v2_mount if self.mode == "hybrid" and self.v2_controllers else None

@@ -133,6 +133,7 @@ class Create(ContainerBase):
                 available_capabilities=current_capabilities(),
                 nofile_ceiling=nofile_ceiling(),
                 cgroup_namespace=self.cgroup_host.unified,
+                hugetlb=self.cgroup_host.hugetlb,
                 recursive_read_only=(await self.handlers.features(sandbox.status.runtime_handler)).recursive_read_only,
             )
         )

@@ -73,6 +73,8 @@ class SpecInputs:
     # Whether the pod's OCI runtime (and the kernel) can make a bind mount read-only recursively (its `rro` mount
     # option): Mount.recursive_read_only is refused without it.
     recursive_read_only: bool = False
+    # The node has the hugetlb cgroup controller: hugepage limits are left out without it (as containerd does).
+    hugetlb: bool = True
 
 
 def nofile_ceiling() -> int | None:
@@ -133,7 +135,7 @@ def build(inputs: SpecInputs) -> dict[str, Any]:
             {**inputs.namespaces, **({"cgroup": ""} if inputs.cgroup_namespace and not sc.privileged else {})}
         ),
         "cgroupsPath": inputs.cgroups_path,
-        "resources": resources.build(res, device_rules),
+        "resources": resources.build(res, device_rules, inputs.hugetlb),
         "devices": device_nodes,
         **security.linux_fragment(sc),
     }

@@ -65,13 +65,18 @@ def memory(r: pb.LinuxContainerResources) -> dict[str, Any]:
     return out
 
 
-def build(r: pb.LinuxContainerResources, device_rules: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def build(
+    r: pb.LinuxContainerResources, device_rules: Sequence[dict[str, Any]], hugetlb: bool = True
+) -> dict[str, Any]:
+    """``hugetlb``: the node has the hugetlb controller. Without it hugepage limits are left out, as containerd's
+    tolerate_missing_hugetlb_controller (on by default) does: the kubelet sends a limit for every page size the
+    machine has, and runc refuses a container whose limits it cannot set."""
     out: dict[str, Any] = {"devices": [dict(rule) for rule in device_rules]}
     if c := cpu(r):
         out["cpu"] = c
     if m := memory(r):
         out["memory"] = m
-    if r.hugepage_limits:
+    if r.hugepage_limits and hugetlb:
         out["hugepageLimits"] = [{"pageSize": h.page_size, "limit": int(h.limit)} for h in r.hugepage_limits]
     if r.unified:
         out["unified"] = dict(r.unified)
