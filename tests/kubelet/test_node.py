@@ -33,5 +33,8 @@ def test_removed_manifest_leaves_nothing(node: Node) -> None:
         )
         assert not [c for c in client.list_containers() if c.pod_sandbox_id == sandbox.id]
     assert not [m for m in node.daemon.mounts() if sandbox.id in m]
-    pod_cgroups = lambda: list(Path("/sys/fs/cgroup").glob(f"*{node.kubelet.cgroup_root}/kubepods/**/pod{uid}"))  # noqa: E731
+
+    def pod_cgroups() -> list[Path]:
+        return list(Path("/sys/fs/cgroup").glob(f"*{node.kubelet.cgroup_root}/kubepods/**/pod{uid}"))
+
     wait_for("the pod's cgroups removed", lambda: not pod_cgroups(), 60)
