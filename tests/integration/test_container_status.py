@@ -70,7 +70,7 @@ def test_the_stop_signal_survives_a_daemon_restart(pod: Pod) -> None:
 def test_an_unknown_stop_signal_is_refused(pod: Pod) -> None:
     with pytest.raises(Exception) as err:  # noqa: PT011 (a grpc.RpcError)
         pod.create("odd", "true", stop_signal=99)
-    assert "config.stop_signal: unknown signal 99" in str(err.value)
+    assert "config.stop_signal: 99 is not a Signal" in str(err.value)
 
 
 def test_resources_report_what_was_applied_and_updated(pod: Pod, cgroup_parent: str) -> None:

@@ -283,7 +283,8 @@ def test_exec_sync_returns_code_and_output_and_honours_the_timeout(pod: Pod) -> 
         # `sleep 1000` itself, never would), so critest's `pgrep sleep` finds nothing of it
         assert len(sleeps) == 1, sleeps
         missing = rpc_error(lambda: exec_sync("/no/such/probe"))
-        assert missing.code == grpc.StatusCode.INTERNAL
+        assert missing.code == grpc.StatusCode.NOT_FOUND  # the request's doing, not the node's
+        assert missing.details.startswith("cmd[0] '/no/such/probe' not found in the container")
         assert missing.details.endswith('exec: "/no/such/probe": stat /no/such/probe: no such file or directory')
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import moorage
 
 ROOT = Path(moorage.__file__).parent
-SHARED = {"errors", "config", "durable"}
+SHARED = {"errors", "config", "defaults", "durable"}
 ALLOWED = {
     "state": SHARED,
     "store": SHARED,
