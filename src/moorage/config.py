@@ -158,6 +158,13 @@ class RuntimeSection:
         "Where Localhost seccomp profiles named by pods are found (the kubelet's <root-dir>/seccomp).",
         absolute_path,
     )
+    cdi_spec_dirs: tuple[str, ...] = key(
+        ["/etc/cdi", "/var/run/cdi"],
+        "Directories of Container Device Interface spec files (JSON or YAML), read when a container asks for a CDI "
+        "device (ContainerConfig.CDI_devices or a cdi.k8s.io/ annotation); a later directory wins over an earlier "
+        "one, as the CDI specification orders /etc/cdi and /var/run/cdi.",
+        absolute_paths,
+    )
 
 
 @dataclass(frozen=True)

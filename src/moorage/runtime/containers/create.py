@@ -130,6 +130,7 @@ class Create(ContainerBase):
                 pod_files={k: Path(v) for k, v in sandbox.status.files.items()},
                 oom_score_adj_floor=_own_oom_score_adj(),
                 seccomp_root=Path(self.config().runtime.seccomp_profile_root),
+                cdi_spec_dirs=tuple(map(Path, self.config().runtime.cdi_spec_dirs)),
                 available_capabilities=current_capabilities(),
                 nofile_ceiling=nofile_ceiling(),
                 cgroup_namespace=self.cgroup_host.unified,

@@ -12,10 +12,12 @@ module          spec fields
 ``mounts``      mounts, linux.rootfsPropagation
 ``devices``     linux.devices, the device part of linux.resources
 ``resources``   linux.resources
+``cdi``         the edits of the CDI devices the container asks for (env, devices, mounts, hooks)
 ==============  ===================================================================
 
 "Pure" means no side effects: it reads the container's rootfs (passwd, group), stats mount and device host paths
-and reads Localhost seccomp profiles, but it writes nothing and starts nothing, so it is tested without mocks.
+and reads Localhost seccomp profiles and CDI specs, but it writes nothing and starts nothing, so it is tested
+without mocks.
 Pod sysctls are not in the container spec: they are set on the pod's namespaces when those are created. Nor are
 AppArmor and SELinux settings: both are disabled on Moorage's nodes (see :mod:`.security`).
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.api.cri import pb
-from moorage.runtime.spec import devices, mounts, process, resources, seccomp, security, user
+from moorage.runtime.spec import cdi, devices, mounts, process, resources, seccomp, security, user
 
 OCI_VERSION = "1.0.2-dev"
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
@@ -75,6 +77,9 @@ class SpecInputs:
     recursive_read_only: bool = False
     # The node has the hugetlb cgroup controller: hugepage limits are left out without it (as containerd does).
     hugetlb: bool = True
+    # Where CDI spec files are read, a later directory winning (runtime.cdi_spec_dirs): only when the container
+    # asks for a CDI device.
+    cdi_spec_dirs: tuple[Path, ...] = ()
 
 
 def nofile_ceiling() -> int | None:
@@ -157,4 +162,6 @@ def build(inputs: SpecInputs) -> dict[str, Any]:
     # runc refuses a hostname without a private UTS namespace; with the host's the container sees the host's name.
     if "uts" in inputs.namespaces:
         spec["hostname"] = inputs.hostname
+    if names := cdi.requested((d.name for d in c.CDI_devices), c.annotations):
+        cdi.apply(spec, cdi.resolve(names, inputs.cdi_spec_dirs))
     return spec
