@@ -27,7 +27,7 @@ from moorage.api.views import (
 )
 from moorage.config import Config
 from moorage.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from moorage.runtime import conditions
+from moorage.runtime import conditions, pod_resources
 from moorage.runtime.containers import Containers
 from moorage.runtime.events import Event, Overflow
 from moorage.runtime.pod_cidr import PodCidr
@@ -304,6 +304,21 @@ class RuntimeService(StatsRpcs):
         resources.check(request.linux, "linux")
         await self._containers.update_resources(container_id, request.linux)
         return pb.UpdateContainerResourcesResponse()
+
+    async def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: Context
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
+        containers = self._containers
+        await pod_resources.update(
+            self._sandboxes,
+            containers.cgroups,
+            containers.cgroup_host,
+            sandbox_id=sandbox_id,
+            overhead=request.overhead,
+            total=request.resources,
+        )
+        return pb.UpdatePodSandboxResourcesResponse()
 
     async def ReopenContainerLog(
         self, request: pb.ReopenContainerLogRequest, context: Context

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -257,6 +257,11 @@ class Sandboxes:
         return await self.network.last_check(record.id, record.status.namespaces.get("network", ""), config)
 
     # --- records --------------------------------------------------------------------------------------------
+
+    async def keep_resources(self, sandbox_id: str, resources: dict[str, Any]) -> None:
+        """Store the pod's resources of its last in-place resize with it (see :mod:`.pod_resources`)."""
+        record = await self.get(sandbox_id)
+        await self._save(dataclasses.replace(record, status=dataclasses.replace(record.status, resources=resources)))
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
         record = self.index.get(sandbox_id)

@@ -50,6 +50,8 @@ class SandboxStatus:
     stopped_at: int = 0
     infra_pid: int = 0
     """The pause process holding the pod's PID namespace (shareProcessNamespace pods only)."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """The last UpdatePodSandboxResources: {"overhead": ..., "resources": ...} (LinuxContainerResources as JSON)."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
