@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from moorage.api.cri import pb
+from moorage.cli.client import CriClient
 from tests.critest.images import build_and_push
 from tests.critest.run import cni_network, registries_conf
 from tests.fixtures.registry import Registry
@@ -63,10 +65,15 @@ def wait_for(what: str, check: Callable[[], object], seconds: float = 90, every:
     raise AssertionError(f"{what}: not within {seconds}s (last: {last!r})")
 
 
+def ready_pods(client: CriClient) -> list[str]:
+    return [p.id for p in client.list_pods() if p.state == pb.PodSandboxState.SANDBOX_READY]
+
+
 @pytest.fixture(scope="module")
 def node(registry: str, request: pytest.FixtureRequest) -> Iterator[Node]:
-    """A daemon and a kubelet on it with the module's ``FEATURE_GATES``; afterwards every static pod is removed
-    through its manifest, then the kubelet, the daemon and everything they made."""
+    """A daemon and a kubelet on it with the module's ``FEATURE_GATES``; afterwards every static pod's manifest is
+    removed and the kubelet stops the pods (its garbage collector would remove them only a minute later: they are
+    removed through the daemon), then the kubelet, the daemon and everything they made go."""
     gates: dict[str, bool] = getattr(request.module, "FEATURE_GATES", {})
     daemon = DaemonProcess('sandbox_image = "localhost/moorage/pause:1.0"\n')
     daemon.log_level = "info"
@@ -83,8 +90,8 @@ def node(registry: str, request: pytest.FixtureRequest) -> Iterator[Node]:
             manifest.unlink()
         try:
             if kubelet.proc is not None and kubelet.proc.poll() is None and daemon.proc is not None:
-                with daemon.client() as client:
-                    wait_for("the kubelet removing every pod", lambda: not client.list_pods(), seconds=120)
+                with daemon.client() as client:  # stopped by the kubelet; removed below, not after its GC period
+                    wait_for("the kubelet stopping every pod", lambda: not ready_pods(client), seconds=120)
         finally:
             kubelet.stop()
             keep = CHECKOUT / "build" / "test-kubelet" / request.module.__name__.rsplit(".", 1)[-1]

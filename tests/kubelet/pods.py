@@ -1,0 +1,47 @@
+"""What the kubelet suite reads about a pod: the kubelet's /pods view of it, and the runtime's own view (its
+containers' processes and their cgroup files on the host)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.kubelet.conftest import Node
+
+CGROUP_V1 = Path("/sys/fs/cgroup")
+
+
+def statuses(node: Node, name: str) -> dict[str, dict[str, Any]]:
+    """The pod's containerStatuses in the kubelet's /pods, by container name ({} while it has none)."""
+    status = node.kubelet.pods().get(name, {}).get("status", {})
+    return {c["name"]: c for c in status.get("containerStatuses") or []}
+
+
+def running(node: Node, name: str) -> bool:
+    states = [c.get("state", {}) for c in statuses(node, name).values()]
+    return bool(states) and all("running" in s for s in states)
+
+
+def runtime_id(status: dict[str, Any]) -> str:
+    """The runtime's container id in a kubelet containerStatus (``moorage://<id>``)."""
+    return str(status["containerID"]).split("://", 1)[1]
+
+
+def container_pid(node: Node, container_id: str) -> int:
+    with node.daemon.client() as client:
+        info = client.container_status(container_id, verbose=True).info["info"]
+    return int(json.loads(info)["pid"])
+
+
+def cgroup_dir(pid: int, controller: str) -> Path:
+    """The v1 ``controller`` hierarchy's directory of the cgroup ``pid`` is in, from /proc/<pid>/cgroup."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return CGROUP_V1 / controllers / path.lstrip("/")
+    raise LookupError(f"process {pid} is in no {controller} cgroup")
+
+
+def cgroup_value(pid: int, controller: str, name: str) -> str:
+    return (cgroup_dir(pid, controller) / name).read_text().strip()

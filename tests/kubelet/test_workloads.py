@@ -1,0 +1,122 @@
+"""Workloads as a cluster user writes them, run by a real kubelet on moorage: a pod's spec (volumes, identity,
+resources) honoured, probes and restart policies, container log rotation, the kubelet's stats."""
+
+from __future__ import annotations
+
+from tests.kubelet.conftest import Node, wait_for
+from tests.kubelet.manifests import container, pod
+from tests.kubelet.pods import cgroup_value, container_pid, running, runtime_id, statuses
+
+MI = 1024 * 1024
+
+WRITER = """
+printf '%s\\n' "$(id -u):$(id -g):$(id -G)" "$GREETING" "$*" > /host/writer
+echo "from the writer" > /cache/note
+exec sleep 3600
+"""
+READER = """
+until [ -f /cache/note ]; do sleep 0.2; done
+cat /cache/note > /host/reader
+exec sleep 3600
+"""
+
+
+def test_pod_spec_is_honoured(node: Node) -> None:
+    """Two containers: command and args, env, an emptyDir they share and a hostPath under the test's own dir,
+    a non-root identity, and each container's requests and limits in its own cgroup's files."""
+    host = node.kubelet.dir / "hostpath-spec"
+    host.mkdir(mode=0o777)
+    host.chmod(0o777)  # the containers run as uid 1000
+    volumes = [{"name": "cache", "mountPath": "/cache"}, {"name": "host", "mountPath": "/host"}]
+    writer = container(
+        "writer",
+        WRITER,
+        env=[{"name": "GREETING", "value": "hello from env"}],
+        volumeMounts=volumes,
+        resources={"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"cpu": "250m", "memory": "64Mi"}},
+        securityContext={"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+    )
+    writer["args"] += ["argv0", "first arg", "second"]
+    reader = container(
+        "reader",
+        READER,
+        volumeMounts=volumes,
+        resources={"requests": {"cpu": "200m", "memory": "48Mi"}, "limits": {"cpu": "500m", "memory": "96Mi"}},
+    )
+    node.kubelet.write_manifest(
+        pod(
+            "spec",
+            writer,
+            reader,
+            securityContext={"runAsUser": 1000, "runAsGroup": 3000, "supplementalGroups": [4000]},
+            volumes=[
+                {"name": "cache", "emptyDir": {}},
+                {"name": "host", "hostPath": {"path": str(host), "type": "Directory"}},
+            ],
+        )
+    )
+    wait_for("pod spec running", lambda: running(node, "spec"), 60)
+    wait_for("both containers wrote to the hostPath", lambda: (host / "reader").exists() and (host / "writer").exists())
+
+    ids, greeting, args = (host / "writer").read_text().splitlines()
+    uid, gid, groups = ids.split(":")
+    assert (uid, gid) == ("1000", "3000")
+    assert "4000" in groups.split()
+    assert greeting == "hello from env"
+    assert args == "first arg second"
+    assert (host / "reader").read_text() == "from the writer\n"  # through the emptyDir
+    assert (host / "writer").stat().st_uid == 1000
+
+    expected = {"writer": (64 * MI, 25000, 102), "reader": (96 * MI, 50000, 204)}
+    for name, status in statuses(node, "spec").items():
+        memory, quota, shares = expected[name]
+        pid = container_pid(node, runtime_id(status))
+        assert int(cgroup_value(pid, "memory", "memory.limit_in_bytes")) == memory, name
+        assert int(cgroup_value(pid, "cpu", "cpu.cfs_quota_us")) == quota, name
+        assert int(cgroup_value(pid, "cpu", "cpu.cfs_period_us")) == 100000, name
+        assert int(cgroup_value(pid, "cpu", "cpu.shares")) == shares, name
+
+
+def restart_count(node: Node, pod_name: str, name: str) -> int:
+    return int(statuses(node, pod_name).get(name, {}).get("restartCount", 0))
+
+
+def test_failing_liveness_probe_restarts_the_container(node: Node) -> None:
+    """An exec probe that passes, then fails once the container removed its file: the kubelet kills the
+    container through the runtime and starts it again, attempt 1 then 2 (restartPolicy Always)."""
+    probe = {
+        "exec": {"command": ["cat", "/tmp/healthy"]},
+        "initialDelaySeconds": 1,
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+        "terminationGracePeriodSeconds": 1,
+    }
+    script = "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 3600"
+    node.kubelet.write_manifest(pod("liveness", container("main", script, livenessProbe=probe)))
+    wait_for("pod liveness running", lambda: running(node, "liveness"), 60)
+    first = runtime_id(statuses(node, "liveness")["main"])
+    wait_for("restart 1", lambda: restart_count(node, "liveness", "main") >= 1, 90)
+    wait_for("restart 2", lambda: restart_count(node, "liveness", "main") >= 2, 120)
+    status = statuses(node, "liveness")["main"]
+    assert runtime_id(status) != first
+    terminated = status["lastState"]["terminated"]
+    assert terminated["exitCode"] == 137  # killed: sleep has no SIGTERM handler as pid 1 of its namespace
+    assert "probe" in node.kubelet.log().lower()
+
+
+def test_exit_code_3_on_failure_is_restarted_with_back_off(node: Node) -> None:
+    """Under restartPolicy OnFailure a container that exits 3 is started again after a back-off
+    (CrashLoopBackOff), and /pods reports exit code 3 as its last termination."""
+    node.kubelet.write_manifest(pod("fails", container("main", "sleep 1; exit 3"), restartPolicy="OnFailure"))
+
+    def backing_off() -> bool:
+        status = statuses(node, "fails").get("main", {})
+        waiting = status.get("state", {}).get("waiting", {})
+        return waiting.get("reason") == "CrashLoopBackOff" and int(status.get("restartCount", 0)) >= 1
+
+    wait_for("pod fails in CrashLoopBackOff", backing_off, 120, every=0.2)
+    status = statuses(node, "fails")["main"]
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+    wait_for("a restart after the back-off", lambda: restart_count(node, "fails", "main") >= 2, 120)
+    assert statuses(node, "fails")["main"]["lastState"]["terminated"]["exitCode"] == 3
