@@ -326,6 +326,16 @@ class RuntimeService(StatsRpcs):
         await self._containers.reopen_log(await self._existing("containers", request.container_id, "container_id"))
         return pb.ReopenContainerLogResponse()
 
+    async def CheckpointContainer(
+        self, request: pb.CheckpointContainerRequest, context: Context
+    ) -> pb.CheckpointContainerResponse:
+        """api.proto: the container keeps running; ``location`` is the archive the kubelet wants (a .tar)."""
+        validate.required(request.location, "location")
+        validate.absolute_path(request.location, "location")
+        container_id = await self._existing("containers", request.container_id, "container_id")
+        await self._containers.checkpoint(container_id, request.location, max(int(request.timeout), 0))
+        return pb.CheckpointContainerResponse()
+
     def _list_containers(self, spec: pb.ContainerFilter | None) -> list[ContainerView]:
         if spec is not None and spec.pod_sandbox_id:  # the kubelet's per-pod call: scan without building views
             records = self._containers.index.all(lambda r: r.sandbox_id == spec.pod_sandbox_id)

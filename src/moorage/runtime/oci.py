@@ -146,6 +146,26 @@ class OciRuntime:
             f.flush()
             await self._run(["update", f"--resources={f.name}", cid], cid)
 
+    async def pause(self, cid: str) -> None:
+        await self._run(["pause", cid], cid)
+
+    async def resume(self, cid: str) -> None:
+        await self._run(["resume", cid], cid)
+
+    async def can_checkpoint(self) -> bool:
+        """Whether this binary has a ``checkpoint`` command (runc always; crun only when built with CRIU)."""
+        try:
+            await self._run(["checkpoint", "--help"], None)
+        except MoorageError:
+            return False
+        return True
+
+    async def checkpoint(self, cid: str, image_path: Path, work_path: Path) -> None:
+        """Dump the container's processes with CRIU into ``image_path`` and leave them running; CRIU's log
+        (``dump.log``) and statistics (``stats-dump``) go to ``work_path``."""
+        args = ["checkpoint", "--leave-running", f"--image-path={image_path}", f"--work-path={work_path}", cid]
+        await self._run(args, cid)
+
     def exec_argv(
         self,
         cid: str,

@@ -9,11 +9,13 @@ by RPC group, as CRI-O and containerd split their servers:
 - :mod:`.lifecycle`: Start, Stop, Remove and the exit monitor;
 - :mod:`.recovery`: start-up recovery, records reconciled with the OCI runtime and conmon's files;
 - :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog;
-- :mod:`.image_volumes`: image volumes (CRI ``Mount.image``), mounted by create and taken apart with the rest.
+- :mod:`.image_volumes`: image volumes (CRI ``Mount.image``), mounted by create and taken apart with the rest;
+- :mod:`.checkpoint`: CheckpointContainer, a running container to a CRIU checkpoint archive.
 """
 
 from __future__ import annotations
 
+from moorage.runtime.containers.checkpoint import Checkpoint
 from moorage.runtime.containers.create import Create
 from moorage.runtime.containers.lifecycle import Lifecycle
 from moorage.runtime.containers.operations import Operations
@@ -22,5 +24,5 @@ from moorage.runtime.containers.recovery import Recovery
 __all__ = ["Containers"]
 
 
-class Containers(Create, Lifecycle, Operations, Recovery):
+class Containers(Create, Lifecycle, Operations, Recovery, Checkpoint):
     """Every container of the node (pause containers aside, which live and die with their pod)."""

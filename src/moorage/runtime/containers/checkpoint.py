@@ -1,0 +1,112 @@
+"""CheckpointContainer: a running container's processes and file-system changes, to an archive, left running.
+
+What CRI-O does (``internal/lib/checkpoint.go``), in order, each refusal before anything is made:
+
+1. the container must be running and the archive's directory must exist (FAILED_PRECONDITION), its OCI
+   runtime must have a ``checkpoint`` command (crun only has one when built with CRIU) and CRIU must work on
+   this node (``criu check``, asked once); either refusal is FAILED_PRECONDITION with the runtime's or CRIU's
+   reason;
+2. the container is paused (the cgroup freezer), so its files do not change between the dump and the copy of
+   its writable layer, then dumped by ``<runtime> checkpoint --leave-running`` into a work directory under
+   the state root, its writable layer's changes copied beside, and resumed whatever happened;
+3. the archive (:mod:`moorage.runtime.checkpoint.archive`) is written to ``location`` under a temporary name
+   and renamed onto it; the work directory goes. A failure at any step leaves nothing at ``location``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+import time
+from functools import cached_property
+from pathlib import Path
+
+from moorage.errors import DeadlineExceeded, FailedPrecondition, MoorageError
+from moorage.runtime.checkpoint import archive
+from moorage.runtime.checkpoint.criu import Criu
+from moorage.runtime.containers.base import ContainerBase, log
+from moorage.runtime.oci import OciRuntime
+from moorage.state.models import CONTAINER_RUNNING, ContainerRecord
+
+RESUME_TIMEOUT = 30.0
+"""Seconds a paused container's resume may take, after the request's own deadline passed or not."""
+
+
+class Checkpoint(ContainerBase):
+    @cached_property
+    def criu(self) -> Criu:
+        return Criu()
+
+    async def checkpoint(self, container_id: str, target: str, timeout: int) -> None:
+        """Write the checkpoint archive of running container ``container_id`` to ``target`` (an absolute path)
+        within ``timeout`` seconds (0: no limit of moorage's own)."""
+        location = Path(target)
+        record = await self.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot checkpoint it")
+        if not location.parent.is_dir():
+            raise FailedPrecondition(f"location {location}: directory {location.parent} does not exist")
+        runtime = await self.runtime_of(record)
+        if not await runtime.can_checkpoint():
+            raise FailedPrecondition(
+                f"the OCI runtime {runtime.path} of container {container_id} has no checkpoint command "
+                "(crun has one only when built with CRIU)"
+            )
+        await self.criu.require()
+        work = self.state / "checkpoints" / f"{container_id}.{secrets.token_hex(4)}"
+        try:
+            async with asyncio.timeout(timeout or None):
+                await self._dump(record, runtime, work)
+                await asyncio.to_thread(archive.write, location, work)
+        except TimeoutError:
+            raise DeadlineExceeded(f"checkpoint of container {container_id} took longer than {timeout} s") from None
+        finally:
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+        log.info("container checkpointed", container=container_id, location=str(location))
+
+    async def _dump(self, record: ContainerRecord, runtime: OciRuntime, work: Path) -> None:
+        """The container's metadata, CRIU images and file-system changes, in ``work``."""
+        work.mkdir(parents=True, mode=0o700)
+        spec = json.loads((self.bundle(record.id) / "config.json").read_text())
+        archive.write_json(work, archive.SPEC_DUMP, spec)
+        archive.write_json(work, archive.CONFIG_DUMP, await self._config_dump(record))
+        if binds := await asyncio.to_thread(archive.bind_mounts, spec):
+            archive.write_json(work, archive.BIND_MOUNTS, binds)
+        await runtime.pause(record.id)
+        try:
+            await runtime.checkpoint(record.id, work / archive.CHECKPOINT_DIR, work)
+            upper = self.layer_dir(record.id) / "upper"
+            skip = archive.mount_points(spec)
+            deleted = await asyncio.to_thread(archive.rootfs_diff, upper, work / archive.ROOTFS_DIFF, skip)
+            if deleted:
+                archive.write_json(work, archive.DELETED_FILES, deleted)
+        finally:
+            await asyncio.shield(self._resume(record.id, runtime))
+
+    async def _resume(self, container_id: str, runtime: OciRuntime) -> None:
+        try:
+            async with asyncio.timeout(RESUME_TIMEOUT):
+                await runtime.resume(container_id)
+        except (MoorageError, TimeoutError) as exc:
+            log.error("container left paused after its checkpoint", container=container_id, error=str(exc))
+            raise
+
+    async def _config_dump(self, record: ContainerRecord) -> dict[str, object]:
+        sandbox = await self.sandboxes.get(record.sandbox_id)
+        image = None
+        with contextlib.suppress(MoorageError):
+            image = await self.images.find(record.image_id)
+        names = image.repo_tags if image is not None else []
+        return archive.config_dump(
+            container_id=record.id,
+            name=record.name,
+            image=record.status.image,
+            image_ref=record.image_id,
+            image_name=names[0] if names else record.status.image,
+            runtime=sandbox.status.runtime_handler or self.config().runtime.default_handler,
+            created_at=record.created_at,
+            checkpointed_at=time.time_ns(),
+        )
