@@ -27,8 +27,7 @@ def test_killed_runtime_restarts_under_the_kubelet(node: Node) -> None:
     node.kubelet.write_manifest(
         pod("pair", container("one", "exec sleep 3600"), container("two", "while true; do sleep 1; done"))
     )
-    for name in names:
-        wait_for(f"pod {name} running", lambda name=name: running(node, name), 60)
+    wait_for("pods steady and pair running", lambda: all(running(node, name) for name in names), 60)
     time.sleep(3)  # a few PLEG relists: the kubelet has seen everything running
     before = snapshot(node, names)
     pids = {key: container_pid(node, cid) for key, (cid, _) in before.items()}
