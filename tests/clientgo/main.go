@@ -12,6 +12,10 @@
 //	    client-go's PortForwarder on a local port through one session; N connections, M at once, each sending
 //	    "ping <i>\n" and reading the same line back. Prints "OK <N>".
 //	    websocket: SPDY tunneled through WebSocket (SPDY/3.1+portforward.k8s.io), as kubectl does.
+//	clientgo echo-server -port P
+//	    a TCP server echoing every connection back, for a container to run (the binary is static): unlike
+//	    busybox nc, whose listen backlog of 1 makes the kernel drop simultaneous connections, it takes the
+//	    kernel's full backlog, so a port-forward test measures the forward and not the server.
 package main
 
 import (
@@ -282,15 +286,37 @@ func echo(address string, i int) error {
 	return nil
 }
 
+func echoServer(args []string) {
+	flags := flag.NewFlagSet("echo-server", flag.ExitOnError)
+	port := flags.Int("port", 8080, "TCP port to listen on, all addresses")
+	_ = flags.Parse(args)
+	listener, err := net.Listen("tcp", fmt.Sprintf(":%d", *port))
+	if err != nil {
+		fail("listen: %v", err)
+	}
+	for {
+		conn, err := listener.Accept()
+		if err != nil {
+			fail("accept: %v", err)
+		}
+		go func() {
+			defer conn.Close()
+			_, _ = io.Copy(conn, conn)
+		}()
+	}
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: clientgo exec|attach|portforward ...")
+		fail("usage: clientgo exec|attach|portforward|echo-server ...")
 	}
 	switch os.Args[1] {
 	case "exec", "attach":
 		remoteCommand(os.Args[2:])
 	case "portforward":
 		portForward(os.Args[2:])
+	case "echo-server":
+		echoServer(os.Args[2:])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}
