@@ -3,6 +3,9 @@ resources) honoured, probes and restart policies, container log rotation, the ku
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 from tests.kubelet.conftest import Node, wait_for
 from tests.kubelet.manifests import container, pod
 from tests.kubelet.pods import cgroup_value, container_pid, running, runtime_id, statuses
@@ -120,3 +123,51 @@ def test_exit_code_3_on_failure_is_restarted_with_back_off(node: Node) -> None:
     assert status["lastState"]["terminated"]["reason"] == "Error"
     wait_for("a restart after the back-off", lambda: restart_count(node, "fails", "main") >= 2, 120)
     assert statuses(node, "fails")["main"]["lastState"]["terminated"]["exitCode"] == 3
+
+
+CHATTY_BATCHES = 25
+CHATTY = f"""
+pad=$(printf '%088d' 0)
+for b in $(seq 0 {CHATTY_BATCHES - 1}); do
+  seq $((b * 1000)) $((b * 1000 + 999)) | sed "s/^/line /; s/$/ $pad/"
+  sleep 0.5
+done
+echo done
+exec sleep 3600
+"""
+"""About 3.5 MB of CRI log in 25 batches over 12 s or more: at least two rotations at 1Mi, and at most three, so
+that the kubelet's containerLogMaxFiles (5) deletes no rotated file before the test reads them."""
+
+
+def log_lines(*paths: Path) -> list[str]:
+    """The lines of CRI log files read in order (records ``<time> <stream> <P|F> <message>``, a line's partial
+    records joined to its final one, also across files), gunzipped if rotated and compressed."""
+    lines, partial = [], ""
+    for path in paths:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        for record in data.decode().splitlines():
+            _, _, tag, message = record.split(" ", 3)
+            partial += message
+            if tag == "F":
+                lines.append(partial)
+                partial = ""
+    return lines
+
+
+def test_log_rotation_loses_and_doubles_no_line(node: Node) -> None:
+    """The kubelet rotates the container's log past containerLogMaxSize (1Mi): it renames the file and asks the
+    runtime to reopen it (ReopenContainerLog). Read back in order, the rotated files and the current one hold
+    every line the container wrote exactly once."""
+    node.kubelet.write_manifest(pod("chatty", container("main", CHATTY)))
+    wait_for("pod chatty running", lambda: running(node, "chatty"), 60)
+    (pod_dir,) = node.kubelet.pod_logs.glob("default_chatty-*")
+    current = pod_dir / "main" / "0.log"
+    wait_for("the container done writing", lambda: "done" in log_lines(current), 120)
+    rotated = sorted(p for p in current.parent.iterdir() if p.name.startswith("0.log."))
+    assert len(rotated) >= 2, rotated
+
+    messages = log_lines(*rotated, current)
+    assert messages[-1] == "done"
+    numbers = [int(m.split()[1]) for m in messages[:-1]]
+    assert numbers == list(range(CHATTY_BATCHES * 1000))
+    assert all(m.endswith(" " + "0" * 88) for m in messages[:-1])
