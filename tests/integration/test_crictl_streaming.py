@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from moorage.api.cri import pb
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.integration.test_crictl import CRICTL
+from tests.integration.test_streaming_clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +69,38 @@ def test_exec_streams_stdin_and_exits_with_the_commands_code(config: Path, pod: 
     typed = subprocess.run([*argv, "-i", container_id, "sh", "-c", "cat; echo end"], input=b"typed\n",
                            capture_output=True, timeout=90, check=False)  # fmt: skip
     assert (typed.returncode, typed.stdout) == (0, b"typed\nend\n"), typed.stderr
+
+
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
+def test_attach_sends_stdin_and_shows_the_output(config: Path, pod: Pod, transport: str) -> None:
+    container_id = pod.run("reader", "sh", "-c", "read line; echo got $line", stdin=True)
+    argv = [str(CRICTL), "--config", str(config), "attach", "--transport", transport, "-i", container_id]
+    done = subprocess.run(argv, input=b"hello\n", capture_output=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"got hello\n"
+
+
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
+def test_port_forward_carries_connections_to_the_pod(config: Path, pod: Pod, transport: str, clientgo: Path) -> None:
+    server = pb.Mount(container_path="/clientgo", host_path=str(clientgo), readonly=True)
+    pod.run("echo-server", "/clientgo", "echo-server", "-port", "8080", mounts=[server])
+    with socket.socket() as probe:  # a free local port for crictl
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [str(CRICTL), "--config", str(config), "port-forward", "--transport", transport, pod.id, f"{port}:8080"]
+    forward = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert forward.stdout is not None
+        assert b"Forwarding from 127.0.0.1:" in forward.stdout.readline()
+        for i in range(5):
+            for _ in range(50):  # the first may come before the server listens: the forward reports it, and goes on
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                    conn.sendall(f"ping {i}\n".encode())
+                    got = conn.makefile("rb").readline()
+                if got:
+                    break
+                time.sleep(0.2)
+            assert got == f"ping {i}\n".encode()
+    finally:
+        forward.terminate()
+        forward.wait(timeout=30)
