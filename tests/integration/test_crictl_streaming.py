@@ -8,16 +8,15 @@ import os
 import shlex
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.integration.test_crictl import CRICTL
 from tests.integration.test_streaming_clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
+from tests.integration.test_streaming_clientgo import run_echo_server
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +81,7 @@ def test_attach_sends_stdin_and_shows_the_output(config: Path, pod: Pod, transpo
 
 @pytest.mark.parametrize("transport", ["spdy", "websocket"])
 def test_port_forward_carries_connections_to_the_pod(config: Path, pod: Pod, transport: str, clientgo: Path) -> None:
-    server = pb.Mount(container_path="/clientgo", host_path=str(clientgo), readonly=True)
-    pod.run("echo-server", "/clientgo", "echo-server", "-port", "8080", mounts=[server])
+    run_echo_server(pod, clientgo)
     with socket.socket() as probe:  # a free local port for crictl
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -93,14 +91,9 @@ def test_port_forward_carries_connections_to_the_pod(config: Path, pod: Pod, tra
         assert forward.stdout is not None
         assert b"Forwarding from 127.0.0.1:" in forward.stdout.readline()
         for i in range(5):
-            for _ in range(50):  # the first may come before the server listens: the forward reports it, and goes on
-                with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-                    conn.sendall(f"ping {i}\n".encode())
-                    got = conn.makefile("rb").readline()
-                if got:
-                    break
-                time.sleep(0.2)
-            assert got == f"ping {i}\n".encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                conn.sendall(f"ping {i}\n".encode())
+                assert conn.makefile("rb").readline() == f"ping {i}\n".encode()
     finally:
         forward.terminate()
         forward.wait(timeout=30)

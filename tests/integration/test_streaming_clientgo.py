@@ -110,9 +110,9 @@ def test_the_fallback_executor_falls_back_to_spdy_on_the_same_url(pod: Pod, slee
     assert (done.returncode, done.stdout) == (6, b"via spdy\n"), done.stderr
 
 
-@pytest.mark.parametrize("transport", EXECUTORS)
-def test_port_forward_carries_100_connections_through_one_session(pod: Pod, clientgo: Path, transport: str) -> None:
-    # clientgo's own echo server (static): busybox nc's listen backlog of 1 drops simultaneous connections
+def run_echo_server(pod: Pod, clientgo: Path, transport: str = "spdy") -> None:
+    """clientgo's own echo server (static) in the pod on port 8080, listening when this returns: busybox nc's
+    listen backlog of 1 drops simultaneous connections, and client-go's forwarder ends at a refused one."""
     server = pb.Mount(container_path="/clientgo", host_path=str(clientgo), readonly=True)
     pod.run("echo-server", "/clientgo", "echo-server", "-port", "8080", mounts=[server])
     done = None
@@ -125,10 +125,16 @@ def test_port_forward_carries_100_connections_through_one_session(pod: Pod, clie
         time.sleep(0.2)
     assert done is not None
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("transport", EXECUTORS)
+def test_port_forward_carries_100_connections_through_one_session(pod: Pod, clientgo: Path, transport: str) -> None:
+    run_echo_server(pod, clientgo, transport)
     with pod.node.client() as c:
         url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
-    many = run(clientgo, "portforward", "-transport", transport, "-port", "8080", "-connections", "100", url,
-               timeout=180)  # fmt: skip: all 100 open at once
+    many = run(
+        clientgo, "portforward", "-transport", transport, "-port", "8080", "-connections", "100", url, timeout=180
+    )  # fmt: skip: all 100 open at once
     assert (many.returncode, many.stdout) == (0, b"OK 100\n"), b"\n".join(
         line for line in many.stderr.splitlines() if not line.startswith(b"Handling connection")
     )
