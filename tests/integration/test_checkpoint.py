@@ -10,11 +10,13 @@ tests/integration/test_checkpoint.py``), the archive is written and checked."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -148,6 +150,20 @@ def test_a_running_container_is_checkpointed_in_cri_o_s_layout_and_keeps_running
     assert deleted == ["/etc/group"]
     nothing_left(pod.node, tmp_path / "absent.tar")
     still_counting(pod, container_id)
+    failure = rpc_error(lambda: pod.create("restored", image=str(location)))  # the archive is known for one
+    assert failure.code == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.skipif(not CRIU_WORKS, reason=f"criu check fails on this node: {'; '.join(CRIU_ERRORS)}")
+def test_checkpoints_of_one_container_at_once_are_taken_one_after_the_other(pod: Pod, tmp_path: Path) -> None:
+    container_id = started_counter(pod)
+    locations = [tmp_path / f"checkpoint-{n}.tar" for n in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda location: checkpoint(pod.node, container_id, str(location)), locations))
+    for location in locations:
+        with tarfile.open(location) as tar:
+            assert "checkpoint/inventory.img" in tar.getnames()
+    still_counting(pod, container_id)
 
 
 def test_an_unknown_container_is_not_found(pod: Pod, tmp_path: Path) -> None:
@@ -212,3 +228,32 @@ def test_a_runtime_without_a_checkpoint_command_is_refused(
     finally:
         with node.client() as client:
             client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+
+
+def fake_archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_create_from_a_local_file_is_a_restore_which_is_refused_before_anything_is_made(
+    pod: Pod, tmp_path: Path
+) -> None:
+    """CRI-O's rule: an image naming an existing local file is a checkpoint archive to restore from."""
+    archive = fake_archive(tmp_path / "checkpoint.tar", {"config.dump": b"{}", "spec.dump": b"{}"})
+    failure = rpc_error(lambda: pod.create("restored", image=str(archive)))
+    assert failure.code == grpc.StatusCode.UNIMPLEMENTED
+    assert failure.details == (
+        f"config.image.image {str(archive)!r} is a checkpoint archive: restoring a container from one is not "
+        "implemented"
+    )
+    other = fake_archive(tmp_path / "other.tar", {"hello": b"world"})
+    failure = rpc_error(lambda: pod.create("restored", image=str(other)))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is a local file but not a checkpoint archive" in failure.details
+    with pod.node.client() as client:
+        listed = client.runtime.ListContainers(pb.ListContainersRequest()).containers
+    assert [c for c in listed if c.metadata.name == "restored"] == []

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from moorage.errors import InvalidArgument, Unimplemented
+
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_DUMP = "config.dump"
 SPEC_DUMP = "spec.dump"
@@ -150,3 +152,22 @@ def write(location: Path, work: Path, members: Sequence[str] = MEMBERS) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+
+
+def refuse_restore(image: str, field: str) -> None:
+    """CRI-O's rule: a CreateContainer whose image names an existing local file restores a checkpoint archive.
+    Moorage does not restore yet: such a request is refused before anything is made, UNIMPLEMENTED for a
+    checkpoint archive, INVALID_ARGUMENT for any other file."""
+    path = Path(image)
+    if not path.is_absolute() or not path.is_file():
+        return
+    try:
+        with tarfile.open(path) as tar:
+            names = set(tar.getnames())
+    except (OSError, tarfile.TarError):
+        names = set()
+    if not {CONFIG_DUMP, SPEC_DUMP} <= names:
+        raise InvalidArgument(
+            f"{field} {image!r} is a local file but not a checkpoint archive (a tar with {CONFIG_DUMP} and {SPEC_DUMP})"
+        )
+    raise Unimplemented(f"{field} {image!r} is a checkpoint archive: restoring a container from one is not implemented")

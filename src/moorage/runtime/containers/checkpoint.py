@@ -40,32 +40,57 @@ class Checkpoint(ContainerBase):
     def criu(self) -> Criu:
         return Criu()
 
+    @cached_property
+    def _checkpoints(self) -> dict[str, tuple[asyncio.Lock, list[Path]]]:
+        """Container id → the lock one checkpoint of it at a time holds (a paused container cannot be paused
+        again: a second request waits), and the work directories in use."""
+        return {}
+
     async def checkpoint(self, container_id: str, target: str, timeout: int) -> None:
         """Write the checkpoint archive of running container ``container_id`` to ``target`` (an absolute path)
         within ``timeout`` seconds (0: no limit of moorage's own)."""
         location = Path(target)
-        record = await self.get(container_id)
-        if record.state != CONTAINER_RUNNING:
-            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot checkpoint it")
+        await self._check_running(container_id)
         if not location.parent.is_dir():
             raise FailedPrecondition(f"location {location}: directory {location.parent} does not exist")
-        runtime = await self.runtime_of(record)
+        runtime = await self.runtime_of(await self.get(container_id))
         if not await runtime.can_checkpoint():
             raise FailedPrecondition(
                 f"the OCI runtime {runtime.path} of container {container_id} has no checkpoint command "
                 "(crun has one only when built with CRIU)"
             )
         await self.criu.require()
+        lock, works = self._checkpoints.setdefault(container_id, (asyncio.Lock(), []))
         work = self.state / "checkpoints" / f"{container_id}.{secrets.token_hex(4)}"
+        works.append(work)
         try:
-            async with asyncio.timeout(timeout or None):
+            async with asyncio.timeout(timeout or None), lock:
+                record = await self._check_running(container_id)  # it may have exited while this waited
+                await asyncio.to_thread(self._sweep, work.parent)
                 await self._dump(record, runtime, work)
                 await asyncio.to_thread(archive.write, location, work)
         except TimeoutError:
             raise DeadlineExceeded(f"checkpoint of container {container_id} took longer than {timeout} s") from None
         finally:
+            works.remove(work)
+            if not works:
+                del self._checkpoints[container_id]
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
         log.info("container checkpointed", container=container_id, location=str(location))
+
+    async def _check_running(self, container_id: str) -> ContainerRecord:
+        record = await self.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot checkpoint it")
+        return record
+
+    def _sweep(self, checkpoints: Path) -> None:
+        """Remove work directories no checkpoint uses: left by a daemon that died during one."""
+        in_use = {work for _, works in self._checkpoints.values() for work in works}
+        if checkpoints.is_dir():
+            for stale in checkpoints.iterdir():
+                if stale not in in_use:
+                    shutil.rmtree(stale, ignore_errors=True)
 
     async def _dump(self, record: ContainerRecord, runtime: OciRuntime, work: Path) -> None:
         """The container's metadata, CRIU images and file-system changes, in ``work``."""

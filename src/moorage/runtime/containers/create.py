@@ -20,6 +20,7 @@ from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.runtime import conmon, signals, writable
+from moorage.runtime.checkpoint import archive as checkpoint_archive
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers import image_volumes
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
@@ -40,6 +41,7 @@ class Create(ContainerBase):
         sandbox = await self.sandboxes.get(sandbox_id)
         if sandbox.state != READY:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready ({sandbox.state})")
+        await asyncio.to_thread(checkpoint_archive.refuse_restore, config.image.image, "config.image.image")
         image = await self.images.find(config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} is not on the node; pull it first (config.image.image)")
