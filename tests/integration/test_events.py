@@ -67,3 +67,30 @@ def test_events_follow_a_pod_and_its_container(
     assert (status.id, status.state, status.exit_code) == (container_id, pb.ContainerState.CONTAINER_EXITED, 3)
     assert all(a.created_at <= b.created_at for a, b in itertools.pairwise(seen))
     assert seen[5].containers_statuses == []  # the deleted container is gone from its pod
+
+
+def test_pod_status_carries_its_containers_statuses(
+    node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    """PodSandboxStatus with a timestamp also answers the pod's containers' statuses: the kubelet's Evented PLEG
+    takes them as the whole pod (kuberuntime_manager GetPodStatus) and, with none there, started the pod's
+    containers again on every sync (found by tests/kubelet)."""
+    pod = Pod(node, busybox.name, cgroup_parent, tmp_path)
+    try:
+        running = pod.run("long", "sleep", "3600")
+        exited = pod.run("job", "sh", "-c", "exit 3")
+        pod.wait_exit(exited)
+        with node.client() as client:
+            answer = client.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id))
+            assert answer.timestamp > 0
+            statuses = {s.id: s for s in answer.containers_statuses}
+            assert set(statuses) == {running, exited}
+            assert statuses[running].state == pb.ContainerState.CONTAINER_RUNNING
+            assert (statuses[exited].state, statuses[exited].exit_code) == (pb.ContainerState.CONTAINER_EXITED, 3)
+            assert statuses[exited] == client.container_status(exited).status
+            client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=exited), timeout=30)
+            answer = client.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id))
+            assert [s.id for s in answer.containers_statuses] == [running]
+    finally:
+        with node.client(timeout=60) as client:
+            client.remove_pod(pod.id)

@@ -126,10 +126,12 @@ class RuntimeService(StatsRpcs):
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     async def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: Context) -> bytes:
-        """Encoded: the pod's cached status, then this call's timestamp (and verbose info)."""
+        """Encoded: the pod's cached status, then this call's timestamp with its containers' statuses (and
+        verbose info). A response with a timestamp must carry containers_statuses: the kubelet's Evented PLEG
+        then takes them as the pod's containers, and without them starts the pod's containers again and again."""
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         record = await self._sandboxes.get(sandbox_id)
-        rest = pb.PodSandboxStatusResponse(timestamp=time.time_ns())
+        rest = pb.PodSandboxStatusResponse(timestamp=time.time_ns(), containers_statuses=self._statuses_in(sandbox_id))
         if request.verbose:
             network = await self._sandboxes.network_check(record)  # the last CNI CHECK's, not waited for
             rest.info["info"] = json.dumps(
@@ -159,15 +161,18 @@ class RuntimeService(StatsRpcs):
             container_id=event.container_id,
             container_event_type=event.kind,  # type: ignore[arg-type]
             created_at=event.at,
-            containers_statuses=[
-                self._container_views.of(r).status
-                for r in self._containers.index.all(lambda r: r.sandbox_id == event.sandbox_id)
-            ],
+            containers_statuses=self._statuses_in(event.sandbox_id),
         )
         sandbox = self._sandboxes.index.get(event.sandbox_id)
         if sandbox is not None:
             response.pod_sandbox_status.CopyFrom(self._pod_views.of(sandbox).status)
         return response
+
+    def _statuses_in(self, sandbox_id: str) -> list[pb.ContainerStatus]:
+        """The cached statuses of the pod's containers."""
+        return [
+            self._container_views.of(r).status for r in self._containers.index.all(lambda r: r.sandbox_id == sandbox_id)
+        ]
 
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Context) -> bytes:
         """Encoded: the kubelet's relist (no filter, or an empty one) is answered from the cached list."""
