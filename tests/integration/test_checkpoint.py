@@ -89,12 +89,12 @@ def nothing_left(node: DaemonProcess, location: Path) -> None:
     assert not work.exists() or list(work.iterdir()) == []
 
 
-def started_counter(pod: Pod) -> str:
+def started_counter(pod: Pod, at_least: int = 2) -> str:
     container_id = pod.run("counter", "sh", "-c", COUNTER, linux=ROOT_USER)
     deadline = time.monotonic() + 10
     while True:
         try:
-            if counter(pod, container_id) >= 2:
+            if counter(pod, container_id) >= at_least:
                 return container_id
         except AssertionError:
             pass  # /counter not written yet
@@ -117,10 +117,10 @@ def test_where_criu_cannot_run_the_checkpoint_is_refused_with_criu_s_reason(pod:
 
 
 @pytest.mark.skipif(not CRIU_WORKS, reason=f"criu check fails on this node: {'; '.join(CRIU_ERRORS)}")
-def test_a_running_container_is_checkpointed_in_cri_o_s_layout_and_keeps_running(
+def test_a_running_container_is_checkpointed_in_cri_o_s_layout_keeps_running_and_is_restored(
     pod: Pod, busybox: PushedImage, tmp_path: Path
 ) -> None:
-    container_id = started_counter(pod)
+    container_id = started_counter(pod, at_least=5)  # more than a fresh start counts to at once
     location = tmp_path / "checkpoint.tar"
 
     checkpoint(pod.node, container_id, str(location))
@@ -140,7 +140,8 @@ def test_a_running_container_is_checkpointed_in_cri_o_s_layout_and_keeps_running
         with tarfile.open(fileobj=diff_member) as diff:
             counted = diff.extractfile("counter")
             assert counted is not None
-            assert int(counted.read()) >= 2
+            counted_value = counted.read()
+            assert int(counted_value) >= 2
             assert "proc" not in diff.getnames()  # the runtime's mount points are not the container's changes
     assert config["id"] == container_id
     assert config["rootfsImage"] == busybox.name
@@ -150,8 +151,14 @@ def test_a_running_container_is_checkpointed_in_cri_o_s_layout_and_keeps_running
     assert deleted == ["/etc/group"]
     nothing_left(pod.node, tmp_path / "absent.tar")
     still_counting(pod, container_id)
-    failure = rpc_error(lambda: pod.create("restored", image=str(location)))  # the archive is known for one
-    assert failure.code == grpc.StatusCode.UNIMPLEMENTED
+    checkpointed = int(counted_value)
+    restored = pod.run("restored", image=str(location), linux=ROOT_USER)  # CRI-O's restore: the archive as the image
+    assert counter(pod, restored) >= checkpointed  # the shell's count went on from memory, not from 1
+    with pod.node.client() as client:
+        request = pb.ExecSyncRequest(container_id=restored, cmd=["test", "-e", "/etc/group"], timeout=10)
+        assert client.runtime.ExecSync(request, timeout=30).exit_code == 1  # deleted before the checkpoint
+    still_counting(pod, restored)
+    still_counting(pod, container_id)
 
 
 @pytest.mark.skipif(not CRIU_WORKS, reason=f"criu check fails on this node: {'; '.join(CRIU_ERRORS)}")
@@ -239,16 +246,19 @@ def fake_archive(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def test_create_from_a_local_file_is_a_restore_which_is_refused_before_anything_is_made(
+def test_create_from_a_local_file_that_is_no_restorable_archive_is_refused_before_anything_is_made(
     pod: Pod, tmp_path: Path
 ) -> None:
     """CRI-O's rule: an image naming an existing local file is a checkpoint archive to restore from."""
-    archive = fake_archive(tmp_path / "checkpoint.tar", {"config.dump": b"{}", "spec.dump": b"{}"})
-    failure = rpc_error(lambda: pod.create("restored", image=str(archive)))
-    assert failure.code == grpc.StatusCode.UNIMPLEMENTED
+    unknown = "sha256:" + "0" * 64
+    orphan = fake_archive(
+        tmp_path / "checkpoint.tar", {"config.dump": dumps(rootfsImageRef=unknown), "spec.dump": b"{}"}
+    )
+    failure = rpc_error(lambda: pod.create("restored", image=str(orphan)))
+    assert failure.code == grpc.StatusCode.NOT_FOUND
     assert failure.details == (
-        f"config.image.image {str(archive)!r} is a checkpoint archive: restoring a container from one is not "
-        "implemented"
+        f"config.image.image {str(orphan)!r}: the image the checkpoint was taken of ({unknown}) is not on the node; "
+        "pull it first"
     )
     other = fake_archive(tmp_path / "other.tar", {"hello": b"world"})
     failure = rpc_error(lambda: pod.create("restored", image=str(other)))
@@ -257,3 +267,78 @@ def test_create_from_a_local_file_is_a_restore_which_is_refused_before_anything_
     with pod.node.client() as client:
         listed = client.runtime.ListContainers(pb.ListContainersRequest()).containers
     assert [c for c in listed if c.metadata.name == "restored"] == []
+    assert no_bundles(pod.node)
+
+
+def no_bundles(node: DaemonProcess) -> bool:
+    bundles = node.state / "bundles"
+    return not bundles.exists() or list(bundles.iterdir()) == []
+
+
+def dumps(**config: str) -> bytes:
+    return json.dumps(config).encode()
+
+
+def rootfs_diff(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_a_container_created_from_an_archive_has_its_files_and_waits_for_start_to_restore(
+    pod: Pod, busybox: PushedImage, tmp_path: Path
+) -> None:
+    """Without CRIU's part: the container is made from the checkpointed image with the archive's file-system
+    changes; StartContainer refuses where CRIU cannot run, and the container is removed whole."""
+    image_id = busybox.image.config_digest
+    archive = fake_archive(
+        tmp_path / "checkpoint.tar",
+        {
+            "config.dump": dumps(rootfsImageRef=image_id),
+            "spec.dump": b"{}",
+            "checkpoint/inventory.img": b"not a real image",
+            "rootfs-diff.tar": rootfs_diff({"counter": b"41\n", "../escape": b"no"}),
+            "deleted.files": json.dumps(["/etc/group", "/../../outside"]).encode(),
+        },
+    )
+    (tmp_path / "outside").write_text("kept")
+    failure = rpc_error(lambda: pod.create("restored", image=str(archive)))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT  # a member that would land outside the root
+    assert failure.details.startswith(f"checkpoint archive {archive}: ")
+    assert "escape" in failure.details
+    assert no_bundles(pod.node)
+    archive = fake_archive(
+        tmp_path / "checkpoint.tar",
+        {
+            "config.dump": dumps(rootfsImageRef=image_id),
+            "spec.dump": b"{}",
+            "checkpoint/inventory.img": b"not a real image",
+            "rootfs-diff.tar": rootfs_diff({"counter": b"41\n"}),
+            "deleted.files": json.dumps(["/etc/group", "/../../outside"]).encode(),
+        },
+    )
+    container_id = pod.create("restored", image=str(archive))
+    status = pod.status(container_id)
+    assert status.state == pb.ContainerState.CONTAINER_CREATED
+    assert status.image_ref == image_id
+    upper = pod.node.root / "containers" / container_id / "upper"
+    assert (upper / "counter").read_text() == "41\n"
+    assert (upper / "etc" / "group").is_char_device()  # overlayfs's whiteout: deleted from the image's files
+    assert (tmp_path / "outside").read_text() == "kept"
+    bundle = pod.node.state / "bundles" / container_id
+    assert (bundle / "restore" / "checkpoint" / "inventory.img").read_bytes() == b"not a real image"
+    if not CRIU_WORKS:
+        with pod.node.client() as client:
+            start = pb.StartContainerRequest(container_id=container_id)
+            failure = rpc_error(lambda: client.runtime.StartContainer(start, timeout=30))
+        assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert failure.details.startswith("CRIU cannot checkpoint on this node: ")
+        assert pod.status(container_id).state == pb.ContainerState.CONTAINER_CREATED
+    with pod.node.client() as client:
+        client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id), timeout=30)
+    assert not bundle.exists()
+    assert not upper.exists()

@@ -112,6 +112,7 @@ def conmon_argv(
     stdin: bool = False,
     leave_stdin_open: bool = False,
     log_level: str = "error",
+    restore: Path | None = None,
 ) -> list[str]:
     argv = [
         conmon,
@@ -140,6 +141,8 @@ def conmon_argv(
         argv.append("--stdin")
     if stdin and leave_stdin_open:
         argv.append("--leave-stdin-open")  # else the first attach that closes stdin closes it (CRI stdin_once)
+    if restore is not None:  # `<runtime> restore --detach --image-path <restore>` instead of create: running at once
+        argv += ["--restore", str(restore)]
     return argv
 
 
@@ -188,8 +191,10 @@ async def create_container(
     stdin: bool = False,
     leave_stdin_open: bool = False,
     timeout: float = DEFAULT_CREATE_TIMEOUT,
+    restore: Path | None = None,
 ) -> int:
-    """Run ``<runtime> create`` under a daemonized conmon; return the container's pid (state "created").
+    """Run ``<runtime> create`` under a daemonized conmon; return the container's pid (state "created"). With
+    ``restore`` (a directory of CRIU images), ``<runtime> restore`` instead: the container runs on return.
 
     On any failure, cancellation included, conmon is killed, ``<runtime> delete --force`` runs and the files
     conmon wrote are removed before the error propagates.
@@ -212,6 +217,7 @@ async def create_container(
         terminal=terminal,
         stdin=stdin,
         leave_stdin_open=leave_stdin_open,
+        restore=restore,
     )
     try:
         async with asyncio.timeout(timeout):

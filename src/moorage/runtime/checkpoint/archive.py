@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from moorage.errors import InvalidArgument, Unimplemented
+from moorage.errors import InvalidArgument
 
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_DUMP = "config.dump"
@@ -154,20 +155,63 @@ def write(location: Path, work: Path, members: Sequence[str] = MEMBERS) -> None:
         raise
 
 
-def refuse_restore(image: str, field: str) -> None:
+def restore_source(image: str, field: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """CRI-O's rule: a CreateContainer whose image names an existing local file restores a checkpoint archive.
-    Moorage does not restore yet: such a request is refused before anything is made, UNIMPLEMENTED for a
-    checkpoint archive, INVALID_ARGUMENT for any other file."""
+    None for an image name; for an archive its config.dump and spec.dump; INVALID_ARGUMENT for any other file."""
     path = Path(image)
     if not path.is_absolute() or not path.is_file():
-        return
+        return None
+    dumps: dict[str, Any] = {}
     try:
         with tarfile.open(path) as tar:
-            names = set(tar.getnames())
-    except (OSError, tarfile.TarError):
-        names = set()
-    if not {CONFIG_DUMP, SPEC_DUMP} <= names:
+            for member in tar:
+                if member.name in (CONFIG_DUMP, SPEC_DUMP) and member.isfile():
+                    data = tar.extractfile(member)
+                    dumps[member.name] = json.loads(data.read()) if data is not None else None
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        message = f"{field} {image!r} is a local file but not a readable checkpoint archive: {exc}"
+        raise InvalidArgument(message) from None
+    config, spec = dumps.get(CONFIG_DUMP), dumps.get(SPEC_DUMP)
+    if not isinstance(config, dict) or not isinstance(spec, dict):
         raise InvalidArgument(
             f"{field} {image!r} is a local file but not a checkpoint archive (a tar with {CONFIG_DUMP} and {SPEC_DUMP})"
         )
-    raise Unimplemented(f"{field} {image!r} is a checkpoint archive: restoring a container from one is not implemented")
+    return config, spec
+
+
+def unpack_for_restore(path: Path, rootfs: Path, restore_dir: Path) -> None:
+    """From archive ``path``: CRIU's images into ``restore_dir``/checkpoint, the file-system changes onto the
+    container's (mounted) ``rootfs`` and the deleted files deleted from it. Nothing lands outside either: the
+    tar filter refuses absolute names, ``..`` and links that lead out, symlinks in the rootfs resolved; such an
+    archive is INVALID_ARGUMENT."""
+    restore_dir.mkdir(mode=0o700)
+    try:
+        deleted = _unpack(path, rootfs, restore_dir)
+    except tarfile.FilterError as exc:
+        raise InvalidArgument(f"checkpoint archive {path}: {exc}") from None
+    base = rootfs.resolve()
+    for name in deleted:
+        relative = os.path.normpath(name.lstrip("/"))
+        target = base / relative
+        if relative in (".", "..") or relative.startswith("../") or not target.parent.resolve().is_relative_to(base):
+            continue  # outside the root filesystem (a symlinked parent included): never touched
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+
+
+def _unpack(path: Path, rootfs: Path, restore_dir: Path) -> list[str]:
+    """CRIU's images and the file-system changes out of archive ``path``; the deleted files it lists."""
+    with tarfile.open(path) as tar:
+        names = set(tar.getnames())
+        images = [m for m in tar.getmembers() if m.name == CHECKPOINT_DIR or m.name.startswith(f"{CHECKPOINT_DIR}/")]
+        tar.extractall(restore_dir, members=images, filter="tar")
+        if ROOTFS_DIFF in names and (diff := tar.extractfile(ROOTFS_DIFF)) is not None:
+            with tarfile.open(fileobj=diff) as changes:
+                changes.extractall(rootfs, filter="tar")
+        if DELETED_FILES in names and (listed := tar.extractfile(DELETED_FILES)) is not None:
+            deleted = json.loads(listed.read())
+            return [str(name) for name in deleted] if isinstance(deleted, list) else []
+    return []

@@ -10,6 +10,7 @@ under a running daemon (CRI-O also asks once, when it reads its config).
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import shutil
 from dataclasses import dataclass
@@ -78,3 +79,9 @@ class Criu:
             return CriuCheck(True, "")
         text = out.decode(errors="replace")
         return CriuCheck(False, reason_of(text) or f"{path} check failed with exit status {proc.returncode}")
+
+
+@functools.cache
+def node_criu() -> Criu:
+    """The daemon's one CRIU, shared by checkpoint and restore: the node's answer is asked once."""
+    return Criu()

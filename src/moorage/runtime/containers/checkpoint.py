@@ -26,7 +26,7 @@ from pathlib import Path
 
 from moorage.errors import DeadlineExceeded, FailedPrecondition, MoorageError
 from moorage.runtime.checkpoint import archive
-from moorage.runtime.checkpoint.criu import Criu
+from moorage.runtime.checkpoint.criu import Criu, node_criu
 from moorage.runtime.containers.base import ContainerBase, log
 from moorage.runtime.oci import OciRuntime
 from moorage.state.models import CONTAINER_RUNNING, ContainerRecord
@@ -36,9 +36,9 @@ RESUME_TIMEOUT = 30.0
 
 
 class Checkpoint(ContainerBase):
-    @cached_property
+    @property
     def criu(self) -> Criu:
-        return Criu()
+        return node_criu()
 
     @cached_property
     def _checkpoints(self) -> dict[str, tuple[asyncio.Lock, list[Path]]]:

@@ -20,9 +20,8 @@ from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.runtime import conmon, signals, writable
-from moorage.runtime.checkpoint import archive as checkpoint_archive
 from moorage.runtime.conditions import find_binary
-from moorage.runtime.containers import image_volumes
+from moorage.runtime.containers import image_volumes, restore
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.state.models import (
@@ -41,7 +40,9 @@ class Create(ContainerBase):
         sandbox = await self.sandboxes.get(sandbox_id)
         if sandbox.state != READY:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready ({sandbox.state})")
-        await asyncio.to_thread(checkpoint_archive.refuse_restore, config.image.image, "config.image.image")
+        restoring = await restore.plan(self, config)  # a checkpoint archive: the image it was taken of
+        if restoring is not None:
+            config = restoring[0]
         image = await self.images.find(config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} is not on the node; pull it first (config.image.image)")
@@ -77,7 +78,9 @@ class Create(ContainerBase):
         )  # fmt: skip
         await self.records.insert(record)
         try:
-            pid = await self._make(record, config, pod, sandbox, image, volumes=volumes)
+            pid = await self._make(
+                record, config, pod, sandbox, image, volumes=volumes, restoring=restoring[1] if restoring else None
+            )
             spec = json.loads((self.bundle(record.id) / "config.json").read_text())
             applied = resources.to_record(resources.applied(spec))
             user = spec["process"]["user"]
@@ -97,6 +100,7 @@ class Create(ContainerBase):
         image: ImageRecord,
         *,
         volumes: Sequence[image_volumes.ImageVolume] = (),
+        restoring: restore.RestorePlan | None = None,
     ) -> int:
         bundle = self.bundle(record.id)
         rootfs = bundle / "rootfs"
@@ -141,6 +145,9 @@ class Create(ContainerBase):
             )
         )
         (bundle / "config.json").write_text(json.dumps(spec))
+        if restoring is not None:  # no process until StartContainer restores it
+            await restore.unpack(self, record.id, restoring)
+            return 0
         log_path = self.log_path(record)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return await conmon.create_container(

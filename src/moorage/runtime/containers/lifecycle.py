@@ -13,9 +13,9 @@ import time
 
 from moorage.errors import FailedPrecondition, MoorageError, NotFound
 from moorage.runtime import signals
-from moorage.runtime.containers import recovery
+from moorage.runtime.containers import recovery, restore
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
-from moorage.state.models import CONTAINER_CREATED, CONTAINER_RUNNING
+from moorage.state.models import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_RUNNING
 
 MONITOR_INTERVAL = 0.2
 
@@ -27,6 +27,12 @@ class Lifecycle(ContainerBase):
             raise FailedPrecondition(f"container {container_id} is {record.state}, not CREATED; it cannot start")
         runtime = await self.runtime_of(record)
         started = time.time_ns()
+        if restore.pending(self, container_id):  # created from a checkpoint archive: restored, not started
+            pid = await restore.start(self, record, runtime)
+            recovery.write_start_time(self.conmon_paths(container_id), started)
+            await self.records.save(record.moved(CONTAINER_RUNNING, started_at=started, pid=pid))
+            await self._record_exit(container_id)
+            return
         recovery.write_start_time(self.conmon_paths(container_id), started)  # for a start a crash cuts short
         try:
             await runtime.start(container_id)
@@ -46,6 +52,12 @@ class Lifecycle(ContainerBase):
         it at create), then SIGKILL after ``timeout`` seconds; a stopped container is left as it is (api.proto)."""
         record = await self.get(container_id)
         if record.state not in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            return
+        if record.state == CONTAINER_CREATED and restore.pending(self, container_id):  # no process to signal yet
+            killed = 128 + signal.SIGKILL  # as a created container's killed init reports
+            await self.records.save(
+                record.moved(CONTAINER_EXITED, exit_code=killed, finished_at=time.time_ns(), reason="Error")
+            )
             return
         runtime = await self.runtime_of(record)
         exit_file = self.conmon_paths(container_id).exit_file
