@@ -57,10 +57,10 @@ def wait_for(what: str, check: Callable[[], object], seconds: float = 90, every:
     while time.monotonic() < deadline:
         try:
             last = check()
+            if last:
+                return last
         except (OSError, KeyError, IndexError, ValueError) as exc:
-            last = exc
-        if last:
-            return last
+            last = exc  # not yet there: shown should the wait fail
         time.sleep(every)
     raise AssertionError(f"{what}: not within {seconds}s (last: {last!r})")
 
