@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -155,7 +156,7 @@ def test_a_running_container_is_checkpointed_in_cri_o_s_layout_keeps_running_and
     restored = pod.run("restored", image=str(location), linux=ROOT_USER)  # CRI-O's restore: the archive as the image
     assert counter(pod, restored) >= checkpointed  # the shell's count went on from memory, not from 1
     with pod.node.client() as client:
-        request = pb.ExecSyncRequest(container_id=restored, cmd=["test", "-e", "/etc/group"], timeout=10)
+        request = pb.ExecSyncRequest(container_id=restored, cmd=["sh", "-c", "[ -e /etc/group ]"], timeout=10)
         assert client.runtime.ExecSync(request, timeout=30).exit_code == 1  # deleted before the checkpoint
     still_counting(pod, restored)
     still_counting(pod, container_id)
@@ -331,6 +332,10 @@ def test_a_container_created_from_an_archive_has_its_files_and_waits_for_start_t
     assert (tmp_path / "outside").read_text() == "kept"
     bundle = pod.node.state / "bundles" / container_id
     assert (bundle / "restore" / "checkpoint" / "inventory.img").read_bytes() == b"not a real image"
+    pod.node.stop(signal.SIGKILL)  # a daemon restart keeps it waiting for its start
+    pod.node.start()
+    assert pod.status(container_id).state == pb.ContainerState.CONTAINER_CREATED
+    assert (bundle / "restore" / "checkpoint" / "inventory.img").exists()
     if not CRIU_WORKS:
         with pod.node.client() as client:
             start = pb.StartContainerRequest(container_id=container_id)

@@ -10,7 +10,8 @@ by RPC group, as CRI-O and containerd split their servers:
 - :mod:`.recovery`: start-up recovery, records reconciled with the OCI runtime and conmon's files;
 - :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog;
 - :mod:`.image_volumes`: image volumes (CRI ``Mount.image``), mounted by create and taken apart with the rest;
-- :mod:`.checkpoint`: CheckpointContainer, a running container to a CRIU checkpoint archive.
+- :mod:`.checkpoint`: CheckpointContainer, a running container to a CRIU checkpoint archive;
+- :mod:`.restore`: CreateContainer from such an archive, restored by StartContainer.
 """
 
 from __future__ import annotations

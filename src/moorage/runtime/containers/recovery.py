@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from moorage.errors import MoorageError
 from moorage.node import leftovers
 from moorage.runtime import conmon
+from moorage.runtime.containers import restore
 from moorage.runtime.containers.base import ContainerBase, log
 from moorage.state.models import (
     CONTAINER_CREATED,
@@ -126,6 +127,8 @@ class Recovery(ContainerBase):
 
     async def _reconcile(self, record: ContainerRecord, runtime_state: str) -> None:
         """``runtime_state``: the runtime's status, "" when it has no such container, "unknown" if not asked."""
+        if record.state == CONTAINER_CREATED and runtime_state == "" and restore.pending(self, record.id):
+            return  # made from a checkpoint archive: no runtime container until StartContainer restores it
         paths = self.conmon_paths(record.id)
         if record.state == CONTAINER_CREATED and runtime_state in ("running", "stopped", "paused"):
             started = read_start_time(paths)

@@ -9,8 +9,8 @@ file-system changes are applied to its writable layer, its deleted files deleted
 ``<bundle>/restore/checkpoint``. StartContainer then runs ``<runtime> restore`` under conmon (``--restore``)
 instead of ``start``: the processes go on from where they were checkpointed, in the new pod's network namespace.
 
-Not yet: a restore-pending container survives no daemon restart (recovery finds no runtime container and
-records it EXITED), and a terminal (``tty``) is not restored.
+A restore-pending container has no runtime container: recovery leaves it CREATED, StopContainer records it
+EXITED without signalling anything. Not yet: a terminal (``tty``) is not restored.
 """
 
 from __future__ import annotations
