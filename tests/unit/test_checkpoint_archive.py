@@ -4,6 +4,7 @@ on temp dirs and on scripts of the test's own standing in for criu."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import stat
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.errors import FailedPrecondition
+from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime.checkpoint import archive
 from moorage.runtime.checkpoint.criu import Criu, reason_of
 
@@ -161,3 +162,74 @@ def test_a_failed_archive_leaves_nothing_behind(tmp_path: Path) -> None:
         archive.write(location, work)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.tar", "work"]
     assert os.listdir(location) == []
+
+
+def archive_of(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_restore_unpacks_images_and_changes_and_deletes_only_inside_the_root(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "group").write_text("root:x:0:\n")
+    (rootfs / "etc" / "passwd").write_text("root\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("kept")
+    (rootfs / "link").symlink_to(outside)  # a symlinked parent leading out of the root
+    diff = io.BytesIO()
+    with tarfile.open(fileobj=diff, mode="w") as changes:
+        info = tarfile.TarInfo("counter")
+        info.size = 3
+        changes.addfile(info, io.BytesIO(b"41\n"))
+    deleted = ["/etc/group", "/../outside/precious", "/link/precious", "/"]
+    path = archive_of(
+        tmp_path / "checkpoint.tar",
+        {
+            "checkpoint/inventory.img": b"images",
+            "config.dump": b"{}",
+            "rootfs-diff.tar": diff.getvalue(),
+            "deleted.files": json.dumps(deleted).encode(),
+        },
+    )
+
+    archive.unpack_for_restore(path, rootfs, tmp_path / "restore")
+
+    assert (tmp_path / "restore" / "checkpoint" / "inventory.img").read_bytes() == b"images"
+    assert not (tmp_path / "restore" / "config.dump").exists()
+    assert (rootfs / "counter").read_text() == "41\n"
+    assert not (rootfs / "etc" / "group").exists()
+    assert (rootfs / "etc" / "passwd").exists()
+    assert (outside / "precious").read_text() == "kept"
+
+
+def test_a_restore_refuses_an_archive_whose_changes_lead_outside(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    diff = io.BytesIO()
+    with tarfile.open(fileobj=diff, mode="w") as changes:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        changes.addfile(info, io.BytesIO(b"x"))
+    path = archive_of(tmp_path / "checkpoint.tar", {"rootfs-diff.tar": diff.getvalue()})
+    with pytest.raises(InvalidArgument, match=r"checkpoint archive .*checkpoint\.tar: .*escaped"):
+        archive.unpack_for_restore(path, rootfs, tmp_path / "restore")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_only_a_tar_with_both_dumps_is_a_restore_source(tmp_path: Path) -> None:
+    assert archive.restore_source("registry.example/busybox:1", "image") is None
+    assert archive.restore_source(str(tmp_path / "absent.tar"), "image") is None
+    full = archive_of(tmp_path / "full.tar", {"config.dump": b'{"id": "c1"}', "spec.dump": b'{"ociVersion": "1"}'})
+    assert archive.restore_source(str(full), "image") == ({"id": "c1"}, {"ociVersion": "1"})
+    half = archive_of(tmp_path / "half.tar", {"config.dump": b"{}"})
+    with pytest.raises(InvalidArgument, match="not a checkpoint archive"):
+        archive.restore_source(str(half), "image")
+    (tmp_path / "text").write_text("not a tar")
+    with pytest.raises(InvalidArgument, match="not a readable checkpoint archive"):
+        archive.restore_source(str(tmp_path / "text"), "image")
