@@ -6,6 +6,14 @@ from typing import Any
 
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 
+HOLDER = """
+head -c 5000000 /dev/urandom > /tmp/blob
+for i in $(seq 1 200); do echo "log line $i"; done
+x=$(head -c 24000000 /dev/zero | tr '\\0' a)
+while true; do sleep 1; done
+"""
+"""Five MB in the writable layer, some log, 24 MB of memory held by the shell (no exec: it must stay)."""
+
 
 def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
     """A busybox container running ``script`` under sh."""

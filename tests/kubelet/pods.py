@@ -1,5 +1,5 @@
-"""What the kubelet suite reads about a pod: the kubelet's /pods view of it, and the runtime's own view (its
-containers' processes and their cgroup files on the host)."""
+"""What the kubelet suite reads about a pod: the kubelet's /pods and /stats/summary views of it, and the
+runtime's own view (its containers' processes, their cgroup files and network counters on the host)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.kubelet.conftest import Node
+from tests.kubelet.node import NODE_NAME
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
+MB = 1000 * 1000
 
 
 def statuses(node: Node, name: str) -> dict[str, dict[str, Any]]:
@@ -45,3 +47,29 @@ def cgroup_dir(pid: int, controller: str) -> Path:
 
 def cgroup_value(pid: int, controller: str, name: str) -> str:
     return (cgroup_dir(pid, controller) / name).read_text().strip()
+
+
+def summary_pod(node: Node, name: str) -> dict[str, Any]:
+    pods = json.loads(node.kubelet.get("/stats/summary"))["pods"]
+    (found,) = [p for p in pods if p["podRef"]["name"] == f"{name}-{NODE_NAME}"]
+    return dict(found)
+
+
+def cgroup_int(pid: int, controller: str, name: str) -> int:
+    return int((cgroup_dir(pid, controller) / name).read_text().split()[0])
+
+
+def working_set(pid: int) -> int:
+    memory = cgroup_dir(pid, "memory")
+    stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
+    return int((memory / "memory.usage_in_bytes").read_text()) - int(stat["total_inactive_file"])
+
+
+def net_dev(pid: int, interface: str) -> tuple[int, int]:
+    """Received and transmitted bytes of ``interface`` in the network namespace of ``pid``."""
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        name, counters = line.split(":", 1)
+        if name.strip() == interface:
+            fields = counters.split()
+            return int(fields[0]), int(fields[8])
+    raise LookupError(f"no {interface} in the network namespace of {pid}")

@@ -3,19 +3,15 @@ and PodAndContainerStatsFromCRI (/stats/summary and /metrics/cadvisor from the r
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
-from typing import Any
 
 from tests.kubelet.conftest import Node, wait_for
 from tests.kubelet.manifests import container, pod
-from tests.kubelet.node import NODE_NAME
-from tests.kubelet.pods import cgroup_dir, container_pid, running, runtime_id, statuses
+from tests.kubelet.pods import net_dev, running, runtime_id, statuses
+from tests.kubelet.stats import measured_pod
 
 FEATURE_GATES = {"EventedPLEG": True, "PodAndContainerStatsFromCRI": True}
 VERBOSITY = 4  # the Evented PLEG's own log lines are at V(4)
-MB = 1000 * 1000
 
 
 def metric(text: str, name: str) -> float:
@@ -59,75 +55,10 @@ def test_evented_pleg_receives_container_events(node: Node) -> None:
     assert sorted(made) == sorted([runtime_id(stays), quits])
 
 
-HOLDER = """
-head -c 5000000 /dev/urandom > /tmp/blob
-for i in $(seq 1 200); do echo "log line $i"; done
-x=$(head -c 24000000 /dev/zero | tr '\\0' a)
-while true; do sleep 1; done
-"""
-"""Five MB in the writable layer, some log, 24 MB of memory held by the shell (no exec: it must stay)."""
-
-
-def summary_pod(node: Node, name: str) -> dict[str, Any]:
-    pods = json.loads(node.kubelet.get("/stats/summary"))["pods"]
-    (found,) = [p for p in pods if p["podRef"]["name"] == f"{name}-{NODE_NAME}"]
-    return dict(found)
-
-
-def cgroup_int(pid: int, controller: str, name: str) -> int:
-    return int((cgroup_dir(pid, controller) / name).read_text().split()[0])
-
-
-def working_set(pid: int) -> int:
-    memory = cgroup_dir(pid, "memory")
-    stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
-    return int((memory / "memory.usage_in_bytes").read_text()) - int(stat["total_inactive_file"])
-
-
-def net_dev(pid: int, interface: str) -> tuple[int, int]:
-    """Received and transmitted bytes of ``interface`` in the network namespace of ``pid``."""
-    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
-        name, counters = line.split(":", 1)
-        if name.strip() == interface:
-            fields = counters.split()
-            return int(fields[0]), int(fields[8])
-    raise LookupError(f"no {interface} in the network namespace of {pid}")
-
-
 def test_stats_summary_from_cri(node: Node) -> None:
     """Every pod and container of /stats/summary has CPU, memory, filesystem and network figures, and they are
     the cgroup's, the writable layer's, the log's and the pod's eth0 counters."""
-    node.kubelet.write_manifest(pod("stats", container("holder", HOLDER), container("idle", "exec sleep 3600")))
-    wait_for("pod stats running", lambda: running(node, "stats"), 60)
-    ids = {name: runtime_id(status) for name, status in statuses(node, "stats").items()}
-    pids = {name: container_pid(node, cid) for name, cid in ids.items()}
-    wait_for("holder holding its memory", lambda: working_set(pids["holder"]) > 24 * MB, 60)
-
-    def complete() -> dict[str, Any] | None:
-        found = summary_pod(node, "stats")
-        by_name = {c["name"]: c for c in found["containers"]}
-        ready = set(by_name) == set(ids) and by_name["holder"]["memory"].get("workingSetBytes", 0) > 24 * MB
-        return found if ready and found.get("network") and by_name["holder"]["rootfs"].get("usedBytes") else None
-
-    stats = wait_for("/stats/summary with the stats pod complete", complete, 90)
-    assert isinstance(stats, dict)
-    for figure in ("cpu", "memory", "network", "ephemeral-storage"):
-        assert stats.get(figure), figure
-    assert stats["cpu"]["usageCoreNanoSeconds"] > 0
-    assert stats["memory"]["workingSetBytes"] > 24 * MB
-
-    for c in stats["containers"]:
-        name, pid = c["name"], pids[c["name"]]
-        for figure in ("cpu", "memory", "rootfs", "logs"):
-            assert c.get(figure), (name, figure)
-        assert 0 < c["cpu"]["usageCoreNanoSeconds"] <= cgroup_int(pid, "cpuacct", "cpuacct.usage")
-        assert abs(c["memory"]["workingSetBytes"] - working_set(pid)) < 4 * MB, name
-    holder = {c["name"]: c for c in stats["containers"]}["holder"]
-    assert holder["rootfs"]["usedBytes"] >= 5 * MB
-    (log,) = node.kubelet.pod_logs.glob("default_stats-*/holder/0.log")
-    assert holder["logs"]["usedBytes"] >= log.stat().st_size > 200 * len("log line 1")
-    assert stats["ephemeral-storage"]["usedBytes"] >= holder["rootfs"]["usedBytes"] + holder["logs"]["usedBytes"]
-
+    stats, pids = measured_pod(node, "stats", network=True)
     (eth0,) = [i for i in stats["network"].get("interfaces") or [stats["network"]] if i["name"] == "eth0"]
     received, sent = net_dev(pids["idle"], "eth0")
     assert 0 < eth0["rxBytes"] <= received

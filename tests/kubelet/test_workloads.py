@@ -4,11 +4,13 @@ resources) honoured, probes and restart policies, container log rotation, the ku
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 from tests.kubelet.conftest import Node, wait_for
 from tests.kubelet.manifests import container, pod
 from tests.kubelet.pods import cgroup_value, container_pid, running, runtime_id, statuses
+from tests.kubelet.stats import measured_pod
 
 MI = 1024 * 1024
 
@@ -104,7 +106,8 @@ def test_failing_liveness_probe_restarts_the_container(node: Node) -> None:
     assert runtime_id(status) != first
     terminated = status["lastState"]["terminated"]
     assert terminated["exitCode"] == 137  # killed: sleep has no SIGTERM handler as pid 1 of its namespace
-    assert "probe" in node.kubelet.log().lower()
+    killed_for = re.compile(f'"ID":"{first}"}}.*containerMessage="Container main failed liveness probe')
+    assert killed_for.search(node.kubelet.log())
 
 
 def test_exit_code_3_on_failure_is_restarted_with_back_off(node: Node) -> None:
@@ -171,3 +174,11 @@ def test_log_rotation_loses_and_doubles_no_line(node: Node) -> None:
     numbers = [int(m.split()[1]) for m in messages[:-1]]
     assert numbers == list(range(CHATTY_BATCHES * 1000))
     assert all(m.endswith(" " + "0" * 88) for m in messages[:-1])
+
+
+def test_stats_summary_from_cadvisor_and_cri(node: Node) -> None:
+    """The gate off: the pod's CPU and memory come from cAdvisor's view of its cgroup, the containers' from the
+    runtime's ContainerStats (ListContainerStats), the filesystem figures from both; all match the host.
+    cAdvisor knows no moorage containers (it has handlers for Docker, containerd and CRI-O only), so the pod's
+    network figures need the PodAndContainerStatsFromCRI gate (test_feature_gates)."""
+    measured_pod(node, "measured", network=False)
