@@ -179,6 +179,6 @@ def test_log_rotation_loses_and_doubles_no_line(node: Node) -> None:
 def test_stats_summary_from_cadvisor_and_cri(node: Node) -> None:
     """The gate off: the pod's CPU and memory come from cAdvisor's view of its cgroup, the containers' from the
     runtime's ContainerStats (ListContainerStats), the filesystem figures from both; all match the host.
-    cAdvisor knows no moorage containers (it has handlers for Docker, containerd and CRI-O only), so the pod's
-    network figures need the PodAndContainerStatsFromCRI gate (test_feature_gates)."""
+    cAdvisor knows no moorage containers (the kubelet builds it with containerd's and CRI-O's handlers only),
+    so the pod's network figures need the PodAndContainerStatsFromCRI gate (test_feature_gates)."""
     measured_pod(node, "measured", network=False)
