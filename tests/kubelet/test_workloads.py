@@ -128,7 +128,7 @@ def test_exit_code_3_on_failure_is_restarted_with_back_off(node: Node) -> None:
     assert statuses(node, "fails")["main"]["lastState"]["terminated"]["exitCode"] == 3
 
 
-CHATTY_BATCHES = 25
+CHATTY_BATCHES = 30
 CHATTY = f"""
 pad=$(printf '%088d' 0)
 for b in $(seq 0 {CHATTY_BATCHES - 1}); do
@@ -138,8 +138,11 @@ done
 echo done
 exec sleep 3600
 """
-"""About 3.5 MB of CRI log in 25 batches over 12 s or more: at least two rotations at 1Mi, and at most three, so
-that the kubelet's containerLogMaxFiles (5) deletes no rotated file before the test reads them."""
+"""About 4.4 MB of CRI log (146 bytes a line) in 30 batches over 15 s or more. The kubelet looks every 3 s
+(containerLogMonitorInterval) and rotates a file past 1Mi: a rotated file holds at most about 1 MiB plus 3 s of
+writing (2 MiB), at least 1 MiB, so there are two to four rotations, and containerLogMaxFiles (5, that is up to
+four rotated files) deletes none before the test reads them."""
+MIB = 1024 * 1024
 
 
 def log_lines(*paths: Path) -> list[str]:
@@ -165,8 +168,15 @@ def test_log_rotation_loses_and_doubles_no_line(node: Node) -> None:
     wait_for("pod chatty running", lambda: running(node, "chatty"), 60)
     (pod_dir,) = node.kubelet.pod_logs.glob("default_chatty-*")
     current = pod_dir / "main" / "0.log"
-    wait_for("the container done writing", lambda: "done" in log_lines(current), 120)
-    rotated = sorted(p for p in current.parent.iterdir() if p.name.startswith("0.log."))
+
+    def settled() -> list[Path]:
+        """The rotated files once the writer is done and the current file is too small to be rotated again."""
+        rotated = sorted(p for p in current.parent.iterdir() if p.name.startswith("0.log."))
+        done = current.stat().st_size < MIB and log_lines(*rotated, current)[-1:] == ["done"]
+        return rotated if done else []
+
+    rotated = wait_for("the container done writing and its log rotated", settled, 120)
+    assert isinstance(rotated, list)
     assert len(rotated) >= 2, rotated
 
     messages = log_lines(*rotated, current)
