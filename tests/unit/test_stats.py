@@ -151,6 +151,8 @@ def test_v1_memory_details_own_and_hierarchical_faults_procs_and_hugetlb(tmp_pat
     group = "pod/c1"
     memory = tmp_path / "memory" / group
     stat = "cache 1\nmapped_file 2\npgfault 30\npgmajfault 3\ntotal_cache 100\ntotal_mapped_file 20\n"
+    stat += "active_file 1\ntotal_active_file 11\ntotal_inactive_file 12\ntotal_dirty 13\ntotal_writeback 14\n"
+    stat += "total_workingset_refault_anon 15\ntotal_workingset_refault_file 16\n"
     write(memory / "memory.stat", stat + "total_pgfault 50\ntotal_pgmajfault 5\n")
     write(memory / "memory.kmem.usage_in_bytes", "4096\n")
     write(memory / "memory.max_usage_in_bytes", "90000\n")
@@ -165,12 +167,17 @@ def test_v1_memory_details_own_and_hierarchical_faults_procs_and_hugetlb(tmp_pat
     assert (st.own_page_faults, st.own_major_page_faults, st.page_faults, st.major_page_faults) == (30, 3, 50, 5)
     assert st.procs == (12, 15)
     assert st.hugetlb == (Hugetlb("2MB", 2097152, 4194304),)
+    assert (st.active_file, st.inactive_file, st.dirty, st.writeback) == (11, 12, 13, 14)  # the hierarchy's
+    assert (st.refault_anon, st.refault_file) == (15, 16)
+    assert (st.pgscan, st.pgsteal, st.events_high, st.events_max) == (None, None, None, None)  # v2 only
 
 
 def test_v2_memory_details_from_stat_events_and_peak(tmp_path: Path) -> None:
     group = tmp_path / "pod" / "c1"
-    write(group / "memory.stat", "anon 1\nfile 300\nfile_mapped 40\nkernel_stack 16384\nslab 8192\npgfault 9\n")
-    write(group / "memory.events", "low 0\nhigh 0\nmax 3\noom 0\noom_kill 0\n")
+    write(group / "memory.stat", "anon 1\nfile 300\nfile_mapped 40\nkernel_stack 16384\nslab 8192\npgfault 9\n"
+          "active_file 21\ninactive_file 22\nfile_dirty 23\nfile_writeback 24\nworkingset_refault_anon 25\n"
+          "workingset_refault_file 26\npgscan 27\npgsteal 28\n")  # fmt: skip
+    write(group / "memory.events", "low 0\nhigh 2\nmax 3\noom 0\noom_kill 0\n")
     write(group / "memory.peak", "123456\n")
     write(group / "cgroup.procs", "7\n")
     write(group / "hugetlb.2MB.current", "0\n")
@@ -179,6 +186,9 @@ def test_v2_memory_details_from_stat_events_and_peak(tmp_path: Path) -> None:
     assert (st.cache, st.mapped_file, st.kernel, st.max_usage, st.failcnt) == (300, 40, 16384 + 8192, 123456, 3)
     assert (st.own_page_faults, st.page_faults, st.procs) == (9, 9, (7,))  # v2 counts hierarchically only
     assert st.hugetlb == (Hugetlb("2MB", 0, None),)
+    assert (st.active_file, st.inactive_file, st.dirty, st.writeback) == (21, 22, 23, 24)
+    assert (st.refault_anon, st.refault_file, st.pgscan, st.pgsteal) == (25, 26, 27, 28)
+    assert (st.events_high, st.events_max) == (2, 3)
     write(group / "memory.stat", "kernel 99999\nkernel_stack 1\n")  # newer kernels sum it themselves
     assert read_cgroup("pod/c1", v2_host(tmp_path)).kernel == 99999
 

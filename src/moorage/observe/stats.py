@@ -88,6 +88,16 @@ class CgroupStats:
     own_page_faults: int | None = None  # of the cgroup's own processes (v1); v2 counts hierarchically only
     own_major_page_faults: int | None = None
     oom_kills: int | None = None
+    active_file: int | None = None  # page cache on the active and inactive LRU lists
+    inactive_file: int | None = None
+    dirty: int | None = None  # page cache waiting to be written back, and being written back
+    writeback: int | None = None
+    refault_anon: int | None = None  # refaults of evicted anonymous and file pages (workingset_refault_*)
+    refault_file: int | None = None
+    pgscan: int | None = None  # pages scanned and reclaimed by reclaim (v2 only)
+    pgsteal: int | None = None
+    events_high: int | None = None  # times over memory.high, and at memory.max (v2 memory.events only)
+    events_max: int | None = None
     swap_usage: int | None = None
     swap_limit: int | None = None  # None: no limit of its own
     pids: int | None = None  # tasks (threads) in the cgroup, pids.current
@@ -150,6 +160,12 @@ def _read_v1(groups: dict[str, Path]) -> CgroupStats:
         own_page_faults=stat.get("pgfault"),
         own_major_page_faults=stat.get("pgmajfault"),
         oom_kills=flat_keyed(memory / "memory.oom_control").get("oom_kill") if memory else None,
+        active_file=total("active_file"),
+        inactive_file=inactive,
+        dirty=total("dirty"),
+        writeback=total("writeback"),
+        refault_anon=total("workingset_refault_anon"),
+        refault_file=total("workingset_refault_file"),
         swap_usage=None if memsw is None or usage is None else max(memsw - usage, 0),
         swap_limit=None if memsw_limit is None or limit is None else max(memsw_limit - limit, 0),
         pids=read_int(pids / "pids.current") if pids else None,
@@ -166,6 +182,7 @@ def _read_v2(group: Path) -> CgroupStats:
     limit = limit_or_none(read_int(group / "memory.max"))
     working_set = None if usage is None else max(usage - stat.get("inactive_file", 0), 0)
     kernel = [stat[k] for k in V2_KERNEL_KEYS if k in stat]
+    events = flat_keyed(group / "memory.events")
 
     def ns(key: str) -> int | None:
         return None if key not in cpu else cpu[key] * 1000
@@ -187,12 +204,22 @@ def _read_v2(group: Path) -> CgroupStats:
         mapped_file=stat.get("file_mapped"),
         kernel=stat.get("kernel", sum(kernel) if kernel else None),
         max_usage=read_int(group / "memory.peak"),
-        failcnt=flat_keyed(group / "memory.events").get("max"),
+        failcnt=events.get("max"),
         page_faults=stat.get("pgfault"),
         major_page_faults=stat.get("pgmajfault"),
         own_page_faults=stat.get("pgfault"),
         own_major_page_faults=stat.get("pgmajfault"),
-        oom_kills=flat_keyed(group / "memory.events").get("oom_kill"),
+        oom_kills=events.get("oom_kill"),
+        active_file=stat.get("active_file"),
+        inactive_file=stat.get("inactive_file"),
+        dirty=stat.get("file_dirty"),
+        writeback=stat.get("file_writeback"),
+        refault_anon=stat.get("workingset_refault_anon"),
+        refault_file=stat.get("workingset_refault_file"),
+        pgscan=stat.get("pgscan"),
+        pgsteal=stat.get("pgsteal"),
+        events_high=events.get("high"),
+        events_max=events.get("max"),
         swap_usage=read_int(group / "memory.swap.current"),
         swap_limit=limit_or_none(read_int(group / "memory.swap.max")),
         pids=read_int(group / "pids.current"),

@@ -19,6 +19,9 @@ Where each family comes from, besides the cgroup's usage (:mod:`moorage.observe.
 - ``container_memory_failures_total``: page faults, ``failure_type`` ``pgfault``/``pgmajfault`` by ``scope``
   ``container`` (the cgroup's own processes) and ``hierarchy`` (with its descendants), as cAdvisor labels them.
 - ``container_blkio_device_usage_total``: bytes per device and ``operation`` (``Read``, ``Write``).
+- ``container_memory_total_(in)active_file_bytes``, ``_file_dirty_bytes``, ``_file_writeback_bytes``,
+  ``_workingset_refault_*``, ``_pgscan_total``, ``_pgsteal_total``: memory.stat (the last two v2 only);
+  ``container_memory_events_*``: v2's memory.events; ``container_creation_time_seconds``: CreateContainer's time.
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ FAMILIES = (
     Family("container_memory_swap", "Container swap usage in bytes.", GAUGE),
     Family("container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes.", GAUGE),
     Family("container_memory_failcnt", "Number of memory usage hits limits.", COUNTER),
+    Family("container_memory_total_active_file_bytes", "Current total active file in bytes.", GAUGE),
+    Family("container_memory_total_inactive_file_bytes", "Current total inactive file in bytes.", GAUGE),
+    Family("container_memory_file_dirty_bytes", "Bytes of page cache waiting to be written back.", GAUGE),
+    Family("container_memory_file_writeback_bytes", "Bytes of page cache being written back.", GAUGE),
+    Family("container_memory_workingset_refault_anon_total", "Refaults of evicted anonymous pages.", COUNTER),
+    Family("container_memory_workingset_refault_file_total", "Refaults of evicted file pages.", COUNTER),
+    Family("container_memory_pgscan_total", "Pages scanned by reclaim (cgroup v2).", COUNTER),
+    Family("container_memory_pgsteal_total", "Pages reclaimed (cgroup v2).", COUNTER),
+    Family("container_memory_events_high_total", "Times the usage went over memory.high (cgroup v2).", COUNTER),
+    Family("container_memory_events_max_total", "Times the usage hit memory.max (cgroup v2).", COUNTER),
     Family("container_memory_failures_total", "Cumulative count of memory allocation failures.", COUNTER,
            ("failure_type", "scope")),
     Family("container_hugetlb_usage_bytes", "Hugepage usage in bytes.", GAUGE, ("pagesize",)),
@@ -98,6 +111,7 @@ FAMILIES = (
     Family("container_fs_inodes_total", "Inodes of the filesystem the writable layer is on.", GAUGE, DEVICE),
     Family("container_fs_inodes_free", "Free inodes of the filesystem the writable layer is on.", GAUGE, DEVICE),
     Family("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", GAUGE),
+    Family("container_creation_time_seconds", "Creation time of the container since unix epoch in seconds.", GAUGE),
     Family("container_last_seen", "Last time the container was seen by the exporter, unix seconds.", GAUGE),
     Family("container_network_receive_bytes_total", "Cumulative count of bytes received.", COUNTER, IFACE),
     Family("container_network_receive_packets_total", "Cumulative count of packets received.", COUNTER, IFACE),
@@ -118,6 +132,7 @@ class ContainerReading:
     cgroup: CgroupStats
     seen_at_ns: int
     started_at_ns: int = 0  # 0 while the container has not started
+    created_at_ns: int = 0
     spec: CgroupSpec | None = None
     processes: ProcessCounts | None = None
     open_files_soft_limit: int | None = None
@@ -162,6 +177,7 @@ def container_metrics(labels: tuple[str, ...], reading: ContainerReading) -> lis
         _metric("container_spec_memory_limit_bytes", labels, (cgroup.memory_limit or 0) if known_memory else None),
         _metric("container_oom_events_total", labels, cgroup.oom_kills),
         _metric("container_start_time_seconds", labels, _seconds(reading.started_at_ns or None)),
+        _metric("container_creation_time_seconds", labels, _seconds(reading.created_at_ns or None)),
         _metric("container_last_seen", labels, _seconds(reading.seen_at_ns)),
         _metric("container_cpu_cfs_periods_total", labels, cgroup.cfs_periods),
         _metric("container_cpu_cfs_throttled_periods_total", labels, cgroup.cfs_throttled_periods),
@@ -185,10 +201,27 @@ def container_metrics(labels: tuple[str, ...], reading: ContainerReading) -> lis
             if line is not None:
                 name = f"container_pressure_{resource}_{kind}_seconds_total"
                 samples.append(_metric(name, labels, line.total_us // 10**6))
+    samples += _memory_detail_samples(labels, cgroup)
     samples += _spec_samples(labels, reading.spec)
     samples += _process_samples(labels, reading)
     samples += _disk_samples(labels, reading)
     return [m for m in samples if m is not None]
+
+
+def _memory_detail_samples(labels: tuple[str, ...], cgroup: CgroupStats) -> list[pb.Metric | None]:
+    """memory.stat's LRU, writeback, refault and reclaim counters and memory.events (what the host has of them)."""
+    return [
+        _metric("container_memory_total_active_file_bytes", labels, cgroup.active_file),
+        _metric("container_memory_total_inactive_file_bytes", labels, cgroup.inactive_file),
+        _metric("container_memory_file_dirty_bytes", labels, cgroup.dirty),
+        _metric("container_memory_file_writeback_bytes", labels, cgroup.writeback),
+        _metric("container_memory_workingset_refault_anon_total", labels, cgroup.refault_anon),
+        _metric("container_memory_workingset_refault_file_total", labels, cgroup.refault_file),
+        _metric("container_memory_pgscan_total", labels, cgroup.pgscan),
+        _metric("container_memory_pgsteal_total", labels, cgroup.pgsteal),
+        _metric("container_memory_events_high_total", labels, cgroup.events_high),
+        _metric("container_memory_events_max_total", labels, cgroup.events_max),
+    ]
 
 
 def _spec_samples(labels: tuple[str, ...], spec: CgroupSpec | None) -> list[pb.Metric | None]:

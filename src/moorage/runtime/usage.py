@@ -127,6 +127,7 @@ class UsageReader:
             cgroup=cgroup,
             seen_at_ns=time.time_ns(),
             started_at_ns=record.status.started_at,
+            created_at_ns=record.created_at,
             spec=read_spec(cgroup_dir, self._host),
             processes=count_processes(cgroup.procs) if cgroup.procs is not None else None,
             open_files_soft_limit=open_files_soft_limit(record.status.pid) if record.status.pid else None,
