@@ -4,6 +4,7 @@ runtime's own view (its containers' processes, their cgroup files and network co
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,10 @@ def net_dev(pid: int, interface: str) -> tuple[int, int]:
             fields = counters.split()
             return int(fields[0]), int(fields[8])
     raise LookupError(f"no {interface} in the network namespace of {pid}")
+
+
+def metric(text: str, series: str) -> float:
+    """The value of ``series`` (``name`` or ``name{label="value",...}`` as written) in Prometheus text, 0 when
+    absent."""
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

@@ -7,17 +7,11 @@ import re
 
 from tests.kubelet.conftest import Node, wait_for
 from tests.kubelet.manifests import container, pod
-from tests.kubelet.pods import net_dev, running, runtime_id, statuses
+from tests.kubelet.pods import metric, net_dev, running, runtime_id, statuses
 from tests.kubelet.stats import measured_pod
 
 FEATURE_GATES = {"EventedPLEG": True, "PodAndContainerStatsFromCRI": True}
 VERBOSITY = 4  # the Evented PLEG's own log lines are at V(4)
-
-
-def metric(text: str, name: str) -> float:
-    """The value of an unlabelled sample ``name`` in Prometheus text (0 when absent)."""
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_evented_pleg_receives_container_events(node: Node) -> None:

@@ -6,7 +6,7 @@ import time
 
 from tests.kubelet.conftest import Node, wait_for
 from tests.kubelet.manifests import container, pod
-from tests.kubelet.pods import container_pid, running, runtime_id, statuses
+from tests.kubelet.pods import container_pid, metric, running, runtime_id, statuses
 
 
 def snapshot(node: Node, names: list[str]) -> dict[str, tuple[str, int]]:
@@ -18,10 +18,17 @@ def snapshot(node: Node, names: list[str]) -> dict[str, tuple[str, int]]:
     }
 
 
+def relists(node: Node) -> tuple[float, float]:
+    """The kubelet's ListPodSandbox calls so far, and how many of them failed."""
+    text, label = node.kubelet.get("/metrics"), '{operation_type="list_podsandbox"}'
+    calls = metric(text, f"kubelet_runtime_operations_total{label}")
+    return calls, metric(text, f"kubelet_runtime_operations_errors_total{label}")
+
+
 def test_killed_runtime_restarts_under_the_kubelet(node: Node) -> None:
-    """SIGKILL of the daemon, then a new one on the same root and state: the kubelet's calls fail while
-    it is gone and it reconnects, and it finds every pod as it left it: the same containers, still running,
-    with the same processes, none restarted and no sandbox or container made anew."""
+    """SIGKILL of the daemon, then a new one on the same root and state: the kubelet's calls fail while it is
+    gone, and it reconnects (its relists succeed again) and finds every pod as it left it: the same containers,
+    still running, with the same processes, none restarted and no sandbox or container made anew."""
     names = ["steady", "pair"]
     node.kubelet.write_manifest(pod("steady", container("main", "exec sleep 3600")))
     node.kubelet.write_manifest(
@@ -42,8 +49,16 @@ def test_killed_runtime_restarts_under_the_kubelet(node: Node) -> None:
     socket = str(node.daemon.socket)
     wait_for("the kubelet failing to reach the runtime", lambda: socket in node.kubelet.log()[seen:], 60)
     node.daemon.start()
-    wait_for("the kubelet healthy again", lambda: node.kubelet.healthz() == "ok", 90)
-    time.sleep(5)  # room for the kubelet to act on what it finds after reconnecting, should it want to
+    since = [relists(node)]  # counted from the last failure seen
+
+    def relisting() -> bool:
+        (calls, failed), now = since[0], relists(node)
+        if now[1] != failed:
+            since[0] = now
+        return now[1] == failed and now[0] >= calls + 3
+
+    wait_for("the kubelet relisting through the new daemon", relisting, 90)
+    time.sleep(3)  # room for the kubelet to act on what it found, should it want to
 
     assert all(running(node, name) for name in names)
     assert snapshot(node, names) == before
