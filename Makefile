@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 GEN := src/moorage/api/_gen
 
-.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd critest cri-tools clientgo kubelet test-kubelet protos docs bench pause clean
+.PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd deb test-deb critest cri-tools clientgo kubelet test-kubelet protos docs bench pause clean
 
 deps: $(VENV)/.installed build/pause/pause build/pinns/pinns
 
@@ -43,6 +43,11 @@ test-cgroupv2-systemd: deps
 ## The Debian package (scripts/build-deb): build/deb/moorage_<version>_amd64.deb, ~15 s.
 deb: deps
 	VENV=$(VENV) scripts/build-deb
+
+## The package installed, started, restarted and removed under systemd in the cgroup v2 guest
+## (tests/package/test_deb_guest.py): ~4 minutes.
+test-deb: deb cri-tools
+	VENV=$(VENV) MOORAGE_VM_SYSTEMD=1 scripts/test-cgroupv2 -m integration tests/package/test_deb_guest.py $(PYTEST_ARGS)
 
 ## tests/clientgo: client-go's streaming clients (exec, attach, port-forward over SPDY and WebSocket) for the tests.
 clientgo:

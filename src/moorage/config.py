@@ -144,7 +144,9 @@ class RuntimeSection:
     )
     pause_binary: str = key(
         "",
-        "The pause program the local sandbox image is built from; empty: the one `make pause` builds.",
+        "The pause program the local sandbox image is built from; empty: the one `make pause` builds in a checkout "
+        "(build/pause/pause), else the virtualenv's libexec/pause (/usr/lib/moorage/libexec/pause from the Debian "
+        "package).",
     )
     disk_usage_period: int = key(
         10,
