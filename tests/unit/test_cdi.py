@@ -55,7 +55,13 @@ def test_names_come_from_the_field_then_the_annotations_each_once() -> None:
     assert got == ["example.com/dev=one", "example.com/dev=three", "example.com/dev=two"]
 
 
-@pytest.mark.parametrize("name", ["gpu0", "example.com/dev", "example.com/dev=", "/dev=x", "example.com/d v=x"])
+def test_names_follow_the_cdi_librarys_character_rules() -> None:
+    assert cdi.requested(["vendor_x.com/gpu.sub=0:1"], {}) == ["vendor_x.com/gpu.sub=0:1"]
+
+
+@pytest.mark.parametrize(
+    "name", ["gpu0", "example.com/dev", "example.com/dev=", "/dev=x", "example.com/d v=x", "1vendor.com/dev=x"]
+)
 def test_a_name_that_is_not_fully_qualified_is_refused(name: str) -> None:
     with pytest.raises(InvalidArgument, match=r"CDI_devices\[0\].name: .* is not a fully qualified CDI device name"):
         cdi.requested([name], {})
@@ -109,6 +115,7 @@ def test_an_unknown_device_names_the_directories_and_the_unreadable_specs(tmp_pa
         ({"mounts": [{"hostPath": "/tmp", "containerPath": "rel"}]}, "needs a hostPath and an absolute"),
         ({"hooks": [{"hookName": "whenever", "path": "/bin/true"}]}, r"hooks\[0\].hookName must be one of"),
         ({"additionalGids": [-1]}, r"additionalGids\[0\] is not a group id"),
+        ({"mounts": [{"hostPath": "/tmp", "containerPath": "/x", "options": "ro"}]}, "options must be a list"),
     ],
 )
 def test_a_spec_with_malformed_edits_defines_nothing(tmp_path: Path, edits: dict[str, Any], complaint: str) -> None:
@@ -147,7 +154,7 @@ def test_edits_reach_the_spec(tmp_path: Path) -> None:
     rule = {"allow": True, "type": "c", "major": node["major"], "minor": node["minor"], "access": "rw"}
     assert rule in oci["linux"]["resources"]["devices"]
     [mount] = [m for m in oci["mounts"] if m["destination"] == "/cdi"]
-    assert mount == {"destination": "/cdi", "type": "bind", "source": str(host), "options": ["rbind", "ro"]}
+    assert mount == {"destination": "/cdi", "type": "bind", "source": str(host), "options": ["bind", "ro"]}
     assert oci["hooks"]["createContainer"] == [{"path": "/bin/true", "args": ["true", "x"]}]
     assert 4242 in oci["process"]["user"]["additionalGids"]
 
@@ -189,3 +196,28 @@ def test_network_devices_are_refused(tmp_path: Path) -> None:
 def test_a_container_that_asks_for_no_device_reads_no_spec(tmp_path: Path) -> None:
     write_spec(tmp_path, "broken.json", "{")
     assert "hooks" not in build(tmp_path, (tmp_path,), [])
+
+
+def test_a_node_gets_the_containers_user_and_the_runtimes_mode_and_rdt_keys_pass(tmp_path: Path) -> None:
+    nodes = [{"path": "/dev/moorage-zero", "hostPath": "/dev/zero"}]
+    rdt = {"closID": "c1", "memBwSchema": "MB:0=50", "enableMBM": True}
+    write_spec(tmp_path, "v.json", vendor_spec(device("a", deviceNodes=nodes, intelRdt=rdt)))
+    sc = pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=1000))
+    oci = build(tmp_path, (tmp_path,), ["example.com/dev=a"], sc=sc)
+    [node] = [d for d in oci["linux"]["devices"] if d["path"] == "/dev/moorage-zero"]
+    assert (node["uid"], node["gid"]) == (1000, 1000)
+    assert "fileMode" not in node  # the runtime's 0666, not the host node's mode
+    assert oci["linux"]["intelRdt"] == rdt
+
+
+def test_a_type_the_host_node_does_not_have_is_refused(tmp_path: Path) -> None:
+    nodes = [{"path": "/dev/x", "hostPath": "/dev/zero", "type": "b"}]
+    write_spec(tmp_path, "v.json", vendor_spec(device("a", deviceNodes=nodes)))
+    with pytest.raises(FailedPrecondition, match="/dev/zero is of type c, not the b the spec names"):
+        build(tmp_path, (tmp_path,), ["example.com/dev=a"])
+
+
+def test_a_fifo_named_like_a_spec_does_not_block(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "trap.json")
+    with pytest.raises(FailedPrecondition, match=r"trap\.json: not a regular file"):
+        cdi.resolve(["example.com/dev=a"], [tmp_path])

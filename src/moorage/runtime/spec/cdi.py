@@ -36,8 +36,8 @@ ANNOTATION_PREFIX = "cdi.k8s.io/"
 HOOK_NAMES = frozenset({"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"})
 MAX_SPEC_BYTES = 4 << 20  # a larger spec file is refused, not read
 
-_VENDOR = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
-_CLASS = r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?"
+_VENDOR = r"[A-Za-z](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?"  # a letter first, a letter or digit last
+_CLASS = _VENDOR
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?"
 _KIND_RE = re.compile(rf"({_VENDOR})/({_CLASS})")
 _QUALIFIED_RE = re.compile(rf"({_VENDOR})/({_CLASS})=({_NAME})")
@@ -120,7 +120,7 @@ def apply(spec: dict[str, Any], devices: Sequence[Device]) -> None:
             gids = spec["process"].setdefault("user", {}).setdefault("additionalGids", [])
             gids += [g for g in edits.get("additionalGids") or [] if g and g not in gids]
             if rdt := edits.get("intelRdt"):
-                spec["linux"]["intelRdt"] = {_RDT_KEYS[k]: v for k, v in rdt.items() if k in _RDT_KEYS and v}
+                spec["linux"]["intelRdt"] = {k: v for k, v in rdt.items() if k in _RDT_KEYS and v}
             if edits.get("netDevices"):
                 raise FailedPrecondition(f"{where}: netDevices are not supported by this node's OCI runtimes")
     if added_mounts:  # parents before children, as the CDI library orders them
@@ -141,10 +141,13 @@ def _spec_files(directory: Path) -> list[Path]:
 def _load(path: Path) -> list[Device]:
     """The devices of one spec file; ValueError says what is wrong with it."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SPEC_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ValueError(exc.strerror or str(exc)) from exc
+    with open(fd, "rb") as f:  # a FIFO or device named *.json must not block CreateContainer
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        raw = f.read(MAX_SPEC_BYTES + 1)
     if len(raw) > MAX_SPEC_BYTES:
         raise ValueError(f"larger than {MAX_SPEC_BYTES} bytes")
     try:
@@ -173,7 +176,7 @@ def _load(path: Path) -> list[Device]:
 
 
 _LISTS = ("env", "deviceNodes", "mounts", "hooks", "additionalGids", "netDevices")
-_RDT_KEYS = {"closID": "closID", "l3CacheSchema": "l3CacheSchema", "memBWSchema": "memBwSchema"}
+_RDT_KEYS = frozenset({"closID", "l3CacheSchema", "memBwSchema", "enableCMT", "enableMBM"})
 
 
 def _edits(value: object, field: str) -> dict[str, Any]:
@@ -202,17 +205,27 @@ def _edits(value: object, field: str) -> dict[str, Any]:
             or not str(mount.get("containerPath", ""))[:1] == "/"
         ):
             raise ValueError(f"{field}.mounts[{i}] needs a hostPath and an absolute containerPath")
+        if not _strings(mount.get("options") or []):
+            raise ValueError(f"{field}.mounts[{i}].options must be a list of strings")
     for i, hook in enumerate(value.get("hooks") or []):
         if not isinstance(hook, dict) or hook.get("hookName") not in HOOK_NAMES:
             raise ValueError(f"{field}.hooks[{i}].hookName must be one of {', '.join(sorted(HOOK_NAMES))}")
         if not str(hook.get("path", "")).startswith("/"):
             raise ValueError(f"{field}.hooks[{i}].path must be an absolute path")
+        if not (_strings(hook.get("args") or []) and _strings(hook.get("env") or [])):
+            raise ValueError(f"{field}.hooks[{i}].args and env must be lists of strings")
+        if not isinstance(hook.get("timeout") or 0, int):
+            raise ValueError(f"{field}.hooks[{i}].timeout must be a number of seconds")
     for i, gid in enumerate(value.get("additionalGids") or []):
         if not isinstance(gid, int) or gid < 0:
             raise ValueError(f"{field}.additionalGids[{i}] is not a group id")
     if not isinstance(value.get("intelRdt") or {}, dict):
         raise ValueError(f"{field}.intelRdt is not an object")
     return value
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 # --- applying edits -------------------------------------------------------------------------------------------
@@ -228,8 +241,12 @@ def _env(spec: dict[str, Any], env: list[str]) -> None:
 
 def _device_nodes(spec: dict[str, Any], nodes: list[dict[str, Any]], where: str) -> None:
     linux = spec["linux"]
+    user = spec["process"].get("user", {})
     for node in nodes:
         device = _device(node, where)
+        for key in ("uid", "gid"):  # as the CDI library: a node the spec gives no owner belongs to the user
+            if key not in device and user.get(key, 0) > 0:
+                device[key] = user[key]
         linux["devices"] = [d for d in linux.setdefault("devices", []) if d["path"] != device["path"]] + [device]
         if device["type"] != "p":
             rule = {"allow": True, "type": "b" if device["type"] == "b" else "c"}  # an unbuffered "u" is a char device
@@ -238,26 +255,28 @@ def _device_nodes(spec: dict[str, Any], nodes: list[dict[str, Any]], where: str)
 
 
 def _device(node: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The OCI device for a CDI device node. What it leaves out is read from the host's node (``hostPath``, else
-    ``path``): the type and numbers must then be found there; the mode is taken from it when it exists."""
+    """The OCI device for a CDI device node. A type or numbers it leaves out are read from the host's node
+    (``hostPath``, else ``path``), which must then be a device of the type the spec names, if it names one; the
+    mode is left to the OCI runtime (0666) unless the spec gives one, as the CDI library does."""
     out = {
         k: node[k]
         for k in ("path", "type", "major", "minor", "fileMode", "uid", "gid")
         if node.get(k) not in (None, "")
     }
     identified = "type" in out and (out["type"] == "p" or ("major" in out and "minor" in out))
-    if not identified or "fileMode" not in out:
+    if not identified:
         host_path = node.get("hostPath") or node["path"]
         try:
             st = os.stat(host_path)
         except OSError as exc:
-            if identified:
-                return out
             raise FailedPrecondition(f"{where}: device node {host_path}: {exc.strerror}") from exc
         kind = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p"}.get(stat.S_IFMT(st.st_mode))
         if kind is None:
             raise FailedPrecondition(f"{where}: {host_path} is not a device node")
-        found = {"type": kind, "fileMode": stat.S_IMODE(st.st_mode)}
+        named = out.get("type")
+        if named is not None and {"u": "c"}.get(named, named) != kind:
+            raise FailedPrecondition(f"{where}: {host_path} is of type {kind}, not the {named} the spec names")
+        found: dict[str, Any] = {"type": named or kind}
         if kind != "p":
             found |= {"major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev)}
         out = found | out
@@ -272,7 +291,7 @@ def _mounts(spec: dict[str, Any], mounts: list[dict[str, Any]]) -> bool:
         spec["mounts"] = [x for x in spec["mounts"] if x["destination"] != m["containerPath"]]
         kind, options = m.get("type") or "bind", list(m.get("options") or [])
         if kind == "bind" and not {"bind", "rbind"} & set(options):
-            options.insert(0, "rbind")  # runc makes a bind mount of the option, not of the type
+            options.insert(0, "bind")  # runc makes a bind mount of the option, not of the type
         spec["mounts"].append(
             {"destination": m["containerPath"], "type": kind, "source": m["hostPath"], "options": options}
         )
