@@ -57,7 +57,7 @@ def test_the_pod_limits_are_the_overhead_plus_the_containers_sum(
     ("r", "complaint"),
     [
         (R(memory_limit_in_bytes=-5), r"resources.memory_limit_in_bytes: -5 is negative"),
-        (R(cpu_quota=-2), r"resources.cpu_quota: -2 is below -1"),
+        (R(cpu_period=-2), r"resources.cpu_period: -2 is negative"),
         (R(cpu_shares=-1), r"resources.cpu_shares: -1 is negative"),
     ],
 )
@@ -115,3 +115,23 @@ def test_memory_usage_is_read_from_the_layouts_file(tmp_path: Path) -> None:
     assert cgroup_limits.memory_usage(v1_host(tmp_path), "/pod") == 12345
     assert cgroup_limits.memory_usage(v2_host(tmp_path / "v2"), "/pod") == 678
     assert cgroup_limits.memory_usage(v1_host(tmp_path), "/none") is None
+
+
+def test_shares_are_capped_and_an_older_kubelets_negative_quota_is_no_limit() -> None:
+    limits = pod_resources.pod_limits(R(cpu_shares=10, cpu_quota=-1), R(cpu_shares=262144, cpu_quota=-11))
+    assert (limits.cpu_shares, limits.cpu_quota) == (262144, -1)
+    pod_resources.check(R(cpu_quota=-11), "resources")  # accepted
+
+
+def test_a_weight_the_kubelet_read_back_lossily_is_kept(tmp_path: Path) -> None:
+    # 1024 shares -> weight 39 (linear) -> the kubelet reads back 998 shares, whose linear weight is 38
+    pod = make(tmp_path / "pod", {"memory.max": "max", "cpu.max": "max 100000", "cpu.weight": "39"})
+    cgroup_limits.apply(v2_host(tmp_path), "/pod", PodLimits(0, -1, 100_000, 998))
+    assert (pod / "cpu.weight").read_text() == "39\n"
+
+
+def test_the_memory_limit_reads_none_for_no_limit(tmp_path: Path) -> None:
+    make(tmp_path / "memory/a", {"memory.limit_in_bytes": "9223372036854771712"})
+    make(tmp_path / "memory/b", {"memory.limit_in_bytes": str(64 * MIB)})
+    assert cgroup_limits.memory_limit(v1_host(tmp_path), "/a") is None
+    assert cgroup_limits.memory_limit(v1_host(tmp_path), "/b") == 64 * MIB

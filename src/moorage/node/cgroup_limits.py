@@ -28,6 +28,7 @@ from moorage.node.cgroupinfo import CgroupHost
 
 DEFAULT_CPU_PERIOD = 100_000  # µs: the kernel's and the kubelet's
 MIN_CPU_SHARES = 2  # the kernel's minimum; the kubelet's for a pod requesting no cpu
+MAX_CPU_SHARES = 262144  # the kernel's maximum (cpu.weight 10000 on v2)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,11 @@ def cpu_weight(shares: int) -> int:
 def cpu_weights(shares: int) -> set[int]:
     """Every cpu.weight a kubelet or OCI runtime may have written for ``shares``: runc 1.1's linear conversion,
     or the newer one (runc 1.4, crun 1.23, the kubelet's libcontainer since) that maps 1024 to the default 100.
-    One already there is kept, so Moorage does not undo a kubelet's write with the other conversion."""
+    One already there, or one off it (the kubelet reads shares back from the weight, which loses precision), is
+    kept, so Moorage does not undo a kubelet's write with the other conversion."""
     log = math.log2(max(shares, MIN_CPU_SHARES))
-    return {cpu_weight(shares), math.ceil(10 ** ((log * log + 125 * log) / 612.0 - 7.0 / 34.0))}
+    exact = {cpu_weight(shares), math.ceil(10 ** ((log * log + 125 * log) / 612.0 - 7.0 / 34.0))}
+    return {w + d for w in exact for d in (-1, 0, 1)}
 
 
 def writes(host: CgroupHost, path: str, limits: PodLimits) -> list[tuple[Path, str]]:
@@ -110,11 +113,21 @@ def _restore(done: list[Path], before: dict[Path, str]) -> None:
 
 def memory_usage(host: CgroupHost, path: str) -> int | None:
     """The pod cgroup's memory usage in bytes (what the kubelet compares a new limit with), None if unknown."""
+    return _memory_file(host, path, "memory.current", "memory.usage_in_bytes")
+
+
+def memory_limit(host: CgroupHost, path: str) -> int | None:
+    """The pod cgroup's memory limit in bytes; None for none (``max``, v1's huge page-counter maximum) or unknown."""
+    limit = _memory_file(host, path, "memory.max", "memory.limit_in_bytes")
+    return None if limit is None or limit >= 1 << 62 else limit
+
+
+def _memory_file(host: CgroupHost, path: str, v2_name: str, v1_name: str) -> int | None:
     relative = path.strip("/")
     if host.unified and host.v2_mount is not None:
-        file = Path(host.v2_mount) / relative / "memory.current"
+        file = Path(host.v2_mount) / relative / v2_name
     elif "memory" in host.v1_controllers:
-        file = Path(host.v1_controllers["memory"]) / relative / "memory.usage_in_bytes"
+        file = Path(host.v1_controllers["memory"]) / relative / v1_name
     else:
         return None
     try:

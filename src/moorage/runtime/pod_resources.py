@@ -8,7 +8,7 @@ and cpu quota unlimited when the sum has none, shares at least 2), so a pod resi
 test, a kubelet that failed halfway — ends with the limits it was told. Writing what the kubelet has just
 written changes nothing.
 
-A memory limit at or below what the pod uses now is refused (FAILED_PRECONDITION with both figures), as the
+A memory limit lowered to or below what the pod uses now is refused (FAILED_PRECONDITION with both figures), as the
 kubelet refuses such a resize rather than let the kernel reclaim or OOM-kill. The request is kept with the pod
 (``resources`` in verbose PodSandboxStatus) and survives a daemon restart.
 """
@@ -36,20 +36,21 @@ def pod_limits(overhead: pb.LinuxContainerResources, total: pb.LinuxContainerRes
     """The pod cgroup's limits for its overhead plus its containers' sum."""
     return cgroup_limits.PodLimits(
         memory=total.memory_limit_in_bytes + overhead.memory_limit_in_bytes if total.memory_limit_in_bytes else 0,
-        cpu_quota=total.cpu_quota + max(overhead.cpu_quota, 0) if total.cpu_quota > 0 else -1,
+        cpu_quota=total.cpu_quota + max(overhead.cpu_quota, 0) if total.cpu_quota > 0 else -1,  # <= 0: none
         cpu_period=total.cpu_period or overhead.cpu_period or cgroup_limits.DEFAULT_CPU_PERIOD,
-        cpu_shares=max(total.cpu_shares + overhead.cpu_shares, cgroup_limits.MIN_CPU_SHARES),
+        cpu_shares=min(
+            max(total.cpu_shares + overhead.cpu_shares, cgroup_limits.MIN_CPU_SHARES), cgroup_limits.MAX_CPU_SHARES
+        ),
     )
 
 
 def check(r: pb.LinuxContainerResources, field: str) -> None:
-    """Values no cgroup can take are INVALID_ARGUMENT naming the field: negative ones, but -1 for no cpu quota.
-    No minimum memory here, unlike a container's: an overhead is a small addition, not a limit of its own."""
+    """Values no cgroup can take are INVALID_ARGUMENT naming the field: negative shares, period or memory. A
+    negative cpu quota is no limit (kubelets before 1.35 sent -1 minus the overhead's quota for such a pod). No
+    minimum memory here, unlike a container's: an overhead is a small addition, not a limit of its own."""
     for name in ("cpu_shares", "cpu_period", "memory_limit_in_bytes"):
         if getattr(r, name) < 0:
             raise InvalidArgument(f"{field}.{name}: {getattr(r, name)} is negative")
-    if r.cpu_quota < -1:
-        raise InvalidArgument(f"{field}.cpu_quota: {r.cpu_quota} is below -1 (no limit)")
 
 
 async def update(
@@ -73,7 +74,8 @@ async def update(
             f"pod sandbox {sandbox_id} has no cgroup_parent: it shares moorage's default cgroup, which is not its own"
         )
     limits = pod_limits(overhead, total)
-    if limits.memory:
+    current = await asyncio.to_thread(cgroup_limits.memory_limit, host, path)
+    if limits.memory and (current is None or limits.memory < current):  # a decrease: the kubelet checks those
         usage = await asyncio.to_thread(cgroup_limits.memory_usage, host, path)
         if usage is not None and usage >= limits.memory:
             raise FailedPrecondition(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import sqlite3
@@ -259,9 +260,19 @@ class Sandboxes:
     # --- records --------------------------------------------------------------------------------------------
 
     async def keep_resources(self, sandbox_id: str, resources: dict[str, Any]) -> None:
-        """Store the pod's resources of its last in-place resize with it (see :mod:`.pod_resources`)."""
-        record = await self.get(sandbox_id)
-        await self._save(dataclasses.replace(record, status=dataclasses.replace(record.status, resources=resources)))
+        """Store the pod's resources of its last in-place resize with it (see :mod:`.pod_resources`): that field
+        alone, so a StopPodSandbox saving meanwhile keeps its state (it may drop this field, which only records)."""
+        await self.get(sandbox_id)
+        doc = json.dumps(resources, sort_keys=True)
+        await self.store.write(
+            lambda db: db.execute(
+                "UPDATE sandboxes SET status = json_set(status, '$.resources', json(?)) WHERE id = ?",
+                (doc, sandbox_id),
+            )
+        )
+        if (current := self.index.get(sandbox_id)) is not None:
+            status = dataclasses.replace(current.status, resources=resources)
+            self.index.put(dataclasses.replace(current, status=status))
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
         record = self.index.get(sandbox_id)
