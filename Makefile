@@ -45,7 +45,7 @@ deb: deps
 	VENV=$(VENV) scripts/build-deb
 
 ## The package installed, started, restarted and removed under systemd in the cgroup v2 guest
-## (tests/package/test_deb_guest.py): ~4 minutes.
+## (tests/package/test_deb_guest.py): 2-4 minutes.
 test-deb: deb cri-tools
 	VENV=$(VENV) MOORAGE_VM_SYSTEMD=1 scripts/test-cgroupv2 -m integration tests/package/test_deb_guest.py $(PYTEST_ARGS)
 

@@ -2,8 +2,8 @@
 systemd is PID 1 (scripts/test-cgroupv2 with MOORAGE_VM_SYSTEMD=1). `dpkg -i` of build/deb's package,
 `systemctl start moorage` (Type=notify: it returns once the socket answers), crictl info through the packaged
 crictl.yaml, a pod with a container from a registry on the guest's loopback, `systemctl restart moorage` with the
-container still running (same PID, known to the new daemon), then the pod removed and `dpkg -r` stopping the
-daemon, leaving no moorage or conmon process, and `dpkg --purge` the conffile.
+container still running (same PID, known to the new daemon), then the pod removed and `apt-get remove` stopping
+the daemon, leaving no moorage or conmon process, and `dpkg --purge` the conffile.
 
 It never runs anywhere but in that guest, and installs only into throw-away places there: a writable overlay the
 test lays over the guest's /usr (the host's, read-only over 9p), the guest's /etc and /var (virtme's overlays), a
@@ -46,6 +46,9 @@ UNIT_DROPIN = Path("/run/systemd/system/moorage.service.d/50-moorage-test-deb.co
 # The guest's systemd runs a minimal target, not a booted system: DefaultDependencies=no keeps `systemctl start`
 # from pulling in sysinit.target, whose systemd-tmpfiles-setup would empty /tmp (the /usr overlay's upper layer,
 # the registry's storage). There is no journald: the daemon's log goes to a file. Its start takes ~30 s here.
+# apt-get asks logind (over D-Bus) to delay a shutdown while dpkg runs; activating logind would pull in
+# sysinit.target too, whose tmpfiles empty /tmp under the /usr overlay: it stays masked while the test runs.
+LOGIND = "systemd-logind.service"
 UNIT_DROPIN_TEXT = f"""[Unit]
 DefaultDependencies=no
 [Service]
@@ -118,6 +121,7 @@ def node() -> Iterator[None]:
     run("mount", "-t", "tmpfs", "tmpfs", str(STATE))
     UNIT_DROPIN.parent.mkdir(parents=True, exist_ok=True)
     UNIT_DROPIN.write_text(UNIT_DROPIN_TEXT)
+    run("systemctl", "mask", "--runtime", LOGIND)
     REGISTRIES_DROPIN.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield
@@ -128,6 +132,7 @@ def node() -> Iterator[None]:
         quietly("dpkg", "--purge", "moorage")
         UNIT_DROPIN.unlink(missing_ok=True)
         REGISTRIES_DROPIN.unlink(missing_ok=True)
+        quietly("systemctl", "unmask", "--runtime", LOGIND)
         quietly("systemctl", "daemon-reload")
         quietly("umount", "-R", "-l", str(STATE))
         quietly("umount", "-l", "/usr")
@@ -183,13 +188,12 @@ def test_install_start_run_restart_remove(node: None, tmp_path: Path) -> None:
             assert not Path(f"/proc/{pid}").exists()
             assert json.loads(crictl("pods", "-o", "json"))["items"] == []
 
-    # The package's prerm stops the daemon; the pod's conmons went with the pod. (dpkg -r, not apt-get remove: in
-    # this guest apt-get's dpkg fails to unlink files of the /usr overlay the test lays over 9p, ENOENT.)
+    # The package's prerm stops the daemon; the pod's conmons went with the pod.
     assert is_active() == "active"
-    run("dpkg", "-r", "moorage")
+    run("apt-get", "remove", "-y", "-q", "moorage", timeout=600)
     assert is_active() in ("inactive", "unknown")
     left = no_package_processes()
-    assert not left, "left after dpkg -r:\n" + "\n".join(left)
+    assert not left, "left after apt-get remove:\n" + "\n".join(left)
     assert not Path("/usr/lib/moorage/bin").exists()
     assert not Path("/usr/bin/moorage").exists()
     assert Path("/etc/moorage/config.toml").exists()  # a conffile stays until purge
