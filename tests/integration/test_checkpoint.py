@@ -5,8 +5,8 @@ container running.
 
 Whether CRIU works is the node's kernel's to say: where ``criu check`` fails (this node's kernel is newer
 than Debian 12's CRIU understands), the checkpoint is refused with CRIU's own reason and the archive test is
-skipped; where it passes (Debian's kernel: ``scripts/test-cgroupv2 -m integration
-tests/integration/test_checkpoint.py``), the archive is written and checked."""
+skipped; where it passes (Debian's kernel: `make test-cgroupv2` runs the archive test in CI; ``scripts/test-cgroupv2
+-m integration tests/integration/test_checkpoint.py`` runs them all), the archive is written and checked."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
+from tests.fixtures import cgroups
 from tests.integration import test_containers
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_containers import Pod
@@ -117,6 +118,8 @@ def test_where_criu_cannot_run_the_checkpoint_is_refused_with_criu_s_reason(pod:
     still_counting(pod, container_id)
 
 
+@pytest.mark.cgroup  # so `make test-cgroupv2` runs it in CI, on Debian's kernel where CRIU works
+@pytest.mark.skipif(cgroups.DRIVER == "systemd", reason="the pod fixture's cgroup parent is a cgroupfs one")
 @pytest.mark.skipif(not CRIU_WORKS, reason=f"criu check fails on this node: {'; '.join(CRIU_ERRORS)}")
 def test_a_running_container_is_checkpointed_in_cri_o_s_layout_keeps_running_and_is_restored(
     pod: Pod, busybox: PushedImage, tmp_path: Path
