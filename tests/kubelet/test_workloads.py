@@ -142,7 +142,6 @@ exec sleep 3600
 (containerLogMonitorInterval) and rotates a file past 1Mi: a rotated file holds at most about 1 MiB plus 3 s of
 writing (2 MiB), at least 1 MiB, so there are two to four rotations, and containerLogMaxFiles (5, that is up to
 four rotated files) deletes none before the test reads them."""
-MIB = 1024 * 1024
 
 
 def log_lines(*paths: Path) -> list[str]:
@@ -172,7 +171,7 @@ def test_log_rotation_loses_and_doubles_no_line(node: Node) -> None:
     def settled() -> list[Path]:
         """The rotated files once the writer is done and the current file is too small to be rotated again."""
         rotated = sorted(p for p in current.parent.iterdir() if p.name.startswith("0.log."))
-        done = current.stat().st_size < MIB and log_lines(*rotated, current)[-1:] == ["done"]
+        done = current.stat().st_size < MI and log_lines(*rotated, current)[-1:] == ["done"]
         return rotated if done else []
 
     rotated = wait_for("the container done writing and its log rotated", settled, 120)
