@@ -170,6 +170,8 @@ def test_install_start_run_restart_remove(node: None, tmp_path: Path) -> None:
             pod_id = crictl("runp", str(tmp_path / "pod.json")).strip()
             cid = crictl("create", pod_id, str(tmp_path / "container.json"), str(tmp_path / "pod.json")).strip()
             crictl("start", cid)
+            # The pod's pause container ran from the image built from the package's own static pause helper.
+            assert "localhost/moorage/pause" in crictl("images")
             before = json.loads(crictl("inspect", cid))
             assert before["status"]["state"] == "CONTAINER_RUNNING"
             pid = before["info"]["pid"]
