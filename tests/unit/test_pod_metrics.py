@@ -24,14 +24,14 @@ NET_DEV = "\n".join(
 
 
 def described(samples: list[pb.Metric]) -> None:
-    keys = {d.name: list(d.label_keys) for d in pod_metrics.descriptors()}
+    keys = {d.name: list(d.label_keys) for d in pod_metrics.descriptors(unified=True)}
     for sample in samples:
         assert sample.name in keys, sample.name
         assert len(sample.label_values) == len(keys[sample.name]), sample
 
 
 def test_descriptors_are_unique_and_start_with_the_common_labels() -> None:
-    descriptors = pod_metrics.descriptors()
+    descriptors = pod_metrics.descriptors(unified=True)
     assert len({d.name for d in descriptors}) == len(descriptors)
     assert all(list(d.label_keys[:5]) == ["pod", "namespace", "container", "id", "image"] for d in descriptors)
 
@@ -191,7 +191,7 @@ FULL = ContainerReading(
 def test_every_family_critest_expects_is_described_and_sampled_with_its_label_keys() -> None:
     """ListMetricDescriptors names every family critest v1.37 expects (help and label keys set), and a reading
     with every value known gives each of them a sample with as many label values as the family has keys."""
-    descriptors = {d.name: d for d in pod_metrics.descriptors()}
+    descriptors = {d.name: d for d in pod_metrics.descriptors(unified=True)}
     assert descriptors.keys() >= CRITEST_EXPECTED | CADVISOR_ALSO, CRITEST_EXPECTED - descriptors.keys()
     assert all(d.help and d.label_keys for d in descriptors.values())
     eth0 = InterfaceCounters("eth0", 1, 1, 0, 0, 1, 1, 0, 0)
@@ -247,3 +247,10 @@ def test_no_quota_no_spec_and_no_processes_leave_their_samples_out() -> None:
     assert not {n for n in names if n[0] in ("container_threads", "container_sockets", "container_ulimits_soft")}
     assert not {n for n in names if n[0].startswith(("container_memory_pgs", "container_memory_events_"))}  # v1
     assert ("container_creation_time_seconds",) not in names
+
+
+def test_families_only_cgroup_v2_has_are_not_described_elsewhere() -> None:
+    v1 = {d.name for d in pod_metrics.descriptors(unified=False)}
+    v2 = {d.name for d in pod_metrics.descriptors(unified=True)}
+    assert v2 - v1 == pod_metrics.V2_ONLY
+    assert "container_memory_pgscan_total" in pod_metrics.V2_ONLY

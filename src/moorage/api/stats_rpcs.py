@@ -55,7 +55,8 @@ class StatsRpcs(RecordLookup):
     async def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: Context
     ) -> pb.ListMetricDescriptorsResponse:
-        return pb.ListMetricDescriptorsResponse(descriptors=pod_metrics.descriptors())
+        unified = self._containers.cgroup_host.unified
+        return pb.ListMetricDescriptorsResponse(descriptors=pod_metrics.descriptors(unified))
 
     async def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: Context
