@@ -29,6 +29,7 @@ from tests.integration import test_containers
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_containers import Pod
 from tests.integration.test_images import rpc_error
+from tests.unit.test_checkpoint_archive import archive_of
 
 pytestmark = pytest.mark.integration
 
@@ -241,30 +242,19 @@ def test_a_runtime_without_a_checkpoint_command_is_refused(
             client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
 
 
-def fake_archive(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_create_from_a_local_file_that_is_no_restorable_archive_is_refused_before_anything_is_made(
     pod: Pod, tmp_path: Path
 ) -> None:
     """CRI-O's rule: an image naming an existing local file is a checkpoint archive to restore from."""
     unknown = "sha256:" + "0" * 64
-    orphan = fake_archive(
-        tmp_path / "checkpoint.tar", {"config.dump": dumps(rootfsImageRef=unknown), "spec.dump": b"{}"}
-    )
+    orphan = archive_of(tmp_path / "checkpoint.tar", {"config.dump": dumps(rootfsImageRef=unknown), "spec.dump": b"{}"})
     failure = rpc_error(lambda: pod.create("restored", image=str(orphan)))
     assert failure.code == grpc.StatusCode.NOT_FOUND
     assert failure.details == (
         f"config.image.image {str(orphan)!r}: the image the checkpoint was taken of ({unknown}) is not on the node; "
         "pull it first"
     )
-    other = fake_archive(tmp_path / "other.tar", {"hello": b"world"})
+    other = archive_of(tmp_path / "other.tar", {"hello": b"world"})
     failure = rpc_error(lambda: pod.create("restored", image=str(other)))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "is a local file but not a checkpoint archive" in failure.details
@@ -299,7 +289,7 @@ def test_a_container_created_from_an_archive_has_its_files_and_waits_for_start_t
     """Without CRIU's part: the container is made from the checkpointed image with the archive's file-system
     changes; StartContainer refuses where CRIU cannot run, and the container is removed whole."""
     image_id = busybox.image.config_digest
-    archive = fake_archive(
+    archive = archive_of(
         tmp_path / "checkpoint.tar",
         {
             "config.dump": dumps(rootfsImageRef=image_id),
@@ -315,7 +305,7 @@ def test_a_container_created_from_an_archive_has_its_files_and_waits_for_start_t
     assert failure.details.startswith(f"checkpoint archive {archive}: ")
     assert "escape" in failure.details
     assert no_bundles(pod.node)
-    archive = fake_archive(
+    archive = archive_of(
         tmp_path / "checkpoint.tar",
         {
             "config.dump": dumps(rootfsImageRef=image_id),
