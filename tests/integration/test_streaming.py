@@ -114,6 +114,25 @@ def test_exec_with_a_terminal_gets_its_size(pod: Pod, sleeper: str, streamclient
     assert lines[1].startswith("/dev/pts/")
 
 
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_a_terminal_command_starts_with_the_clients_size(
+    node: DaemonProcess, busybox: PushedImage, *, cgroup_parent: str, streamclient: Path, handler: str, tmp_path: Path
+) -> None:
+    # The client's first size comes a moment after its streams: the command, which reads the size at once,
+    # still starts with it (busybox's stty reports 0 rows as an error).
+    pod = Pod(node, busybox.name, cgroup_parent, tmp_path, handler=handler)
+    try:
+        sleeper = pod.run("sleeper", "sleep", "1000")
+        url = exec_url(pod, sleeper, ["sh", "-c", "stty size"], stdin=True, stdout=True, tty=True)
+        done = client(streamclient, "exec", url, "-stdin", "-tty", "-width", "91", "-height", "37", "-size-delay",
+                      "300ms")  # fmt: skip
+    finally:
+        with node.client() as c:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.replace(b"\r", b"") == b"37 91\n"
+
+
 def test_older_protocols_get_a_plain_error_message(pod: Pod, sleeper: str, streamclient: Path) -> None:
     url = exec_url(pod, sleeper, ["sh", "-c", "exit 4"], stdout=True)
     done = client(streamclient, "exec", url, "-protocol", "v2.channel.k8s.io")

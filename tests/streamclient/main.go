@@ -3,7 +3,7 @@
 // golang-github-docker-spdystream-dev). The tests run it against moorage's streaming server.
 //
 //	streamclient exec|attach URL [-stdin] [-tty] [-nostdout] [-stderr] [-width W -height H] [-protocol P,...]
-//	    [-resize-junk N]
+//	    [-resize-junk N] [-size-delay D]
 //	    stdin is copied to the stdin stream; stdout/stderr streams to stdout/stderr; the error stream's text
 //	    is printed to stderr as "ERROR: <text>"; for v4, the exit code from the status is this program's.
 //	streamclient portforward URL PORT
@@ -118,6 +118,7 @@ func execCommand(args []string) {
 	width := flags.Int("width", 0, "terminal width")
 	height := flags.Int("height", 0, "terminal height")
 	junk := flags.Int("resize-junk", 0, "after the size, this many bytes of an unterminated JSON object on resize")
+	sizeDelay := flags.Duration("size-delay", 0, "wait this long after opening the resize stream to send the size")
 	protocols := flags.String("protocol", "v4.channel.k8s.io,v3.channel.k8s.io,v2.channel.k8s.io,channel.k8s.io", "offered")
 	flags.Parse(args[1:])
 	session, protocol := upgrade(args[0], strings.Split(*protocols, ","))
@@ -140,6 +141,7 @@ func execCommand(args []string) {
 	}
 	if *tty && protocol != "v2.channel.k8s.io" && protocol != "channel.k8s.io" {
 		s := open(session, kind("resize"))
+		time.Sleep(*sizeDelay)
 		if *width > 0 {
 			json.NewEncoder(s).Encode(map[string]int{"Width": *width, "Height": *height})
 		}

@@ -27,7 +27,7 @@ import sys
 import termios
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +37,7 @@ from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
 
 READ_CHUNK = 1 << 15
 CONSOLE_TIMEOUT = 30.0
+FIRST_SIZE_WAIT = 1.0  # for a TTY client's first window size, sent as soon as its streams are open
 ERROR_TAIL = 4096  # of the runtime's own stderr, kept for its error message
 
 
@@ -64,7 +65,11 @@ async def exec_streaming(
 ) -> int:
     if not cmd:
         raise InvalidArgument("cmd is required")
-    process_file, pid_file = write_process(bundle, cmd, terminal=io.tty)
+    size = None
+    if io.tty and io.resizes is not None:
+        size, rest = await first_size(io.resizes)
+        io = replace(io, resizes=rest)
+    process_file, pid_file = write_process(bundle, cmd, terminal=io.tty, size=size)
     try:
         if io.tty:
             return await _with_tty(runtime, container_id, process_file, pid_file, io=io, sockets=sockets)
@@ -72,6 +77,33 @@ async def exec_streaming(
     finally:
         process_file.unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
+
+
+async def first_size(
+    sizes: AsyncIterator[tuple[int, int]],
+) -> tuple[tuple[int, int] | None, AsyncIterator[tuple[int, int]]]:
+    """The client's first window size, if it comes within FIRST_SIZE_WAIT, and the sizes still to come.
+
+    A TTY command starts with the client's size (``process.consoleSize``): started first and resized after, a
+    quick ``stty size`` could read 0 rows, which busybox's stty reports as an error."""
+    pending = asyncio.ensure_future(anext(sizes, None))
+    done, _ = await asyncio.wait({pending}, timeout=FIRST_SIZE_WAIT)
+    if pending in done:
+        return pending.result(), sizes
+    return None, _after(pending, sizes)
+
+
+async def _after(
+    pending: asyncio.Future[tuple[int, int] | None], sizes: AsyncIterator[tuple[int, int]]
+) -> AsyncIterator[tuple[int, int]]:
+    try:
+        if (first := await pending) is None:
+            return
+        yield first
+        async for size in sizes:
+            yield size
+    finally:
+        pending.cancel()
 
 
 async def _with_pipes(runtime: OciRuntime, cid: str, process_file: Path, pid_file: Path, io: ExecIO) -> int:

@@ -118,11 +118,15 @@ async def _capped(stream: asyncio.StreamReader, budget: _Budget) -> bytes:
     return bytes(kept)
 
 
-def write_process(bundle: Path, cmd: Sequence[str], terminal: bool = False) -> tuple[Path, Path]:
+def write_process(
+    bundle: Path, cmd: Sequence[str], terminal: bool = False, size: tuple[int, int] | None = None
+) -> tuple[Path, Path]:
     """The exec's OCI process (the container's own, with ``cmd``) written beside the bundle's config, and where
-    the runtime is to write the command's pid."""
+    the runtime is to write the command's pid. ``size`` (width, height) is the terminal's size from the start."""
     spec = json.loads((bundle / "config.json").read_text())
     process = dict(spec["process"], args=list(cmd), terminal=terminal)
+    if terminal and size is not None:
+        process["consoleSize"] = {"width": size[0], "height": size[1]}
     name = uuid.uuid4().hex[:12]
     process_file, pid_file = bundle / f"exec-{name}.json", bundle / f"exec-{name}.pid"
     process_file.write_text(json.dumps(process))
