@@ -34,7 +34,7 @@ pytest:
 
 ## The cgroup-sensitive tests (pytest -m cgroup, plus PYTEST_ARGS) inside a pure cgroup v2 guest: ~2-3 minutes.
 test-cgroupv2: deps
-	VENV=$(VENV) scripts/test-cgroupv2 $(PYTEST_ARGS)
+	VENV=$(VENV) MOORAGE_VM_CRITEST=AppArmor scripts/test-cgroupv2 $(PYTEST_ARGS)
 
 ## The same, with systemd as PID 1 of a namespace in the guest and the daemons on the systemd driver: ~3 minutes.
 test-cgroupv2-systemd: deps

@@ -286,6 +286,7 @@ def test_a_good_node_passes_everything(tmp_path: Path) -> None:
         "conmon",
         "cni config",
         "cni plugins",
+        "apparmor",
         "cgroup version",
         "cgroup controllers",
         "cgroup driver",
@@ -348,3 +349,36 @@ def test_the_real_checks_on_this_host() -> None:
         assert version.status == "WARN"
         assert version.detail.startswith("hybrid: v1 controllers, cgroup2 at /sys/fs/cgroup/unified")
     assert results["cgroup controllers"].ok
+
+
+def test_apparmor_off_is_fine_on_without_its_parser_fails(tmp_path: Path) -> None:
+    roots = fake_roots(tmp_path / "host")
+    assert preflight.check_apparmor(roots, search_path=str(tmp_path / "bin")).status == "OK"  # off: unconfined
+    enabled = roots.sys / "module" / "apparmor" / "parameters" / "enabled"
+    enabled.parent.mkdir(parents=True)
+    enabled.write_text("Y\n")
+    no_parser = preflight.check_apparmor(roots, search_path=str(tmp_path / "bin"))
+    assert (no_parser.status, no_parser.fix) == ("FAIL", "apt install apparmor")
+    assert "apparmor_parser is missing" in no_parser.detail
+
+
+def test_apparmor_on_says_whether_the_default_profile_is_loaded(tmp_path: Path) -> None:
+    roots = fake_roots(tmp_path / "host")
+    enabled = roots.sys / "module" / "apparmor" / "parameters" / "enabled"
+    enabled.parent.mkdir(parents=True)
+    enabled.write_text("Y\n")
+    parser = executable(tmp_path / "bin" / "apparmor_parser", "exit 0\n")
+    unmounted = preflight.check_apparmor(roots, search_path=str(parser.parent))
+    assert unmounted.status == "WARN"
+    assert "securityfs is not mounted" in unmounted.detail
+    securityfs = roots.sys / "kernel" / "security" / "apparmor"
+    securityfs.mkdir(parents=True)
+    (securityfs / "profiles").write_text("/usr/bin/man (enforce)\n")
+    waiting = preflight.check_apparmor(roots, search_path=str(parser.parent))
+    assert (waiting.status, waiting.detail) == (
+        "OK", "on, 1 profiles loaded; moorage-default not loaded yet (the daemon loads it for the first container "
+        "that needs it)",
+    )  # fmt: skip
+    (securityfs / "profiles").write_text("/usr/bin/man (enforce)\nmoorage-default (enforce)\n")
+    loaded = preflight.check_apparmor(roots, search_path=str(parser.parent))
+    assert loaded.detail == "on, 2 profiles loaded; moorage-default loaded (enforce)"

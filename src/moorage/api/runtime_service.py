@@ -91,6 +91,7 @@ class RuntimeService(StatsRpcs):
                     "config": json.dumps(config.to_dict()),
                     "podCIDR": json.dumps(list(self._pod_cidr.value)),
                     "version": json.dumps(moorage.__version__),
+                    "apparmor": json.dumps(self._containers.apparmor_status()),
                 }
             )
         return response

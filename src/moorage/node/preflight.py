@@ -4,11 +4,11 @@ Each check returns a :class:`CheckResult`. Severity:
 
 - **FAIL**: pods or the kubelet will not work as configured (a missing module, sysctl or binary; a broken CNI
   config; the systemd driver without systemd; cgroup v1 under a kubelet configured to refuse it; a kubelet
-  ``cgroupDriver`` that differs from moorage's).
+  ``cgroupDriver`` that differs from moorage's; AppArmor on without apparmor_parser).
 - **WARN**: works today but needs attention: cgroup v1/hybrid when the kubelet's ``failCgroupV1`` is unknown or
   false (a Kubernetes >= 1.35 kubelet refuses v1 by default; an older one, or ``failCgroupV1: false``, runs,
   deprecated); no CNI config yet (network add-ons write it after the node joins; the node stays NotReady till then);
-  a non-default runtime handler missing; cgroupfs on a systemd host.
+  a non-default runtime handler missing; cgroupfs on a systemd host; AppArmor on without securityfs mounted.
 
 Every check takes its roots (:class:`HostRoots`, the config, a PATH) as parameters, so tests run on temp trees.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.config import Config
-from moorage.node import cgroupinfo
+from moorage.node import apparmor, apparmor_default, cgroupinfo
 from moorage.node.cgroupinfo import CgroupHost, KubeletConfigError, KubeletSettings, NoCgroupsError
 from moorage.node.cni.config import CniConfigError, find_plugin, load_network
 
@@ -304,6 +304,39 @@ def check_kubelet_driver(driver: str, kubelet: KubeletSettings, kubelet_path: Pa
     )
 
 
+# --- AppArmor ------------------------------------------------------------------------------------------------------
+
+
+def check_apparmor(roots: HostRoots = HOST, search_path: str | None = None) -> CheckResult:
+    """Where the kernel enforces AppArmor, containers get Moorage's default profile unless they ask otherwise:
+    apparmor_parser must be there to load it (FAIL without it), and securityfs mounted to see which profiles are
+    loaded (WARN without it). Off, containers run unconfined and Localhost profiles are refused (OK)."""
+    name = "apparmor"
+    if not apparmor.enabled(roots.sys / "module/apparmor/parameters/enabled"):
+        return CheckResult(name, True, "off in the kernel: containers run unconfined, Localhost profiles are refused")
+    if shutil.which("apparmor_parser", path=search_path) is None:
+        return _fail(
+            name,
+            f"on, but apparmor_parser is missing: {apparmor_default.NAME} cannot be loaded for RuntimeDefault",
+            "apt install apparmor",
+        )
+    profiles = apparmor.loaded_profiles(roots.sys / "kernel/security/apparmor")
+    if profiles is None:
+        return _warn(
+            name,
+            "on, but securityfs is not mounted: Localhost profiles cannot be checked before the OCI runtime runs",
+            "mount -t securityfs securityfs /sys/kernel/security",
+        )
+    mode = profiles.get(apparmor_default.NAME)
+    loaded = f"{apparmor_default.NAME} loaded ({mode})" if mode else (
+        f"{apparmor_default.NAME} not loaded yet (the daemon loads it for the first container that needs it)"
+    )  # fmt: skip
+    return CheckResult(name, True, f"on, {len(profiles)} profiles loaded; {loaded}")
+
+
+# --- all of them ---------------------------------------------------------------------------------------------------
+
+
 # --- all of them ---------------------------------------------------------------------------------------------------
 
 
@@ -318,6 +351,7 @@ def run_checks(
     results += [check_sysctl(name, want, roots) for name, want in SYSCTLS.items()]
     results += check_runtimes(config, search_path)
     results += check_cni(Path(config.cni.conf_dir), [Path(d) for d in config.cni.bin_dirs])
+    results.append(check_apparmor(roots, search_path))
     kubelet: KubeletSettings | None = None
     if kubelet_config is not None:
         try:

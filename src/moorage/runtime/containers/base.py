@@ -16,6 +16,9 @@ import structlog
 from moorage.config import Config
 from moorage.errors import NotFound
 from moorage.images.service import ImageManager
+from moorage.node import apparmor_default
+from moorage.node.apparmor import AppArmor
+from moorage.node.apparmor import status as apparmor_status
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import driver as cgroup_driver
 from moorage.runtime import conmon, writable
@@ -56,6 +59,7 @@ class ContainerBase:
         self.cgroup_host = host
         self.usage = UsageReader(self.layer_dir, self.cgroups, host)
         self.handlers = Handlers(config, self.state, self.cgroups, host)
+        self.apparmor = AppArmor.detect()
         self.records = ContainerRecords(store, sandboxes.events)
 
     async def load(self) -> None:
@@ -79,6 +83,9 @@ class ContainerBase:
 
     def runtime(self, handler: str) -> OciRuntime:
         return self.handlers.runtime(handler)
+
+    def apparmor_status(self) -> dict[str, object]:
+        return apparmor_status(self.apparmor, apparmor_default.NAME)
 
     # --- records ---------------------------------------------------------------------------------------------
 

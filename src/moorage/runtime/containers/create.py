@@ -19,6 +19,7 @@ from moorage.api.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
+from moorage.node import apparmor_default
 from moorage.runtime import conmon, signals, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers import image_volumes, restore
@@ -142,8 +143,11 @@ class Create(ContainerBase):
                 cgroup_namespace=self.cgroup_host.unified,
                 hugetlb=self.cgroup_host.hugetlb,
                 recursive_read_only=(await self.handlers.features(sandbox.status.runtime_handler)).recursive_read_only,
+                apparmor=self.apparmor,
             )
         )
+        if self.apparmor is not None and spec["process"].get("apparmorProfile") == apparmor_default.NAME:
+            await self.apparmor.ensure_loaded(apparmor_default.NAME, apparmor_default.PROFILE)
         (bundle / "config.json").write_text(json.dumps(spec))
         if restoring is not None:  # no process until StartContainer restores it
             await restore.unpack(self, record.id, restoring)

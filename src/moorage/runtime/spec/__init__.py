@@ -8,6 +8,7 @@ module          spec fields
 ``process``     process.args, env, cwd, terminal, rlimits, oomScoreAdj
 ``user``        process.user (resolved against the image's /etc/passwd, /etc/group)
 ``security``    process.capabilities, linux.maskedPaths, linux.readonlyPaths
+``apparmor``    process.apparmorProfile
 ``seccomp``     linux.seccomp
 ``mounts``      mounts, linux.rootfsPropagation
 ``devices``     linux.devices, the device part of linux.resources
@@ -17,9 +18,10 @@ module          spec fields
 
 "Pure" means no side effects: it reads the container's rootfs (passwd, group), stats mount and device host paths
 and reads Localhost seccomp profiles and CDI specs, but it writes nothing and starts nothing, so it is tested
-without mocks.
-Pod sysctls are not in the container spec: they are set on the pod's namespaces when those are created. Nor are
-AppArmor and SELinux settings: both are disabled on Moorage's nodes (see :mod:`.security`).
+without mocks. Whether an AppArmor profile is loaded is asked of ``SpecInputs.apparmor``; loading Moorage's
+default profile is the caller's (:mod:`moorage.node.apparmor`).
+Pod sysctls are not in the container spec: they are set on the pod's namespaces when those are created. SELinux
+settings are not either: SELinux is off on Moorage's nodes (see :mod:`.security`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from moorage.api.cri import pb
-from moorage.runtime.spec import cdi, devices, mounts, process, resources, seccomp, security, user
+from moorage.runtime.spec import apparmor, cdi, devices, mounts, process, resources, seccomp, security, user
 
 OCI_VERSION = "1.0.2-dev"
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
@@ -80,6 +82,8 @@ class SpecInputs:
     # Where CDI spec files are read, a later directory winning (runtime.cdi_spec_dirs): only when the container
     # asks for a CDI device.
     cdi_spec_dirs: tuple[Path, ...] = ()
+    # The node's AppArmor, None where it is off (then nothing is applied and a Localhost profile is refused).
+    apparmor: apparmor.AppArmorHost | None = None
 
 
 def nofile_ceiling() -> int | None:
@@ -127,6 +131,8 @@ def build(inputs: SpecInputs) -> dict[str, Any]:
         oom_score_adj_value=process.oom_score_adj(res, inputs.oom_score_adj_floor, name),
         nofile_ceiling=inputs.nofile_ceiling,
     )
+    if (apparmor_profile := apparmor.select(sc, inputs.apparmor)) is not None:
+        proc["apparmorProfile"] = apparmor_profile
 
     if sc.privileged:
         device_nodes = devices.host_devices(inputs.host_dev)

@@ -1,8 +1,8 @@
 """Capabilities, masked and read-only paths: the privilege fragments of the spec.
 
-AppArmor and SELinux are deliberately absent: the nodes Moorage targets run with both disabled in the kernel, so
-an ``apparmor``/``selinux_options`` request has nothing to act on and is left out of the spec (a runtime handed an
-AppArmor profile on such a node fails the create). Seccomp lives in :mod:`.seccomp`.
+SELinux is deliberately absent: the nodes Moorage targets run with it disabled in the kernel, so a
+``selinux_options`` request has nothing to act on and is left out of the spec. Seccomp lives in :mod:`.seccomp`,
+AppArmor in :mod:`.apparmor`.
 """
 
 from __future__ import annotations
