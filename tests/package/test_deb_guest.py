@@ -1,8 +1,9 @@
 """The Debian package on a node run by systemd (`make test-deb`): in the cgroup v2 guest, inside the namespace where
 systemd is PID 1 (scripts/test-cgroupv2 with MOORAGE_VM_SYSTEMD=1). `dpkg -i` of build/deb's package,
 `systemctl start moorage` (Type=notify: it returns once the socket answers), crictl info through the packaged
-crictl.yaml, a pod with a container from a registry on the guest's loopback, `systemctl restart moorage` with the
-container still running (same PID, known to the new daemon), then the pod removed and `apt-get remove` stopping
+crictl.yaml, a pod with a container from a registry on the guest's loopback, `systemctl restart moorage`, an upgrade
+to the same package under a higher version and a rollback, each with the container still running (same PID, known
+to the new daemon), then the pod removed and `apt-get remove` stopping
 the daemon, leaving no moorage or conmon process, and `dpkg --purge` the conffile.
 
 It never runs anywhere but in that guest, and installs only into throw-away places there: a writable overlay the
@@ -139,6 +140,29 @@ def node() -> Iterator[None]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def assert_still_running(cid: str, pid: int, step: object) -> None:
+    after = json.loads(crictl("inspect", cid))
+    assert after["status"]["state"] == "CONTAINER_RUNNING", step
+    assert after["info"]["pid"] == pid
+    assert (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))[:2] == [b"sleep", b"3600"]
+
+
+def reversioned(deb: Path, version: str, work: Path) -> Path:
+    """The same package under another version: what an upgrade (or a rollback) to it runs is the maintainer
+    scripts' upgrade path."""
+    tree = work / "reversioned"
+    run("dpkg-deb", "-R", str(deb), str(tree))
+    control = tree / "DEBIAN" / "control"
+    control.write_text("".join(
+        f"Version: {version}\n" if line.startswith("Version: ") else line
+        for line in control.read_text().splitlines(keepends=True)
+    ))  # fmt: skip
+    out = work / f"moorage_{version}_amd64.deb"
+    run("dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree), str(out))
+    shutil.rmtree(tree)
+    return out
+
+
 def test_install_start_run_restart_remove(node: None, tmp_path: Path) -> None:
     (deb,) = sorted((CHECKOUT / "build" / "deb").glob("moorage_*_amd64.deb"))
     run("dpkg", "-i", str(deb))
@@ -177,14 +201,19 @@ def test_install_start_run_restart_remove(node: None, tmp_path: Path) -> None:
             pid = before["info"]["pid"]
             daemon = main_pid()
 
-            # KillMode=process: only the daemon goes; the container and its conmon stay, and the new daemon knows them.
-            run("systemctl", "restart", UNIT)
-            assert main_pid() not in (0, daemon)
-            assert not Path(f"/proc/{daemon}").exists()
-            after = json.loads(crictl("inspect", cid))
-            assert after["status"]["state"] == "CONTAINER_RUNNING"
-            assert after["info"]["pid"] == pid
-            assert (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))[:2] == [b"sleep", b"3600"]
+            # KillMode=process: only the daemon goes; the container and its conmon stay, and the new daemon knows
+            # them. A restart, then an upgrade and a rollback (postinst restarts a running daemon onto the
+            # package's code): each time a new daemon, the same container.
+            installed = run("dpkg-query", "-W", "-f", "${Version}", "moorage")
+            newer = reversioned(deb, f"{installed}+upgrade", tmp_path)
+            steps = [["systemctl", "restart", UNIT], ["dpkg", "-i", str(newer)], ["dpkg", "-i", str(deb)]]
+            for step, version in zip(steps, [installed, f"{installed}+upgrade", installed], strict=True):
+                run(*step)
+                assert run("dpkg-query", "-W", "-f", "${Version}", "moorage") == version
+                assert main_pid() not in (0, daemon), step
+                assert not Path(f"/proc/{daemon}").exists()
+                daemon = main_pid()
+                assert_still_running(cid, pid, step)
 
             crictl("rmp", "--force", pod_id)
             assert not Path(f"/proc/{pid}").exists()

@@ -1,5 +1,9 @@
 """Pinned pod namespaces: net, ipc and uts namespaces that live on without any process, as CRI-O's pinns makes them.
 
+For a pod in a user namespace (``userns``) the helper first unshares the user namespace alone and waits while
+the parent writes its uid_map and gid_map (:func:`_map_user`), then makes the others inside it, so they are owned
+by it; the user namespace is pinned with them as ``user``.
+
 :func:`pin` starts a short-lived helper (the static C program ``pinns`` when built, ~1 ms; else this Python,
 ``-I -S -c``: without site packages it starts in ~25 ms) that unshares the namespaces, brings up ``lo`` in a new
 net namespace, writes the pod's hostname and namespaced sysctls from inside them, and reports ready on stdout. The
@@ -37,13 +41,44 @@ import select
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, NoReturn, get_args
 
 from moorage import defaults
 from moorage.errors import AlreadyExists, InvalidArgument, MoorageError
 
 Kind = Literal["net", "ipc", "uts"]
+USER = "user"
+"""The pinned user namespace's file name: with ``userns`` maps, :func:`pin` makes one first and owns the rest."""
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One line of a user namespace's uid_map or gid_map: ids ``inside`` .. + ``length`` are ``outside`` ..."""
+
+    inside: int
+    outside: int
+    length: int
+
+    def line(self) -> str:
+        return f"{self.inside} {self.outside} {self.length}\n"
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    """The maps of a pod's user namespace: one range each, as Kubernetes allocates them."""
+
+    uids: IdMap
+    gids: IdMap
+
+    def host_uid(self, inside: int) -> int:
+        return self.uids.outside + inside - self.uids.inside
+
+    def host_gid(self, inside: int) -> int:
+        return self.gids.outside + inside - self.gids.inside
+
+
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 PROC = Path("/proc")
 PINNS_SOURCE = "src/moorage/node/pinns/pinns.c"
@@ -52,6 +87,7 @@ PINNS = defaults.helper("pinns")
 HOSTNAME_MAX = 64  # HOST_NAME_MAX; the kernel's limit for a UTS namespace's nodename
 
 _CLONE_FLAGS: dict[str, int] = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}
+_CLONE_NEWUSER = 0x10000000
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
@@ -67,7 +103,16 @@ def fail(index, err, msg):
     sys.stdout.flush()
     sys.exit(1)
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.unshare(cfg["flags"]) != 0:
+if cfg["flags"] & 0x10000000:  # a user namespace first, alone; the parent writes its maps, then says go
+    if libc.unshare(0x10000000) != 0:
+        e = ctypes.get_errno()
+        fail(-1, e, os.strerror(e))
+    sys.stdout.write('{"userns": true}\\n')
+    sys.stdout.flush()
+    if not sys.stdin.buffer.read(1):
+        sys.exit(1)
+    cfg["flags"] &= ~0x10000000
+if cfg["flags"] and libc.unshare(cfg["flags"]) != 0:
     e = ctypes.get_errno()
     fail(-1, e, os.strerror(e))
 if cfg["flags"] & 0x40000000:  # a new net namespace: bring lo up (SIOCGIFFLAGS, SIOCSIFFLAGS | IFF_UP)
@@ -79,6 +124,11 @@ if cfg["flags"] & 0x40000000:  # a new net namespace: bring lo up (SIOCGIFFLAGS,
     except OSError as exc:
         fail(-2, exc.errno, exc.strerror)
 for index, (path, value) in enumerate(cfg["writes"]):
+    if not path:  # become the user namespace's root: its IPC sysctls are writable by it alone
+        if libc.setresgid(0, 0, 0) != 0 or libc.setresuid(0, 0, 0) != 0:
+            e = ctypes.get_errno()
+            fail(index, e, os.strerror(e))
+        continue
     try:
         with open(path, "w") as f:
             f.write(value)
@@ -134,10 +184,15 @@ def pin(
     *,
     hostname: str | None = None,
     sysctls: dict[str, str] | None = None,
+    userns: UserNamespace | None = None,
     proc: Path = PROC,
     timeout: float = 10.0,
 ) -> dict[str, Path]:
     """Create fresh namespaces of ``kinds`` and pin each on ``directory/<kind>``; return kind -> pinned file.
+
+    With ``userns``, a user namespace with those maps is made first and pinned on ``directory/user`` (key
+    ``"user"``), and the namespaces of ``kinds`` (which may then be empty) are owned by it: its root may set their
+    sysctls, mount their sysfs and mqueue, name their host.
 
     ``hostname`` is set in the new UTS namespace, ``sysctls`` in the namespace each belongs to (see
     :func:`sysctl_kind`). Raises :class:`InvalidArgument` / :class:`InvalidSysctl` for bad input (checked before
@@ -145,19 +200,21 @@ def pin(
     :class:`NamespaceError` for host failures. Nothing stays mounted or created when it raises.
     """
     unknown = set(kinds) - KINDS
-    if not kinds or unknown:
+    if (not kinds and userns is None) or unknown:
         raise InvalidArgument(f"namespace kinds must be a non-empty subset of {sorted(KINDS)}, got {sorted(kinds)}")
-    writes, labels = _plan(set(kinds), hostname, sysctls or {}, proc)
+    writes, labels = _plan(set(kinds), hostname, sysctls or {}, proc, userns is not None)
     try:
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
         raise NamespaceError(f"create namespace directory {directory}: {exc.strerror}") from exc
     targets: dict[str, Path] = {kind: directory / kind for kind in sorted(kinds)}
+    if userns is not None:
+        targets = {USER: directory / USER, **targets}
     for target in targets.values():
         if is_pinned(target, proc=proc):
             raise AlreadyExists(f"{target} already pins a namespace; unpin it first")
 
-    flags = 0
+    flags = _CLONE_NEWUSER if userns is not None else 0
     for kind in kinds:
         flags |= _CLONE_FLAGS[kind]
     try:
@@ -171,6 +228,8 @@ def pin(
         raise NamespaceError(f"start namespace helper: {exc.strerror}") from exc
     created: list[Path] = []
     try:
+        if userns is not None:
+            _map_user(helper, userns, proc, timeout)
         _await_ready(helper, labels, timeout)
         for name, target in targets.items():
             _create_file(target)
@@ -227,9 +286,13 @@ def make_private(directory: Path, *, proc: Path = PROC) -> None:
 
 
 def _plan(
-    kinds: set[Kind], hostname: str | None, sysctls: Mapping[str, str], proc: Path
+    kinds: set[Kind], hostname: str | None, sysctls: Mapping[str, str], proc: Path, userns: bool = False
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """Validate hostname and sysctls; return the helper's (path, value) writes and a label for each."""
+    """Validate hostname and sysctls; return the helper's (path, value) writes and a label for each.
+
+    In a user namespace the hostname is written first, as the host's root (only it may write
+    /proc/sys/kernel/hostname), then the helper becomes the namespace's root (an empty path): its IPC sysctls
+    are writable by it alone."""
     writes: list[tuple[str, str]] = []
     labels: list[str] = []
     if hostname is not None:
@@ -240,6 +303,9 @@ def _plan(
             raise InvalidArgument(f"hostname {hostname!r}: must be 1-{HOSTNAME_MAX} bytes without newline or NUL")
         writes.append((str(proc / "sys/kernel/hostname"), hostname))
         labels.append(f"hostname {hostname!r}")
+    if userns:
+        writes.append(("", ""))
+        labels.append("become the root of the pod's user namespace")
     for name, value in sysctls.items():
         parts = _sysctl_parts(name)
         kind = sysctl_kind(name)
@@ -267,7 +333,30 @@ def _sysctl_parts(name: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _map_user(helper: subprocess.Popen[bytes], userns: UserNamespace, proc: Path, timeout: float) -> None:
+    """Wait for the helper's new user namespace, write its maps, and let it go on (one line on its stdin)."""
+    report = _report(helper, timeout)
+    if not report.get("userns"):
+        _raise(report, [])
+    for name, entry in (("uid_map", userns.uids), ("gid_map", userns.gids)):
+        path = proc / str(helper.pid) / name
+        try:
+            path.write_text(entry.line())
+        except OSError as exc:
+            raise NamespaceError(f"write {entry.line().strip()!r} to {path}: {exc.strerror}") from exc
+    assert helper.stdin is not None
+    helper.stdin.write(b"\n")
+    helper.stdin.flush()
+
+
 def _await_ready(helper: subprocess.Popen[bytes], labels: list[str], timeout: float) -> None:
+    report = _report(helper, timeout)
+    if not report.get("ready"):
+        _raise(report, labels)
+
+
+def _report(helper: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """The helper's next JSON line."""
     assert helper.stdout is not None
     assert helper.stderr is not None
     ready, _, _ = select.select([helper.stdout], [], [], timeout)
@@ -278,9 +367,11 @@ def _await_ready(helper: subprocess.Popen[bytes], labels: list[str], timeout: fl
         helper.wait()
         stderr = helper.stderr.read().decode(errors="replace").strip()
         raise NamespaceError(f"namespace helper exited with status {helper.returncode}: {stderr or 'no output'}")
-    report = json.loads(line)
-    if report.get("ready"):
-        return
+    report: dict[str, Any] = json.loads(line)
+    return report
+
+
+def _raise(report: dict[str, Any], labels: list[str]) -> NoReturn:
     index, err, strerror = report["error"], report["errno"], report["strerror"]
     if index == -2:
         raise NamespaceError(f"bring up lo in the new network namespace: {strerror}")

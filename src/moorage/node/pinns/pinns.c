@@ -4,8 +4,12 @@
  *
  *   pinns FLAGS [PATH VALUE]...
  *
+ * With CLONE_NEWUSER in FLAGS it first unshare(2)s a user namespace alone, prints {"userns": true} and waits for
+ * one line on stdin while the parent writes the new namespace's uid_map and gid_map, so that the namespaces made
+ * next are owned by it. Then it
  * unshare(2)s FLAGS (CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS, as a decimal number), brings lo up when a new
- * network namespace was made, writes each VALUE to its PATH (the hostname, namespaced sysctls), then prints one
+ * network namespace was made, writes each VALUE to its PATH (the hostname, namespaced sysctls; an empty PATH
+ * makes it the root of its user namespace for the writes after it: IPC sysctls are its root's), then prints one
  * JSON line, {"ready": true} or {"error": INDEX, "errno": N, "strerror": "..."} (INDEX -1: unshare, -2: lo, else
  * the failed write), and waits for EOF on stdin while the parent bind-mounts /proc/<pid>/ns/<kind>.
  */
@@ -62,7 +66,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     int flags = atoi(argv[1]);
-    if (unshare(flags) < 0)
+    if (flags & CLONE_NEWUSER) {
+        if (unshare(CLONE_NEWUSER) < 0)
+            report_error(-1, errno);
+        printf("{\"userns\": true}\n");
+        fflush(stdout);
+        if (read(STDIN_FILENO, buffer, 1) != 1) /* the parent's go-ahead: its maps are written */
+            return 1;
+        flags &= ~CLONE_NEWUSER;
+    }
+    if (flags && unshare(flags) < 0)
         report_error(-1, errno);
     if (flags & CLONE_NEWNET) {
         int err = lo_up();
@@ -70,6 +83,11 @@ int main(int argc, char **argv) {
             report_error(-2, err);
     }
     for (int i = 2; i + 1 < argc; i += 2) {
+        if (argv[i][0] == '\0') { /* an empty PATH: become the user namespace's root for the writes after it */
+            if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+                report_error((i - 2) / 2, errno);
+            continue;
+        }
         int err = write_file(argv[i], argv[i + 1]);
         if (err)
             report_error((i - 2) / 2, err);

@@ -1,0 +1,232 @@
+"""Idmapped mounts, made by moorage itself: open_tree(2), mount_setattr(2) with MOUNT_ATTR_IDMAP, move_mount(2).
+
+A pod in a user namespace (``hostUsers: false``) runs as an unprivileged range of host ids: its root is, say,
+host uid 100000. Its image's files are owned by 0 on disk, so the container's root filesystem must be an
+*idmapped mount*: a mount whose ids are shifted through the pod's user namespace, where disk uid 0 is seen as
+host uid 100000 (container uid 0), and what the container's root writes lands on disk as uid 0. runc 1.2+ and
+crun 1.9+ make such mounts themselves; this node's runc 1.1 and crun 1.8 cannot, so moorage makes them and hands
+the runtime a mount that is idmapped already (a bind of a bind keeps the idmapping):
+
+1. ``fd = open_tree(AT_FDCWD, source, OPEN_TREE_CLONE)``: a detached copy of the mount at ``source``;
+2. ``mount_setattr(fd, "", AT_EMPTY_PATH, {attr_set: MOUNT_ATTR_IDMAP, userns_fd})``: idmap it with the user
+   namespace pinned at ``userns`` (only a detached mount that was never attached can be idmapped);
+3. ``move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)``: attach it at ``target``.
+
+Without a user namespace (:func:`bind` with ``userns=None``) the same steps make a plain recursive bind; moorage
+uses it to give the runtime a volume at a path under the container's bundle that the container's root can reach
+(the runtime opens mount sources as that root, which cannot pass a 0700 directory of the host's root).
+
+A container's root cannot be an idmapped mount of its overlay: overlayfs does not allow idmapping the overlay
+itself (mount_setattr fails with EINVAL, Linux 6.18 included). It allows idmapped *layers* (Linux 5.19+), so the
+root is an overlay over idmapped binds of the image's layers, with a plain upper directory owned by the pod's
+root on the host, as containerd's overlay snapshotter does it (:mod:`moorage.runtime.writable`).
+
+:func:`probe_node` says whether the kernel can do all that (idmap a tmpfs and the daemon root's filesystem, mount
+an overlay over an idmapped layer): Linux 5.12 has idmapped mounts, overlayfs takes idmapped layers from 5.19.
+The syscall numbers are x86_64's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+from moorage.errors import MoorageError
+from moorage.node import namespaces
+
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+MNT_DETACH = 2
+PROBE_HOST_ID = 1 << 30
+PROBE_LENGTH = 65536
+
+
+class IdmapError(MoorageError):
+    """An idmapped (or plain) bind could not be made: the message names the paths and the syscall."""
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise IdmapError(f"{what}: {os.strerror(err)}") from OSError(err, os.strerror(err))
+    return result
+
+
+def open_tree(source: Path, *, recursive: bool) -> int:
+    """A detached clone of the mount at ``source`` (its submounts too when ``recursive``); a file descriptor."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    path = os.fsencode(source)
+    return _check(
+        _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, ctypes.c_char_p(path), ctypes.c_uint(flags)),
+        f"open_tree {source}",
+    )
+
+
+def set_idmap(tree: int, userns: Path, what: str) -> None:
+    """Idmap the detached mount ``tree`` with the user namespace at ``userns`` (a pinned or /proc ns file)."""
+    ns = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, ns)
+        _check(
+            _libc.syscall(
+                SYS_MOUNT_SETATTR,
+                ctypes.c_int(tree),
+                ctypes.c_char_p(b""),
+                ctypes.c_uint(AT_EMPTY_PATH),
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            ),
+            f"idmap {what} with the user namespace {userns}",
+        )
+    finally:
+        os.close(ns)
+
+
+def move_mount(tree: int, target: Path, what: str) -> None:
+    _check(
+        _libc.syscall(
+            SYS_MOVE_MOUNT,
+            ctypes.c_int(tree),
+            ctypes.c_char_p(b""),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(os.fsencode(target)),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        f"attach {what} at {target}",
+    )
+
+
+def bind(source: Path, target: Path, userns: Path | None) -> None:
+    """Bind ``source`` at ``target`` (created as an empty file or directory like ``source`` when missing),
+    idmapped with ``userns`` when given (the top mount only: submounts of another filesystem might not allow
+    idmapping), else recursively, as an ``rbind``. ``target`` may be ``source`` itself: the idmapped copy is
+    stacked over it."""
+    if not os.path.lexists(target):
+        if stat.S_ISDIR(os.stat(source).st_mode):
+            target.mkdir(mode=0o755)
+        else:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444))
+    tree = open_tree(source, recursive=userns is None)
+    try:
+        if userns is not None:
+            set_idmap(tree, userns, str(source))
+        move_mount(tree, target, str(source))
+    finally:
+        os.close(tree)
+
+
+def detach_all(target: Path, limit: int = 16) -> None:
+    """Detach every mount stacked at ``target`` (a file or a directory); none, or no such path, is fine.
+
+    os.path.ismount cannot tell a bind from the same filesystem, so this unmounts until the kernel says EINVAL
+    (not a mount point)."""
+    for _ in range(limit):
+        if _libc.umount2(os.fsencode(target), MNT_DETACH) == 0:
+            continue
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        raise IdmapError(f"cannot unmount {target}: {os.strerror(err)}")
+    raise IdmapError(f"cannot unmount {target}: still mounted after {limit} unmounts")
+
+
+def probe_node(workdir: Path) -> str | None:
+    """None when this node can run pods in user namespaces the way moorage makes them, else why not: a user
+    namespace can be made and pinned, and :func:`probe` passes in it. ``workdir`` (made, and removed after) must
+    be on the filesystem of the image layers (the daemon's root)."""
+    maps = namespaces.IdMap(0, PROBE_HOST_ID, PROBE_LENGTH)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            pinned = namespaces.pin(set(), workdir / "ns", userns=namespaces.UserNamespace(maps, maps))
+        except MoorageError as exc:
+            return f"cannot make a user namespace: {exc.message}"
+        try:
+            return probe(workdir, pinned[namespaces.USER])
+        finally:
+            namespaces.unpin(pinned)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def probe(workdir: Path, userns: Path) -> str | None:
+    """None when the kernel can idmap a tmpfs (/dev/shm, volumes) and a directory of ``workdir``'s filesystem
+    and mount an overlay over the idmapped directory (a container's root), with the user namespace at ``userns``;
+    else why not. Everything mounted is unmounted and removed after."""
+    base = Path(tempfile.mkdtemp(prefix="idmap-probe-", dir=workdir))
+    try:
+        tmpfs = base / "tmpfs"
+        tmpfs.mkdir()
+        if _libc.mount(b"tmpfs", os.fsencode(tmpfs), b"tmpfs", 0, b"size=64k") != 0:
+            err = ctypes.get_errno()
+            return f"cannot mount a tmpfs at {tmpfs}: {os.strerror(err)}"
+        try:
+            if (reason := _try(tmpfs, userns, "tmpfs")) is not None:
+                return reason
+        finally:
+            _libc.umount2(os.fsencode(tmpfs), MNT_DETACH)
+        for name in ("lower", "upper", "work", "idmapped", "merged"):
+            (base / name).mkdir()
+        if (reason := _try(base / "lower", userns, "the daemon root's filesystem")) is not None:
+            return reason
+        bind(base / "lower", base / "idmapped", userns)
+        try:
+            options = f"lowerdir={base / 'idmapped'},upperdir={base / 'upper'},workdir={base / 'work'}"
+            made = subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o", options, str(base / "merged")],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if made.returncode != 0:
+                return f"the kernel cannot mount an overlay over an idmapped layer: {made.stderr.strip()}"
+            _libc.umount2(os.fsencode(base / "merged"), MNT_DETACH)
+        finally:
+            _libc.umount2(os.fsencode(base / "idmapped"), MNT_DETACH)
+        return None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _try(path: Path, userns: Path, fstype: str) -> str | None:
+    try:
+        tree = open_tree(path, recursive=False)
+    except IdmapError as exc:
+        return f"the kernel has no open_tree(2) ({exc.message}); idmapped mounts need Linux 5.12+"
+    try:
+        set_idmap(tree, userns, f"a {fstype} mount")
+    except IdmapError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EINVAL:
+            return f"the kernel cannot make idmapped mounts of {fstype} ({exc.message})"
+        return exc.message
+    finally:
+        os.close(tree)
+    return None

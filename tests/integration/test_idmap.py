@@ -1,0 +1,102 @@
+"""The host mechanisms of user-namespaced pods, on the real kernel: a user namespace pinned with the pod's other
+namespaces owned by it (C and Python helpers), idmapped binds, and the node's probe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moorage.node import idmap, namespaces
+from moorage.node.namespaces import IdMap, UserNamespace
+
+pytestmark = pytest.mark.integration
+
+MAPS = UserNamespace(IdMap(0, 300000, 65536), IdMap(0, 400000, 65536))
+
+
+@pytest.fixture(params=["pinns", "python"])
+def helper(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The C helper when built, and the Python one (the C helper's path pointed at nothing)."""
+    if request.param == "python":
+        monkeypatch.setattr(namespaces, "PINNS", tmp_path / "no-pinns")
+    elif not os.access(namespaces.PINNS, os.X_OK):
+        pytest.skip("pinns is not built (make build/pinns/pinns)")
+    return str(request.param)
+
+
+@pytest.fixture
+def pinned(helper: str, tmp_path: Path) -> Iterator[dict[str, Path]]:
+    paths = namespaces.pin(
+        {"net", "ipc", "uts"},
+        tmp_path / "ns",
+        hostname="pod-host",
+        sysctls={"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1"},
+        userns=MAPS,
+    )
+    yield paths
+    namespaces.unpin(paths)
+    assert not any(namespaces.is_pinned(p) for p in paths.values())
+
+
+def nsenter(pinned: dict[str, Path], script: str) -> str:
+    argv = ["nsenter", f"--user={pinned['user']}", f"--net={pinned['net']}", f"--ipc={pinned['ipc']}"]
+    argv += [f"--uts={pinned['uts']}", "sh", "-c", script]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_pods_namespaces_belong_to_its_pinned_user_namespace(pinned: dict[str, Path]) -> None:
+    assert sorted(pinned) == ["ipc", "net", "user", "uts"]
+    assert all(namespaces.is_pinned(p) for p in pinned.values())
+    out = nsenter(
+        pinned,
+        "cat /proc/self/uid_map /proc/self/gid_map; hostname;"
+        " cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced",
+    )
+    assert [line.split() for line in out.splitlines()] == [
+        ["0", "300000", "65536"],
+        ["0", "400000", "65536"],
+        ["pod-host"],
+        ["0"],
+        ["1"],
+    ]
+    # Owned by it: its root (not the host's) may name the host of the UTS namespace, which setns checks.
+    out = nsenter(pinned, "setpriv --reuid 0 --regid 0 --clear-groups hostname renamed && hostname")
+    assert out == "renamed\n"
+
+
+def test_an_idmapped_bind_shifts_owners_both_ways(pinned: dict[str, Path], tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    (source / "file").write_text("x")
+    idmap.bind(source, target, pinned["user"])
+    try:
+        st = os.stat(target / "file")
+        assert (st.st_uid, st.st_gid) == (300000, 400000)
+        os.chown(target / "file", 300005, 400007)  # host root writes through the mapping: stored as 5:7
+        st = os.stat(source / "file")
+        assert (st.st_uid, st.st_gid) == (5, 7)
+    finally:
+        idmap.detach_all(target)
+    assert not os.path.ismount(target)
+    assert not (target / "file").exists()
+
+
+def test_a_plain_bind_and_a_bind_of_a_file(tmp_path: Path) -> None:
+    source = tmp_path / "file"
+    source.write_text("content")
+    target = tmp_path / "bound"
+    idmap.bind(source, target, None)
+    try:
+        assert target.read_text() == "content"
+    finally:
+        idmap.detach_all(target)
+    assert target.read_text() == ""  # the empty file the bind was made on
+
+
+def test_this_node_can_idmap_what_pods_need(tmp_path: Path) -> None:
+    assert idmap.probe_node(tmp_path / "probe") is None
+    assert not (tmp_path / "probe").exists()
