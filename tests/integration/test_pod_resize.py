@@ -97,6 +97,23 @@ def test_memory_below_the_pods_usage_is_refused_and_nothing_changes(pod: Pod) ->
     assert pod_limits(pod) == (str(256 * MIB), "30000", "100000")
 
 
+def test_a_cgroup_parent_shared_with_another_pod_is_not_resized(pod: Pod) -> None:
+    pod.run("app", "sleep", "1000")
+    before = pod_limits(pod)
+    config = pb.PodSandboxConfig()
+    config.CopyFrom(pod.config)
+    config.metadata.name, config.metadata.uid = "neighbour", "uid-neighbour"
+    with pod.node.client() as client:
+        neighbour = client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+        try:
+            err = rpc_error(lambda: resize(pod, R(memory_limit_in_bytes=64 * MIB, cpu_quota=20_000)))
+        finally:
+            client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=neighbour), timeout=60)
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"is shared with pod sandbox {neighbour}" in err.details
+    assert pod_limits(pod) == before
+
+
 def test_bad_requests_are_refused_precisely(pod: Pod, resize_node: DaemonProcess) -> None:
     err = rpc_error(lambda: resize(pod, R(memory_limit_in_bytes=-1)))
     assert (err.code, err.details) == (

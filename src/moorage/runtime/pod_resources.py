@@ -8,7 +8,9 @@ and cpu quota unlimited when the sum has none, shares at least 2), so a pod resi
 test, a kubelet that failed halfway — ends with the limits it was told. Writing what the kubelet has just
 written changes nothing.
 
-A memory limit lowered to or below what the pod uses now is refused (FAILED_PRECONDITION with both figures), as the
+Only a pod's own cgroup is written: a pod without a cgroup_parent (in moorage's default cgroup) or whose parent
+another pod shares is refused (FAILED_PRECONDITION), since the limits would bind the other pods too. A memory
+limit lowered to or below what the pod uses now is refused (FAILED_PRECONDITION with both figures), as the
 kubelet refuses such a resize rather than let the kernel reclaim or OOM-kill. The request is kept with the pod
 (``resources`` in verbose PodSandboxStatus) and survives a daemon restart.
 """
@@ -72,6 +74,16 @@ async def update(
     if path is None:
         raise FailedPrecondition(
             f"pod sandbox {sandbox_id} has no cgroup_parent: it shares moorage's default cgroup, which is not its own"
+        )
+    sharing = [
+        other.id
+        for other in sandboxes.index.all(lambda r: r.id != sandbox_id)
+        if pb.PodSandboxConfig.FromString(other.config).linux.cgroup_parent == parent
+    ]
+    if sharing:
+        raise FailedPrecondition(
+            f"pod sandbox {sandbox_id}: its cgroup_parent {parent} is shared with pod sandbox {sharing[0]}: "
+            "a pod's limits go only on a cgroup of its own"
         )
     limits = pod_limits(overhead, total)
     current = await asyncio.to_thread(cgroup_limits.memory_limit, host, path)
