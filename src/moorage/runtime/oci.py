@@ -135,6 +135,11 @@ class OciRuntime:
         args = ["kill", *(["--all"] if all else []), cid, str(int(signal))]
         await self._run(args, cid)
 
+    def has(self, cid: str) -> bool:
+        """Whether the runtime keeps state of ``cid`` (runc and crun both keep it in ``<root>/<id>``): without it,
+        ``delete`` would only answer that there is no such container."""
+        return (self.root / cid).exists()
+
     async def delete(self, cid: str, force: bool = False) -> None:
         await self._run(["delete", *(["--force"] if force else []), cid], cid)
 

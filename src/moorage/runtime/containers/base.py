@@ -4,7 +4,6 @@ container's files are, its records, and taking apart whatever exists of a contai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import signal
 import time
@@ -24,6 +23,7 @@ from moorage.node.cgroups import driver as cgroup_driver
 from moorage.runtime import conmon, writable
 from moorage.runtime.container_records import ContainerRecords
 from moorage.runtime.containers import image_volumes
+from moorage.runtime.containers.deletes import RuntimeDeletes
 from moorage.runtime.handlers import Handlers
 from moorage.runtime.oci import OciRuntime
 from moorage.runtime.sandboxes import Sandboxes
@@ -61,6 +61,7 @@ class ContainerBase:
         self.handlers = Handlers(config, self.state, self.cgroups, host)
         self.apparmor = AppArmor.detect()
         self.records = ContainerRecords(store, sandboxes.events)
+        self.runtime_deletes = RuntimeDeletes()
 
     async def load(self) -> None:
         """Fill the in-memory index from the store (start-up, before anything is served or recovered)."""
@@ -111,9 +112,7 @@ class ContainerBase:
 
     async def _teardown(self, container_id: str, handler: str) -> None:
         """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
-        runtime = self.runtime(handler)
-        with contextlib.suppress(NotFound):
-            await runtime.delete(container_id, force=True)
+        await self.runtime_deletes.settle(self.runtime(handler), container_id)
         await asyncio.to_thread(writable.remove, self.layer_dir(container_id), self.bundle(container_id) / "rootfs")
         await asyncio.to_thread(image_volumes.remove, self.bundle(container_id))
         paths = self.conmon_paths(container_id)
@@ -138,6 +137,7 @@ class ContainerBase:
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         await self.records.save(record.moved(CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason))
         log.info("container exited", container=container_id, exit_code=code, reason=reason)
+        self.runtime_deletes.after_exit(await self.runtime_of(record), container_id)  # as containerd does
 
 
 async def send_signal(runtime: OciRuntime, container_id: str, sig: int) -> None:

@@ -65,11 +65,13 @@ class Lifecycle(ContainerBase):
             await send_signal(runtime, container_id, signals.to_send(record.status.stop_signal))
             if await wait_for(exit_file, timeout):
                 await self._record_exit(container_id)
+                await self.runtime_deletes.wait(container_id)  # the runtime delete the exit started
                 return
         await send_signal(runtime, container_id, signal.SIGKILL)
         if not await wait_for(exit_file, KILL_WAIT_SECONDS):
             raise FailedPrecondition(f"container {container_id} did not exit {KILL_WAIT_SECONDS} s after SIGKILL")
         await self._record_exit(container_id)
+        await self.runtime_deletes.wait(container_id)
 
     async def remove(self, container_id: str) -> None:
         record = await self.get(container_id)
