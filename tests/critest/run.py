@@ -55,7 +55,6 @@ NOT_RUN = {
 """Specs the harness skips, with why: they cannot pass on any runtime without the internet."""
 
 UNSUPPORTED = {
-    r"[Uu]ser[ _]?[Nn]amespace|userns": "user namespaces need idmapped mounts (issue 15)",
     r"^\[k8s\.io\] NRI ": "moorage has no NRI (Node Resource Interface) plugin socket; critest needs one",
 }
 """Skips that are allowed: what this node (or Moorage, by an open issue) cannot do yet."""

@@ -42,6 +42,7 @@ class DaemonProcess:
 
     def __init__(self, config_text: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="moorage-test-", dir="/tmp"))
+        self.dir.chmod(0o711)  # containers of pods in user namespaces (an unprivileged host uid) pass through it
         self.root = self.dir / "root"
         self.state = self.dir / "state"
         self.socket = self.dir / "run" / "moorage.sock"

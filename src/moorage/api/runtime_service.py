@@ -100,7 +100,9 @@ class RuntimeService(StatsRpcs):
         """From the handler's OCI runtime's own ``features`` (asked once): the kubelet asks for recursive
         read-only mounts only on handlers that report them."""
         features = await self._containers.handlers.features(handler)
-        return pb.RuntimeHandlerFeatures(recursive_read_only_mounts=features.recursive_read_only)
+        return pb.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=features.recursive_read_only, user_namespaces=features.user_namespaces
+        )
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Context) -> pb.RuntimeConfigResponse:
         driver = CGROUP_DRIVERS[self._config().cgroup_driver]

@@ -70,7 +70,7 @@ def check(
     roots = preflight.HostRoots(proc=proc_dir, sys=sys_dir, run=run_dir)
     if kubelet_config is None and KUBELET_CONFIG.is_file():
         kubelet_config = KUBELET_CONFIG
-    results = preflight.run_checks(config, roots, kubelet_config)
+    results = preflight.run_checks(config, roots, kubelet_config, user_namespaces=True)
     failed = [r for r in results if not r.ok]
     if as_json:
         out = {"ok": not failed, "checks": [r.to_dict() for r in results]}

@@ -162,7 +162,7 @@ def probe_node(workdir: Path) -> str | None:
     namespace can be made and pinned, and :func:`probe` passes in it. ``workdir`` (made, and removed after) must
     be on the filesystem of the image layers (the daemon's root)."""
     maps = namespaces.IdMap(0, PROBE_HOST_ID, PROBE_LENGTH)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)  # the daemon's root (its parents) is made at start-up anyway
     try:
         try:
             pinned = namespaces.pin(set(), workdir / "ns", userns=namespaces.UserNamespace(maps, maps))

@@ -85,6 +85,15 @@ def mount_shm(pod_dir: Path, size_bytes: int = DEFAULT_SHM_BYTES) -> Path:
     return path
 
 
+def chown(paths: Sequence[Path], uid: int, gid: int) -> None:
+    """Give the pod's files (and its /dev/shm tmpfs's root) to the host ids of the root of its user namespace."""
+    for path in paths:
+        try:
+            os.chown(path, uid, gid)
+        except OSError as exc:
+            raise MoorageError(f"cannot chown the pod's {path} to {uid}:{gid}: {exc.strerror}") from exc
+
+
 def mount_sysfs(pod_dir: Path, netns: Path) -> Path:
     """Hold a read-write sysfs superblock for the pod's net namespace (pinned on ``netns``) at ``<pod_dir>/sys``.
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.config import Config
-from moorage.node import apparmor, apparmor_default, cgroupinfo
+from moorage.node import apparmor, apparmor_default, cgroupinfo, idmap
 from moorage.node.cgroupinfo import CgroupHost, KubeletConfigError, KubeletSettings, NoCgroupsError
 from moorage.node.cni.config import CniConfigError, find_plugin, load_network
 
@@ -337,7 +337,16 @@ def check_apparmor(roots: HostRoots = HOST, search_path: str | None = None) -> C
 # --- all of them ---------------------------------------------------------------------------------------------------
 
 
-# --- all of them ---------------------------------------------------------------------------------------------------
+def check_user_namespaces(root: Path) -> CheckResult:
+    """Pods in user namespaces (``hostUsers: false``): moorage makes their idmapped mounts, where the kernel can
+    (:func:`moorage.node.idmap.probe_node`, in the daemon's ``root``). A WARN where it cannot: those pods are
+    refused and the kubelet is not offered them; every other pod runs."""
+    existing = next(p for p in (root, *root.parents) if p.is_dir())  # the same filesystem, before the daemon made it
+    reason = idmap.probe_node(existing / ("idmap-probe" if existing == root else ".moorage-idmap-probe"))
+    if reason is None:
+        return CheckResult("user namespaces", True, "idmapped tmpfs, image layers and overlays work")
+    fix = "Linux 5.19+ with idmapped mounts of tmpfs and of the filesystem of moorage's root (ext4, xfs, btrfs)"
+    return _warn("user namespaces", f"pods cannot have one (hostUsers: false): {reason}", fix)
 
 
 def run_checks(
@@ -345,8 +354,10 @@ def run_checks(
     roots: HostRoots = HOST,
     kubelet_config: Path | None = None,
     search_path: str | None = None,
+    user_namespaces: bool = False,
 ) -> list[CheckResult]:
-    """Every check, in the order ``moorage check`` prints them."""
+    """Every check, in the order ``moorage check`` prints them; ``user_namespaces``: probe idmapped mounts too
+    (it mounts, so it needs root)."""
     results = [check_module(m, roots) for m in MODULES]
     results += [check_sysctl(name, want, roots) for name, want in SYSCTLS.items()]
     results += check_runtimes(config, search_path)
@@ -370,4 +381,6 @@ def run_checks(
     results.append(check_systemd_driver(config.cgroup_driver, systemd))
     if kubelet is not None and kubelet_config is not None:
         results.append(check_kubelet_driver(config.cgroup_driver, kubelet, kubelet_config))
+    if user_namespaces:
+        results.append(check_user_namespaces(Path(config.root)))
     return results

@@ -21,6 +21,7 @@ first, so that the unmount stays inside the namespace instead of propagating to 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shlex
 import shutil
@@ -34,7 +35,7 @@ from moorage.config import Config
 from moorage.errors import InvalidArgument
 from moorage.node.cgroupinfo import CgroupHost, parse_mountinfo
 from moorage.node.cgroups import CgroupDriver
-from moorage.runtime import oci_features
+from moorage.runtime import oci_features, userns
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.oci import OciRuntime
 from moorage.runtime.oci_features import OciFeatures
@@ -68,7 +69,11 @@ class Handlers:
         path = (await asyncio.to_thread(self.runtime, handler)).path  # the first call may run `crun --version`
         if path not in self._features:
             self._features[path] = asyncio.ensure_future(oci_features.probe(path))
-        return await asyncio.shield(self._features[path])
+        features = await asyncio.shield(self._features[path])
+        # Moorage makes the idmapped mounts and the runtime only joins the pod's user namespace, which runc 1.1 and
+        # crun 1.8 can: whether pods may have one is the node's (its kernel's) answer.
+        no_userns = await userns.support(Path(self._config().root))
+        return dataclasses.replace(features, user_namespaces=no_userns is None)
 
     def _executable(self, name: str, path: str) -> str:
         binary = find_binary(path) or path

@@ -38,6 +38,9 @@ class OciFeatures:
     mount_options: frozenset[str] = frozenset()
     # Whether the running kernel has mount_setattr(2), which recursive mount attributes need.
     kernel_mount_setattr: bool = False
+    # Whether pods on it may have a user namespace: the node's answer (moorage makes the idmapped mounts), set by
+    # moorage.runtime.handlers.Handlers.features.
+    user_namespaces: bool = False
 
     @property
     def recursive_read_only(self) -> bool:

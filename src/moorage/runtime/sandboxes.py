@@ -29,9 +29,9 @@ import structlog
 
 from moorage.api.cri import pb
 from moorage.config import Config
-from moorage.errors import AlreadyExists, InvalidArgument, MoorageError, NotFound, Unimplemented
+from moorage.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MoorageError, NotFound, Unimplemented
 from moorage.node import leftovers, namespaces, podfiles
-from moorage.runtime import events
+from moorage.runtime import events, userns
 from moorage.runtime.events import Event, EventBus
 from moorage.runtime.network import CheckResult, PodNetwork, uses_cni
 from moorage.runtime.spec import user
@@ -43,7 +43,7 @@ log = structlog.get_logger(__name__)
 
 NODE_HOSTS = Path("/etc/hosts")
 NODE_RESOLV = Path("/etc/resolv.conf")
-OCI_KIND = {"net": "network", "ipc": "ipc", "uts": "uts"}
+OCI_KIND = {"net": "network", "ipc": "ipc", "uts": "uts", "user": "user"}
 
 
 class Infra(Protocol):
@@ -83,6 +83,8 @@ class Sandboxes:
         user.require_user_for_group(config.linux.security_context, "config.linux.security_context")
         modes = config.linux.security_context.namespace_options
         namespaces.check_sysctls(config.linux.sysctls, _shared_with_node(modes))
+        if userns.validate(config) is not None and (reason := await userns.support(Path(self.config().root))):
+            raise FailedPrecondition(f"{userns.FIELD}: this node cannot run pods in user namespaces: {reason}")
         if modes.pid == pb.NamespaceMode.POD and self.infra is None:
             raise Unimplemented("a pod sharing one PID namespace (shareProcessNamespace) needs the pause container")
         meta = config.metadata
@@ -126,12 +128,16 @@ class Sandboxes:
         hostname = config.hostname or os.uname().nodename
         directory = self.pod_dir(record.id)
         directory.mkdir(parents=True, mode=0o711)
+        maps = userns.validate(config)
+        if maps is not None:
+            userns.check_reachable(directory)
         pinned = (
             namespaces.pin(
                 kinds,
                 directory / "ns",
                 hostname=hostname if "uts" in kinds else None,
                 sysctls=dict(config.linux.sysctls),
+                userns=maps,
             )
             if kinds
             else {}
@@ -149,6 +155,8 @@ class Sandboxes:
             ),
             "/dev/shm": Path("/dev/shm") if host_ipc else podfiles.mount_shm(directory),
         }
+        if maps is not None:  # the pod's root owns its files, as without a user namespace (CRI-O chowns them too)
+            podfiles.chown(list(files.values()), maps.host_uid(0), maps.host_gid(0))
         return dataclasses.replace(
             record.status,
             namespaces={OCI_KIND[k]: str(p) for k, p in pinned.items()},

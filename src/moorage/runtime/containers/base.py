@@ -20,7 +20,7 @@ from moorage.node.apparmor import AppArmor
 from moorage.node.apparmor import status as apparmor_status
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import driver as cgroup_driver
-from moorage.runtime import conmon, writable
+from moorage.runtime import conmon, userns, writable
 from moorage.runtime.container_records import ContainerRecords
 from moorage.runtime.containers import image_volumes
 from moorage.runtime.containers.deletes import RuntimeDeletes
@@ -115,6 +115,7 @@ class ContainerBase:
         await self.runtime_deletes.settle(self.runtime(handler), container_id)
         await asyncio.to_thread(writable.remove, self.layer_dir(container_id), self.bundle(container_id) / "rootfs")
         await asyncio.to_thread(image_volumes.remove, self.bundle(container_id))
+        await asyncio.to_thread(userns.remove_mounts, self.bundle(container_id))
         paths = self.conmon_paths(container_id)
         for path in (paths.exit_file,):
             path.unlink(missing_ok=True)

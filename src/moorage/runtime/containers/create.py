@@ -20,7 +20,7 @@ from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.node import apparmor_default
-from moorage.runtime import conmon, signals, writable
+from moorage.runtime import conmon, signals, userns, writable
 from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers import image_volumes, restore
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
@@ -105,14 +105,23 @@ class Create(ContainerBase):
     ) -> int:
         bundle = self.bundle(record.id)
         rootfs = bundle / "rootfs"
-        bundle.mkdir(parents=True, mode=0o700)
+        pod_userns = sandbox.status.namespaces.get("user")
+        pod_maps = userns.of_pod(pod) if pod_userns else None
+        bundle.mkdir(parents=True, mode=0o711 if pod_maps else 0o700)  # in a user namespace its root must pass
         chain = [layer.chain_id for layer in image.layers]
+        layers_userns = None
+        if pod_userns and pod_maps:
+            userns.check_reachable(rootfs)
+            layers_userns = writable.Userns(Path(pod_userns), pod_maps.host_uid(0), pod_maps.host_gid(0))
         await asyncio.to_thread(
-            writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs
+            writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs, layers_userns
         )
         if volumes:  # undone with the rest by the teardown, which unmounts whatever is under the bundle
             sources = await asyncio.to_thread(image_volumes.mount, self.images.layers.snapshots.root, volumes, bundle)
             config = image_volumes.as_binds(config, sources)
+        if pod_userns and pod_maps:  # undone by the teardown (userns.remove_mounts)
+            config = pb.ContainerConfig.FromString(config.SerializeToString())
+            await asyncio.to_thread(userns.prepare_mounts, config, bundle, Path(pod_userns), pod_maps)
         image_doc = config_json(image)
         namespaces = dict(sandbox.status.namespaces)
         pid_modes = (
@@ -148,6 +157,8 @@ class Create(ContainerBase):
         )
         if self.apparmor is not None and spec["process"].get("apparmorProfile") == apparmor_default.NAME:
             await self.apparmor.ensure_loaded(apparmor_default.NAME, apparmor_default.PROFILE)
+        if pod_maps is not None:
+            spec["linux"].update(userns.spec_fragment(pod_maps))
         (bundle / "config.json").write_text(json.dumps(spec))
         if restoring is not None:  # no process until StartContainer restores it
             await restore.unpack(self, record.id, restoring)

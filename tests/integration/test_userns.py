@@ -1,0 +1,161 @@
+"""Pods in user namespaces (hostUsers: false) on runc 1.1 and crun 1.8, with the idmapped mounts moorage makes:
+the mapping inside, files and volumes as the container's root and the host see them, what the container's root
+cannot do to the node, and exec, logs and stats as usual."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moorage.api.cri import pb
+from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.test_images import rpc_error
+from tests.integration.test_mounts import ConfiguredPod
+from tests.integration.test_pods import pod_config
+
+pytestmark = pytest.mark.integration
+
+HOST_ID = 200000
+LENGTH = 65536
+ROOT = pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=0)))
+HANDLERS = ["runc", "crun"]
+
+
+def userns_options(host_id: int = HOST_ID, length: int = LENGTH) -> pb.UserNamespace:
+    mapping = [pb.IDMapping(container_id=0, host_id=host_id, length=length)]
+    return pb.UserNamespace(mode=pb.NamespaceMode.POD, uids=mapping, gids=mapping)
+
+
+def userns_pod_config(name: str, cgroup_parent: str) -> pb.PodSandboxConfig:
+    config = pod_config(name, cgroup_parent=cgroup_parent)
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(userns_options())
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "0"
+    config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    return config
+
+
+@pytest.fixture(params=HANDLERS)
+def pod(request: pytest.FixtureRequest, node: DaemonProcess, busybox: PushedImage, cgroup_parent: str,
+        tmp_path: Path) -> Iterator[ConfiguredPod]:  # fmt: skip
+    p = ConfiguredPod(node, busybox.name, userns_pod_config("userns", cgroup_parent), tmp_path, request.param)
+    yield p
+    p.remove()
+    assert not [m for m in node.mounts() if "/bundles/" in m or "/containers/" in m or "/pods/" in m]
+
+
+def test_status_reports_user_namespaces_for_every_handler(node: DaemonProcess) -> None:
+    with node.client() as client:
+        handlers = client.runtime.Status(pb.StatusRequest(), timeout=30).runtime_handlers
+    assert {h.name: h.features.user_namespaces for h in handlers} == {"": True, "runc": True, "crun": True}
+
+
+def test_the_container_sees_the_pods_mapping_and_owns_its_root(pod: ConfiguredPod) -> None:
+    script = (
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u:%g /bin /etc/hosts /etc/hostname"
+        " /etc/resolv.conf /dev/shm; echo x > /etc/hosts && echo x > /dev/shm/f && touch /root-file && echo wrote;"
+        " cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced; hostname"
+    )
+    cid = pod.run("maps", "sh", "-c", script, linux=ROOT)
+    out = pod.output(cid)
+    assert [line.split() for line in out[:2]] == [["0", str(HOST_ID), str(LENGTH)]] * 2
+    assert out[2:] == ["0", *["0:0"] * 5, "wrote", "0", "1", "userns-host"]
+
+
+def test_a_file_roots_writes_in_a_volume_is_the_mapped_uid_on_the_host(pod: ConfiguredPod, tmp_path: Path) -> None:
+    """A plain volume: the container's root is host uid 200000 there. An idmapped one (the pod's mappings, as
+    the kubelet sends them): host uid 0 is its root, both ways."""
+    plain, mapped = tmp_path / "plain", tmp_path / "mapped"
+    for directory in (plain, mapped):
+        directory.mkdir()
+        directory.chmod(0o777)
+    (mapped / "from-host").write_text("host\n")
+    maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    mounts = [
+        pb.Mount(container_path="/plain", host_path=str(plain)),
+        pb.Mount(container_path="/mapped", host_path=str(mapped), uidMappings=maps, gidMappings=maps),
+    ]
+    script = "touch /plain/new /mapped/new && stat -c %u:%g /plain/new /mapped/new /mapped/from-host"
+    cid = pod.run("volumes", "sh", "-c", script, linux=ROOT, mounts=mounts)
+    assert pod.output(cid) == ["0:0", "0:0", "0:0"]
+    assert (os.stat(plain / "new").st_uid, os.stat(plain / "new").st_gid) == (HOST_ID, HOST_ID)
+    assert (os.stat(mapped / "new").st_uid, os.stat(mapped / "new").st_gid) == (0, 0)
+
+
+def test_root_cannot_read_a_host_roots_private_file_through_a_host_path(pod: ConfiguredPod, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("host root only\n")
+    secret.chmod(0o600)
+    mounts = [pb.Mount(container_path="/secret", host_path=str(secret), readonly=True)]
+    cid = pod.run("secret", "sh", "-c", "stat -c %u /secret; cat /secret || echo refused", linux=ROOT, mounts=mounts)
+    assert pod.output(cid) == ["65534", "refused"]
+
+
+def test_root_with_every_capability_cannot_touch_the_node(pod: ConfiguredPod, tmp_path: Path) -> None:
+    """All capabilities, in the pod's user namespace: no kernel module, no filesystem the kernel keeps to the
+    node's root (debugfs), no node sysctl."""
+    swappiness = Path("/proc/sys/vm/swappiness").read_text()
+    linux = pb.LinuxContainerConfig(
+        security_context=pb.LinuxContainerSecurityContext(
+            run_as_user=pb.Int64Value(value=0), capabilities=pb.Capability(add_capabilities=["ALL"])
+        )
+    )
+    script = (
+        "printf '\\177ELF' > /tmp/m.ko; insmod /tmp/m.ko 2>&1 && echo loaded || echo no-module;"
+        " mkdir -p /mnt/d; mount -t debugfs none /mnt/d 2>&1 && echo mounted || echo no-mount;"
+        " echo 1 > /proc/sys/vm/swappiness && echo changed || echo no-sysctl"
+    )
+    cid = pod.run("escape", "sh", "-c", script, linux=linux)
+    out = pod.output(cid)
+    assert [line for line in out if line.startswith("no-")] == ["no-module", "no-mount", "no-sysctl"], out
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/mnt/d " in line]
+
+
+def test_exec_logs_and_stats_work(pod: ConfiguredPod) -> None:
+    cid = pod.run("server", "sh", "-c", "echo started; exec sleep 1000", linux=ROOT)
+    assert pod.exec(cid, "id", "-u") == "0\n"
+    assert pod.exec(cid, "cat", "/proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
+    deadline = time.monotonic() + 10
+    with pod.node.client() as client:
+        while True:
+            stats = client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid), timeout=10).stats
+            if stats.memory.working_set_bytes.value > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert stats.memory.working_set_bytes.value > 0
+        log = Path(client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status.log_path)
+        assert "stdout F started" in log.read_text()
+        client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (pb.UserNamespace(mode=pb.NamespaceMode.CONTAINER), "userns_options.mode"),
+        (pb.UserNamespace(mode=pb.NamespaceMode.TARGET), "userns_options.mode"),
+        (
+            pb.UserNamespace(
+                mode=pb.NamespaceMode.POD,
+                uids=[pb.IDMapping(container_id=1, host_id=HOST_ID, length=LENGTH)],
+                gids=[pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)],
+            ),
+            "userns_options.uids[0].container_id",
+        ),
+    ],
+    ids=["container", "target", "id-0-unmapped"],
+)
+def test_bad_user_namespaces_are_refused_naming_the_field(
+    node: DaemonProcess, cgroup_parent: str, options: pb.UserNamespace, field: str
+) -> None:
+    config = pod_config("bad", cgroup_parent=cgroup_parent)
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(options)
+    with node.client() as client:
+        failure = rpc_error(lambda: client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=30))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in failure.details
+    assert not [m for m in node.mounts() if "/pods/" in m]

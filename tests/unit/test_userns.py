@@ -1,0 +1,95 @@
+"""Validating a pod's user namespace as the kubelet and critest expect, and what the OCI spec gets from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moorage.api.cri import pb
+from moorage.errors import FailedPrecondition, InvalidArgument
+from moorage.node.namespaces import IdMap, UserNamespace
+from moorage.runtime import userns
+
+
+def pod(options: pb.UserNamespace | None, **modes: pb.NamespaceMode.ValueType) -> pb.PodSandboxConfig:
+    config = pb.PodSandboxConfig()
+    ns = config.linux.security_context.namespace_options
+    for name, mode in modes.items():
+        setattr(ns, name, mode)
+    if options is not None:
+        ns.userns_options.CopyFrom(options)
+    return config
+
+
+def mapping(container_id: int = 0, host_id: int = 1000, length: int = 100000) -> pb.IDMapping:
+    return pb.IDMapping(container_id=container_id, host_id=host_id, length=length)
+
+
+def pod_mode(uids: list[pb.IDMapping], gids: list[pb.IDMapping] | None = None) -> pb.UserNamespace:
+    return pb.UserNamespace(mode=pb.NamespaceMode.POD, uids=uids, gids=uids if gids is None else gids)
+
+
+def test_no_options_and_mode_node_are_the_nodes_user_namespace() -> None:
+    assert userns.validate(pod(None)) is None
+    assert userns.validate(pod(pb.UserNamespace(mode=pb.NamespaceMode.NODE))) is None
+
+
+def test_mode_pod_gives_its_single_ranges() -> None:
+    maps = userns.validate(pod(pod_mode([mapping()], [mapping(host_id=5000, length=65536)])))
+    assert maps == UserNamespace(IdMap(0, 1000, 100000), IdMap(0, 5000, 65536))
+    assert (maps.host_uid(0), maps.host_gid(0), maps.host_uid(10)) == (1000, 5000, 1010)
+    assert userns.oci_mappings(maps) == {
+        "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 100000}],
+        "gidMappings": [{"containerID": 0, "hostID": 5000, "size": 65536}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (pb.UserNamespace(mode=pb.NamespaceMode.CONTAINER), "userns_options.mode: CONTAINER"),
+        (pb.UserNamespace(mode=pb.NamespaceMode.TARGET), "userns_options.mode: TARGET"),
+        (pod_mode([mapping(), mapping(host_id=2000)]), "userns_options.uids: exactly one"),
+        (pod_mode([mapping(container_id=1)]), "userns_options.uids[0].container_id"),
+        (pod_mode([mapping()], []), "userns_options.gids: exactly one"),
+        (pod_mode([mapping(length=0)]), "userns_options.uids[0]"),
+        (pod_mode([mapping(host_id=(1 << 32) - 10, length=100)]), "userns_options.uids[0]"),
+    ],
+)
+def test_what_the_kubelet_never_sends_is_refused_naming_the_field(options: pb.UserNamespace, field: str) -> None:
+    with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
+        userns.validate(pod(options))
+
+
+@pytest.mark.parametrize("shared", ["network", "pid", "ipc"])
+def test_a_pod_sharing_a_node_namespace_cannot_have_one(shared: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"node's {shared} namespace"):
+        userns.validate(pod(pod_mode([mapping()]), **{shared: pb.NamespaceMode.NODE}))
+
+
+def test_a_privileged_pod_cannot_have_one() -> None:
+    config = pod(pod_mode([mapping()]))
+    config.linux.security_context.privileged = True
+    with pytest.raises(InvalidArgument, match="privileged"):
+        userns.validate(config)
+
+
+def test_mount_mappings_are_one_range_each() -> None:
+    plain = pb.Mount(container_path="/v", host_path="/tmp")
+    assert userns.mount_maps(plain, 0) is None
+    mapped = pb.Mount(container_path="/v", uidMappings=[mapping()], gidMappings=[mapping(host_id=7)])
+    assert userns.mount_maps(mapped, 2) == UserNamespace(IdMap(0, 1000, 100000), IdMap(0, 7, 100000))
+    with pytest.raises(InvalidArgument, match=r"config.mounts\[3\].gidMappings"):
+        userns.mount_maps(pb.Mount(container_path="/v", uidMappings=[mapping()]), 3)
+
+
+def test_a_directory_others_cannot_search_is_named(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    (closed / "inside").mkdir(parents=True)
+    tmp_path.chmod(0o711)
+    closed.chmod(0o700)
+    with pytest.raises(FailedPrecondition, match=str(closed)):
+        userns.check_reachable(closed / "inside" / "rootfs")
+    closed.chmod(0o711)
+    userns.check_reachable(Path("/usr/lib/os-release"))  # /, /usr and /usr/lib are 0755
