@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib
 import os
 import signal
 from collections.abc import Mapping
@@ -44,6 +45,9 @@ from moorage.streaming.server import StreamingServer
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+LATER_IMPORTS = ("moorage.images.pull", "moorage.images.registry")
+"""Modules the daemon does not import to start (httpx: about 50 ms), imported in a thread once it serves, so the
+first PullImage does not hold the event loop while they load."""
 RELOADABLE = ("log.level", "log.format")
 
 
@@ -95,11 +99,14 @@ class Daemon:
             runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers, streaming)
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
-            monitor = asyncio.create_task(containers.monitor(), name="exit-monitor")
-            cni_watch = asyncio.create_task(cni.watch(on_change=_log_network), name="cni-watch")
-            disk_walk = asyncio.create_task(
-                containers.usage.sync_disk(containers.all, self.config.runtime.disk_usage_period), name="disk-usage"
-            )
+            background = [
+                asyncio.create_task(containers.monitor(), name="exit-monitor"),
+                asyncio.create_task(cni.watch(on_change=_log_network), name="cni-watch"),
+                asyncio.create_task(
+                    containers.usage.sync_disk(containers.all, self.config.runtime.disk_usage_period),
+                    name="disk-usage",
+                ),
+            ]
             self._serve_metrics()
             self._install_signal_handlers()
             log.info(
@@ -113,13 +120,13 @@ class Daemon:
                 streaming=streaming.base_url,
             )
             self._notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving on " + str(socket))
+            background.append(asyncio.create_task(asyncio.to_thread(_import_later_modules), name="later-imports"))
             await self._stop.wait()
             log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
             await server.stop(grpc_server, socket, SHUTDOWN_GRACE_SECONDS)
             await streaming.stop()
-            monitor.cancel()
-            cni_watch.cancel()
-            disk_walk.cancel()
+            for task in background:
+                task.cancel()
         finally:
             if images is not None:
                 await images.close()
@@ -172,6 +179,11 @@ class Daemon:
         self.config = config_mod.with_values(self.config, live, source=self._config_path or "defaults")
         daemon_log.configure(self.config.log.level, self.config.log.format)
         log.info("config reloaded", applied=[k for k in changed if k in RELOADABLE], need_restart=restart)
+
+
+def _import_later_modules() -> None:
+    for name in LATER_IMPORTS:
+        importlib.import_module(name)
 
 
 def _log_network(network: NetworkConfig | None, error: str) -> None:

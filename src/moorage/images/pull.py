@@ -26,22 +26,13 @@ from moorage.images.catalog import ImageRecord, Layer
 from moorage.images.layers import LayerStore, Lease
 from moorage.images.progress import Progress
 from moorage.images.reference import DEFAULT_DOMAIN, Reference, parse
+from moorage.images.registries import candidates, load_registries
 from moorage.images.registry import HttpClients, RegistryClient
 from moorage.images.snapshots import chain_ids
 
 log = structlog.get_logger(__name__)
 
 DOCKER_HUB_HOST = "registry-1.docker.io"
-
-
-def load_registries(config: Config) -> registries.RegistriesConf:
-    """registries.conf with its drop-ins and the short-name-aliases.conf the config names."""
-    return registries.load(config.registries_conf, config.short_name_aliases or None)
-
-
-def candidates(text: str, conf: registries.RegistriesConf, *, pulling: bool = False) -> list[Reference]:
-    """The fully qualified references a name may mean, in the order to try them."""
-    return conf.resolve(text, pulling=pulling)
 
 
 @dataclass(frozen=True)

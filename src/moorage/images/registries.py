@@ -44,10 +44,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moorage.errors import ConfigError, FailedPrecondition, MoorageError
 from moorage.images.reference import DEFAULT_DOMAIN, Reference, is_qualified, parse
+
+if TYPE_CHECKING:
+    from moorage.config import Config
 
 PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
 SHORT_NAME_MODES = ("enforcing", "permissive", "disabled")
@@ -156,6 +159,16 @@ def _rewrite(ref: Reference, prefix: str, location: str) -> Reference:
         return ref
     rest = str(ref)[len(prefix) :]
     return parse(location + rest)
+
+
+def load_registries(config: Config) -> RegistriesConf:
+    """registries.conf with its drop-ins and the short-name-aliases.conf the config names."""
+    return load(config.registries_conf, config.short_name_aliases or None)
+
+
+def candidates(text: str, conf: RegistriesConf, *, pulling: bool = False) -> list[Reference]:
+    """The fully qualified references a name may mean, in the order to try them."""
+    return conf.resolve(text, pulling=pulling)
 
 
 def load(path: str | Path, aliases_path: str | Path | None = None) -> RegistriesConf:

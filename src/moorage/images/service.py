@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 
@@ -29,11 +29,14 @@ from moorage.images.catalog import Catalog, ImageRecord, Layer
 from moorage.images.content import ContentStore, Ingest
 from moorage.images.layers import Fetch, LayerStore
 from moorage.images.progress import Progress, SharedWork
-from moorage.images.pull import Puller, candidates, load_registries
 from moorage.images.reference import Reference, parse
-from moorage.images.registry import HttpClients
+from moorage.images.registries import candidates, load_registries
 from moorage.images.snapshots import Snapshotter, chain_ids
 from moorage.store.db import Store
+
+if TYPE_CHECKING:
+    from moorage.images.pull import Puller
+    from moorage.images.registry import HttpClients
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +63,10 @@ class ImageManager:
             self.catalog,
             max_layer_size=lambda: self.config().image.max_layer_size,
         )
-        timeout = config().image.pull_progress_timeout
-        self.http = HttpClients.create(
-            read_timeout=float(timeout) if timeout else None, certs_dirs=lambda: self.config().image.certs_dirs
-        )
-        self.puller = Puller(self.layers, self.http, config)
+        timeout = config().image.pull_progress_timeout  # as started: a reload needs a restart for it
+        self._read_timeout = float(timeout) if timeout else None
+        self._http: HttpClients | None = None
+        self._puller: Puller | None = None
         self._pulls: SharedWork[ImageRecord] = SharedWork()
         self._progress: dict[str, Progress] = {}
 
@@ -81,7 +83,22 @@ class ImageManager:
         await self.layers.collect()
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def puller(self) -> Puller:
+        """Made at the first pull: the registry client's modules (httpx, about 50 ms) are not imported before,
+        so the daemon answers on its socket that much sooner."""
+        if self._puller is None:
+            from moorage.images.pull import Puller  # noqa: PLC0415 - see the docstring
+            from moorage.images.registry import HttpClients  # noqa: PLC0415
+
+            self._http = HttpClients.create(
+                read_timeout=self._read_timeout, certs_dirs=lambda: self.config().image.certs_dirs
+            )
+            self._puller = Puller(self.layers, self._http, self.config)
+        return self._puller
 
     # --- pull -----------------------------------------------------------------------------------------------
 

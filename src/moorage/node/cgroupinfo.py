@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from moorage.errors import ConfigError, StartupError
 
 CgroupMode = Literal["v1", "hybrid", "v2"]
@@ -211,6 +209,8 @@ def detect(
 
 def parse_kubelet_config(text: str, source: str) -> KubeletSettings:
     """The cgroup settings of a KubeletConfiguration YAML text; ``source`` names it in errors."""
+    import yaml  # noqa: PLC0415 - for moorage check only: the daemon does not import it to start
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

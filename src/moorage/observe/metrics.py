@@ -1,33 +1,45 @@
-"""Prometheus metrics of the daemon, served on ``metrics.address`` when it is set."""
+"""Prometheus metrics of the daemon, served on ``metrics.address`` when it is set.
+
+prometheus_client is imported by :func:`serve` only: without an address nothing could read the counts, so RPCs
+are not counted, and the daemon does not pay the import (about 40 ms of its start) to answer on its socket.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from collections.abc import Callable
 
-RPC_REQUESTS = Counter("moorage_grpc_requests", "CRI RPCs answered, by method and gRPC status code", ["method", "code"])
-RPC_SECONDS = Histogram(
-    "moorage_grpc_request_duration_seconds",
-    "Time to answer a CRI RPC, by method",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-
-_RPC_CHILDREN: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+_observers: list[Callable[[str, str, float], None]] = []  # one once the metrics are served
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
-    """Count and time one RPC; the labelled series are looked up once per method and code (every RPC is here)."""
-    children = _RPC_CHILDREN.get((method, code))
-    if children is None:
-        children = RPC_REQUESTS.labels(method=method, code=code), RPC_SECONDS.labels(method=method)
-        _RPC_CHILDREN[(method, code)] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    """Count and time one RPC, once the metrics are served (every RPC is here)."""
+    if _observers:
+        _observers[0](method, code, seconds)
 
 
 def serve(address: str) -> tuple[str, int]:
-    """Start the /metrics HTTP server in a background thread; returns the bound (host, port)."""
+    """Start counting RPCs and the /metrics HTTP server in a background thread; returns the bound (host, port)."""
+    from prometheus_client import Counter, Histogram, start_http_server  # noqa: PLC0415 - see the module docstring
+
+    if not _observers:
+        requests = Counter(
+            "moorage_grpc_requests", "CRI RPCs answered, by method and gRPC status code", ["method", "code"]
+        )
+        durations = Histogram(
+            "moorage_grpc_request_duration_seconds", "Time to answer a CRI RPC, by method", ["method"], buckets=BUCKETS
+        )
+        children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+        def observe(method: str, code: str, seconds: float) -> None:
+            series = children.get((method, code))  # the labelled series, looked up once per method and code
+            if series is None:
+                series = children[(method, code)] = requests.labels(method=method, code=code), durations.labels(method)
+            series[0].inc()
+            series[1].observe(seconds)
+
+        _observers.append(observe)
     host, _, port = address.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     server, _thread = start_http_server(int(port), addr=host)

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from moorage.errors import FailedPrecondition, InvalidArgument
 
 ANNOTATION_PREFIX = "cdi.k8s.io/"
@@ -150,6 +148,8 @@ def _load(path: Path) -> list[Device]:
         raw = f.read(MAX_SPEC_BYTES + 1)
     if len(raw) > MAX_SPEC_BYTES:
         raise ValueError(f"larger than {MAX_SPEC_BYTES} bytes")
+    import yaml  # noqa: PLC0415 - only when a container asks for a device: the daemon does not import it to start
+
     try:
         doc = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError) as exc:
