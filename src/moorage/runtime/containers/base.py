@@ -113,14 +113,19 @@ class ContainerBase:
     async def _teardown(self, container_id: str, handler: str) -> None:
         """Whatever exists of a container on the node: the runtime's state, its root filesystem, its files."""
         await self.runtime_deletes.settle(self.runtime(handler), container_id)
-        await asyncio.to_thread(writable.remove, self.layer_dir(container_id), self.bundle(container_id) / "rootfs")
-        await asyncio.to_thread(image_volumes.remove, self.bundle(container_id))
-        await asyncio.to_thread(userns.remove_mounts, self.bundle(container_id))
+        await asyncio.to_thread(self._remove_files, container_id)
+
+    def _remove_files(self, container_id: str) -> None:
+        """The container's files, in one thread hop (blocking): its root filesystem and writable layer, image
+        volumes, user namespace mounts, conmon's files and the bundle."""
+        bundle = self.bundle(container_id)
+        writable.remove(self.layer_dir(container_id), bundle / "rootfs")
+        image_volumes.remove(bundle)
+        userns.remove_mounts(bundle)
         paths = self.conmon_paths(container_id)
-        for path in (paths.exit_file,):
-            path.unlink(missing_ok=True)
-        await asyncio.to_thread(shutil.rmtree, paths.container_dir, True)
-        await asyncio.to_thread(shutil.rmtree, self.bundle(container_id), True)
+        paths.exit_file.unlink(missing_ok=True)
+        shutil.rmtree(paths.container_dir, True)
+        shutil.rmtree(bundle, True)
 
     async def _record_exit(self, container_id: str) -> None:
         record = await self.get(container_id)
