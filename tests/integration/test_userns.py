@@ -5,6 +5,7 @@ cannot do to the node, and exec, logs and stats as usual."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +14,19 @@ import grpc
 import pytest
 
 from moorage.api.cri import pb
+from moorage.node import idmap
+from tests.fixtures import cgroups
 from tests.integration.daemon import DaemonProcess, PushedImage
+from tests.integration.test_cgroups import MIB, OWN_MEMORY_LIMIT
+from tests.integration.test_containers import log_lines
+from tests.integration.test_crictl import CRICTL
 from tests.integration.test_images import rpc_error
 from tests.integration.test_mounts import ConfiguredPod
 from tests.integration.test_pods import pod_config
+from tests.integration.test_streaming_clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
+from tests.integration.test_streaming_clientgo import run, run_echo_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup]  # make test-cgroupv2 runs them in its guest too
 
 HOST_ID = 200000
 LENGTH = 65536
@@ -39,19 +47,55 @@ def userns_pod_config(name: str, cgroup_parent: str) -> pb.PodSandboxConfig:
     return config
 
 
+@pytest.fixture(scope="session")
+def unsupported(tmp_path_factory: pytest.TempPathFactory) -> str | None:
+    """Why this node cannot run pods in user namespaces (None: it can), probed as the daemon probes its root."""
+    return idmap.probe_node(tmp_path_factory.mktemp("probe") / "idmap-probe")
+
+
+@pytest.fixture
+def can(unsupported: str | None) -> None:
+    """Skips (before any daemon starts) where the node cannot: the cgroup v2 guest's 6.1 kernel (tmpfs has
+    idmapped mounts from Linux 6.3)."""
+    if unsupported is not None:
+        pytest.skip(f"this node cannot run pods in user namespaces: {unsupported}")
+
+
+@pytest.fixture
+def userns_node(can: None, node: DaemonProcess) -> DaemonProcess:
+    return node
+
+
 @pytest.fixture(params=HANDLERS)
-def pod(request: pytest.FixtureRequest, node: DaemonProcess, busybox: PushedImage, cgroup_parent: str,
+def pod(request: pytest.FixtureRequest, userns_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str,
         tmp_path: Path) -> Iterator[ConfiguredPod]:  # fmt: skip
-    p = ConfiguredPod(node, busybox.name, userns_pod_config("userns", cgroup_parent), tmp_path, request.param)
+    p = ConfiguredPod(userns_node, busybox.name, userns_pod_config("userns", cgroup_parent), tmp_path, request.param)
     yield p
     p.remove()
-    assert not [m for m in node.mounts() if "/bundles/" in m or "/containers/" in m or "/pods/" in m]
+    assert not [m for m in userns_node.mounts() if "/bundles/" in m or "/containers/" in m or "/pods/" in m]
 
 
-def test_status_reports_user_namespaces_for_every_handler(node: DaemonProcess) -> None:
+def test_status_reports_user_namespaces_where_the_node_can(
+    node: DaemonProcess, cgroup_parent: str, unsupported: str | None
+) -> None:
+    """Every handler where the kernel can make the mounts; elsewhere none, the reason logged and a pod asking for
+    one refused with it."""
     with node.client() as client:
         handlers = client.runtime.Status(pb.StatusRequest(), timeout=30).runtime_handlers
-    assert {h.name: h.features.user_namespaces for h in handlers} == {"": True, "runc": True, "crun": True}
+        features = {h.name: h.features.user_namespaces for h in handlers}
+        assert features == dict.fromkeys(["", "runc", "crun"], unsupported is None)
+        if unsupported is None:
+            return
+        failure = rpc_error(
+            lambda: client.runtime.RunPodSandbox(
+                pb.RunPodSandboxRequest(config=userns_pod_config("refused", cgroup_parent)), timeout=30
+            )
+        )
+    assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot run pods in user namespaces" in failure.details
+    reason = unsupported.split(" (")[0]  # the paths in it are the probe's own
+    assert reason in failure.details
+    assert reason in node.log()
 
 
 def test_the_container_sees_the_pods_mapping_and_owns_its_root(pod: ConfiguredPod) -> None:
@@ -131,6 +175,41 @@ def test_exec_logs_and_stats_work(pod: ConfiguredPod) -> None:
         log = Path(client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status.log_path)
         assert "stdout F started" in log.read_text()
         client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+
+
+def test_attach_and_port_forward_work(pod: ConfiguredPod, clientgo: Path, tmp_path: Path) -> None:
+    """Attach goes through conmon and port-forward into the pod's net namespace, both from the host's side."""
+    run_echo_server(pod, clientgo)  # a server in the pod, reached through a port-forward
+    with pod.node.client() as client:
+        url = client.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
+    many = run(clientgo, "portforward", "-transport", "spdy", "-port", "8080", "-connections", "10", url)
+    assert (many.returncode, many.stdout) == (0, b"OK 10\n"), many.stderr
+    config = tmp_path / "crictl.yaml"
+    config.write_text(f"runtime-endpoint: {pod.node.endpoint}\nimage-endpoint: {pod.node.endpoint}\ntimeout: 60\n")
+    cid = pod.run("reader", "sh", "-c", "read line; echo got $line as $(id -u)", stdin=True, linux=ROOT)
+    argv = [str(CRICTL), "--config", str(config), "attach", "-i", cid]
+    done = subprocess.run(argv, input=b"hello\n", capture_output=True, timeout=90, check=False)
+    assert (done.returncode, done.stdout) == (0, b"got hello as 0\n"), done.stderr
+
+
+def test_cgroup_limits_apply_and_an_oom_kill_is_reported(pod: ConfiguredPod) -> None:
+    """The container's cgroup is made and limited from the host's side; it sees its own limit, and the kernel's
+    OOM kill is reported as OOMKilled."""
+    limited = pb.LinuxContainerConfig(
+        resources=pb.LinuxContainerResources(memory_limit_in_bytes=32 * MIB), security_context=ROOT.security_context
+    )
+    cid = pod.run("limited", "sh", "-c", f"{OWN_MEMORY_LIMIT}; exec sleep 1000", linux=limited)
+    memory = cgroups.directory("memory", cgroups.container_cgroup(pod.config.linux.cgroup_parent, cid))
+    assert int((memory / ("memory.max" if cgroups.is_v2() else "memory.limit_in_bytes")).read_text()) == 32 * MIB
+    deadline = time.monotonic() + 10
+    while not log_lines(pod.status(cid).log_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert log_lines(pod.status(cid).log_path)[0] == ("stdout", "F", f"limit {32 * MIB}")
+    hog = pb.LinuxContainerConfig(
+        resources=pb.LinuxContainerResources(memory_limit_in_bytes=16 * MIB), security_context=ROOT.security_context
+    )
+    st = pod.wait_exit(pod.run("hog", "sh", "-c", "tail /dev/zero", linux=hog), 60)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
 
 
 @pytest.mark.parametrize(

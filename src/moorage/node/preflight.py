@@ -345,7 +345,7 @@ def check_user_namespaces(root: Path) -> CheckResult:
     reason = idmap.probe_node(existing / ("idmap-probe" if existing == root else ".moorage-idmap-probe"))
     if reason is None:
         return CheckResult("user namespaces", True, "idmapped tmpfs, image layers and overlays work")
-    fix = "Linux 5.19+ with idmapped mounts of tmpfs and of the filesystem of moorage's root (ext4, xfs, btrfs)"
+    fix = "Linux 6.3+ (idmapped tmpfs) with moorage's root on ext4, xfs, btrfs or tmpfs"
     return _warn("user namespaces", f"pods cannot have one (hostUsers: false): {reason}", fix)
 
 
