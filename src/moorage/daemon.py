@@ -45,9 +45,9 @@ from moorage.streaming.server import StreamingServer
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-LATER_IMPORTS = ("moorage.images.pull", "moorage.images.registry")
-"""Modules the daemon does not import to start (httpx: about 50 ms), imported in a thread once it serves, so the
-first PullImage does not hold the event loop while they load."""
+LATER_IMPORTS = ("moorage.images.pull", "moorage.images.registry", "moorage.streaming.wschannels")
+"""Modules the daemon does not import to start (httpx: about 50 ms, wsproto), imported in a thread once it serves,
+so the first PullImage or WebSocket stream does not hold the event loop while they load."""
 RELOADABLE = ("log.level", "log.format")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -20,7 +20,9 @@ from moorage.api.cri import pb
 from moorage.errors import InvalidArgument, MoorageError
 from moorage.streaming.channel import Duplex, socket_to_stream, stream_to_socket
 from moorage.streaming.session import Session, Stream
-from moorage.streaming.wschannels import Channels
+
+if TYPE_CHECKING:
+    from moorage.streaming.wschannels import Channels
 
 log = structlog.get_logger(__name__)
 

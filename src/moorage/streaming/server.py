@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -29,10 +29,13 @@ import structlog
 from moorage.api.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, StartupError
 from moorage.runtime.exec_stream import ExecIO
-from moorage.streaming import portforward, remotecommand, websocket, wschannels
+from moorage.streaming import portforward, remotecommand
 from moorage.streaming.admission import HANDSHAKE_TIMEOUT, Admission
 from moorage.streaming.session import Session
 from moorage.streaming.tokens import Request, Tokens
+
+if TYPE_CHECKING:
+    from moorage.streaming import websocket
 
 log = structlog.get_logger(__name__)
 
@@ -219,6 +222,8 @@ class StreamingServer:
         authenticated: Callable[[], None],
     ) -> None:
         """A WebSocket upgrade: the subprotocol the client offers first that we speak, as the kubelet chooses."""
+        from moorage.streaming import websocket, wschannels  # noqa: PLC0415 - wsproto: imported after start-up
+
         kind, token = url
         port_forward = isinstance(pending, pb.PortForwardRequest)
         supported = wschannels.PORT_FORWARD if port_forward else wschannels.REMOTE_COMMAND
