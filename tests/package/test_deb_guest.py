@@ -1,9 +1,9 @@
 """The Debian package on a node run by systemd (`make test-deb`): in the cgroup v2 guest, inside the namespace where
 systemd is PID 1 (scripts/test-cgroupv2 with MOORAGE_VM_SYSTEMD=1). `dpkg -i` of build/deb's package,
 `systemctl start moorage` (Type=notify: it returns once the socket answers), crictl info through the packaged
-crictl.yaml, a pod with a container from a registry on the guest's loopback, `systemctl restart moorage`, an upgrade
-to the same package under a higher version and a rollback, each with the container still running (same PID, known
-to the new daemon), then the pod removed and `apt-get remove` stopping
+crictl.yaml, a pod with a container from a registry on the guest's loopback, an upgrade to the same package under a
+higher version and a rollback, each restarting the daemon with the container still running (same PID, known to
+the new daemon), then the pod removed and `apt-get remove` stopping
 the daemon, leaving no moorage or conmon process, and `dpkg --purge` the conffile.
 
 It never runs anywhere but in that guest, and installs only into throw-away places there: a writable overlay the
@@ -201,13 +201,13 @@ def test_install_start_run_restart_remove(node: None, tmp_path: Path) -> None:
             pid = before["info"]["pid"]
             daemon = main_pid()
 
-            # KillMode=process: only the daemon goes; the container and its conmon stay, and the new daemon knows
-            # them. A restart, then an upgrade and a rollback (postinst restarts a running daemon onto the
-            # package's code): each time a new daemon, the same container.
+            # An upgrade and a rollback: postinst restarts a running daemon onto the package's code (systemctl
+            # try-restart). KillMode=process: only the daemon goes; the container and its conmon stay, and each new
+            # daemon knows them.
             installed = run("dpkg-query", "-W", "-f", "${Version}", "moorage")
             newer = reversioned(deb, f"{installed}+upgrade", tmp_path)
-            steps = [["systemctl", "restart", UNIT], ["dpkg", "-i", str(newer)], ["dpkg", "-i", str(deb)]]
-            for step, version in zip(steps, [installed, f"{installed}+upgrade", installed], strict=True):
+            steps = [["dpkg", "-i", str(newer)], ["dpkg", "-i", str(deb)]]
+            for step, version in zip(steps, [f"{installed}+upgrade", installed], strict=True):
                 run(*step)
                 assert run("dpkg-query", "-W", "-f", "${Version}", "moorage") == version
                 assert main_pid() not in (0, daemon), step
