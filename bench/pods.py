@@ -59,6 +59,7 @@ SLEEP = ["sleep", "1000000"]
 SETTLE_SECONDS = 2.0  # after the last start (or the warm-up), before memory is sampled
 RPC_TIMEOUT = 60.0
 
+P50_GOALS = {"RemoveContainer": 5.0}  # ms; issue 18
 MOORAGE_STEPS = ("RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer",
                  "StopPodSandbox", "RemovePodSandbox")  # fmt: skip
 RUNC_STEPS = ("create", "start", "kill", "delete", "kill+delete")
@@ -594,6 +595,10 @@ def render(env: dict[str, Any], pods: MoorageRun, floor: RuncRun) -> str:
         lines.append(f"| {step} | {cells(pods.latency.get(step))} | {runc_label} | "
                      f"{cells(floor.latency.get(runc_step))} |")  # fmt: skip
     lines.append(f"| | | | | `{name} kill` + `delete` | {cells(floor.latency.get('kill+delete'))} |")
+    for step, goal in P50_GOALS.items():
+        if (latency := pods.latency.get(step)) is not None:
+            met = "met" if latency.p50 <= goal else "NO"
+            lines.append(f"\n{step} p50 {latency.p50:.1f} ms, goal {goal} ms (issue 18): {met}")
     memory = pods.memory
     assert memory is not None
     pause = " incl. pause" if env["sandbox_mode"] == "pause" else ""

@@ -20,6 +20,7 @@ from moorage.cli.client import CriClient
 
 STARTS = 10
 CALLS = 2000
+START_GOAL_MS = 500  # issue 18: ready on the socket in 0.5 s
 
 
 def rss_kib(pid: int) -> int:
@@ -35,13 +36,18 @@ def start(tmp: Path) -> tuple[subprocess.Popen[bytes], float]:
             str(tmp / "state"), "--socket", str(sock), "--log-level", "warning"]  # fmt: skip
     began = time.perf_counter()
     proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-    with CriClient(f"unix://{sock}", timeout=1) as client:
-        while True:
-            try:
-                client.version()
-                return proc, time.perf_counter() - began
-            except grpc.RpcError:
-                time.sleep(0.002)
+    while True:
+        # A channel whose first connection failed waits out gRPC's reconnect back-off (about 1 s) before it
+        # tries again, which measured the client, not the daemon: each attempt gets a fresh channel, made once
+        # the socket is there (the daemon renames it into place when it serves).
+        if sock.exists():
+            with CriClient(f"unix://{sock}", timeout=1) as client:
+                try:
+                    client.version()
+                    return proc, time.perf_counter() - began
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.002)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -76,9 +82,11 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
+    median = statistics.median(starts) * 1e3
     print(
-        f"{'cold start':14} median {statistics.median(starts) * 1e3:.0f} ms, max {max(starts) * 1e3:.0f} ms "
-        f"(exec to first Version answer, {STARTS} starts, {os.cpu_count()} cores)"
+        f"{'cold start':14} median {median:.0f} ms, max {max(starts) * 1e3:.0f} ms "
+        f"(exec to first Version answer, {STARTS} starts, {os.cpu_count()} cores); "
+        f"goal {START_GOAL_MS} ms: {'met' if median <= START_GOAL_MS else 'NO'}"
     )
 
 
