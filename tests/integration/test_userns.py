@@ -5,6 +5,7 @@ cannot do to the node, and exec, logs and stats as usual."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -190,6 +191,22 @@ def test_attach_and_port_forward_work(pod: ConfiguredPod, clientgo: Path, tmp_pa
     argv = [str(CRICTL), "--config", str(config), "attach", "-i", cid]
     done = subprocess.run(argv, input=b"hello\n", capture_output=True, timeout=90, check=False)
     assert (done.returncode, done.stdout) == (0, b"got hello as 0\n"), done.stderr
+
+
+def test_a_daemon_killed_and_started_again_keeps_the_pod_in_its_user_namespace(pod: ConfiguredPod) -> None:
+    """The pinned user namespace survives the daemon: after a SIGKILL and a start, the pod is ready, its running
+    container still in it, and a new container joins the same one (the fixture then removes everything)."""
+    running = pod.run("before", "sleep", "1000", linux=ROOT)
+    assert pod.node.stop(signal.SIGKILL) == -signal.SIGKILL
+    pod.node.start()
+    with pod.node.client() as client:
+        status = client.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id)).status
+    assert status.state == pb.PodSandboxState.SANDBOX_READY
+    assert pod.exec(running, "cat", "/proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
+    after = pod.run("after", "sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/user", linux=ROOT)
+    out = pod.output(after)
+    assert out[0].split() == ["0", str(HOST_ID), str(LENGTH)]
+    assert out[1] == pod.exec(running, "sh", "-c", "readlink /proc/self/ns/user").strip()
 
 
 def test_cgroup_limits_apply_and_an_oom_kill_is_reported(pod: ConfiguredPod) -> None:

@@ -4,8 +4,9 @@ A pod is made without any process of its own (infra-less, as CRI-O's pinns does 
 UTS namespaces are created and pinned with bind mounts, its hostname and namespaced sysctls are set inside
 them, and its /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm are written under
 ``<state>/pods/<id>`` (with, for a privileged pod, the read-write sysfs of its net namespace). hostNetwork
-and hostIPC pods use the node's namespaces. A pod sharing one PID namespace between its containers needs a
-process to hold it (the pause container); that mode is refused until containers land.
+and hostIPC pods use the node's namespaces. A pod with a user namespace (:mod:`.userns`) gets it pinned too,
+owning the others, and its files are owned by its root's host ids. A pod sharing one PID namespace between its
+containers needs a process to hold it (the pause container); that mode is refused until containers land.
 
 Persist first: the pod is stored as CREATING before anything is made and moves to READY once all of it
 exists. A failure undoes what was made and removes the record; a crash leaves a CREATING record that

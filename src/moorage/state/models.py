@@ -41,7 +41,8 @@ class SandboxStatus:
     """The mutable part of a pod, kept as JSON in the store."""
 
     namespaces: dict[str, str] = field(default_factory=dict)
-    """OCI namespace type → pinned file ("network", "ipc", "uts"); absent types are the node's."""
+    """OCI namespace type → pinned file ("network", "ipc", "uts"; "user" for a pod in a user namespace, which owns
+    the others); absent types are the node's."""
     pid_mode: str = "CONTAINER"
     files: dict[str, str] = field(default_factory=dict)
     """Container path → host file: /etc/hostname, /etc/hosts, /etc/resolv.conf, /dev/shm."""
