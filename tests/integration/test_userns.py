@@ -131,6 +131,18 @@ def test_a_file_roots_writes_in_a_volume_is_the_mapped_uid_on_the_host(pod: Conf
     assert (os.stat(mapped / "new").st_uid, os.stat(mapped / "new").st_gid) == (0, 0)
 
 
+def test_an_image_volume_is_owned_by_root_inside(pod: ConfiguredPod) -> None:
+    """An image volume with the pod's mappings, as the kubelet sends every mount of such a pod: an overlay over
+    idmapped layers (overlayfs cannot be idmapped itself), its files root's inside as the root filesystem's are."""
+    maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    volume = pb.Mount(
+        container_path="/vol", readonly=True, image=pb.ImageSpec(image=pod.image), uidMappings=maps, gidMappings=maps
+    )
+    script = "stat -c %u:%g /vol/bin /vol/bin/busybox; /vol/bin/busybox true && echo ran"
+    cid = pod.run("image-volume", "sh", "-c", script, linux=ROOT, mounts=[volume])
+    assert pod.output(cid) == ["0:0", "0:0", "ran"]
+
+
 def test_root_cannot_read_a_host_roots_private_file_through_a_host_path(pod: ConfiguredPod, tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("host root only\n")

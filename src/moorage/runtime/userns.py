@@ -31,7 +31,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +149,20 @@ def check_reachable(path: Path) -> None:
             )
 
 
-def prepare_mounts(config: pb.ContainerConfig, bundle: Path, pod_userns: Path, pod_maps: UserNamespace) -> None:
+def prepare_mounts(
+    config: pb.ContainerConfig,
+    bundle: Path,
+    pod_userns: Path,
+    pod_maps: UserNamespace,
+    mapped: Collection[int] = (),
+) -> None:
     """Bind each of ``config``'s mounts under ``<bundle>/mounts/<index>`` and point the mount there (idmapped
-    when it has mappings, which are then cleared: the runtime gets a plain bind). :func:`remove_mounts` undoes
-    it, also after a failure half-way."""
+    when it has mappings, which are then cleared: the runtime gets a plain bind). The mounts at ``mapped`` (image
+    volumes: overlays over idmapped layers, which cannot be idmapped again) are bound as they are.
+    :func:`remove_mounts` undoes it, also after a failure half-way."""
     base = bundle / MOUNTS_DIR
     for index, mount in enumerate(config.mounts):
-        maps = mount_maps(mount, index)
+        maps = None if index in mapped else mount_maps(mount, index)
         if not mount.host_path or not os.path.exists(mount.host_path):
             continue  # the spec refuses it, naming the field
         base.mkdir(mode=0o711, exist_ok=True)

@@ -117,11 +117,15 @@ class Create(ContainerBase):
             writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs, layers_userns
         )
         if volumes:  # undone with the rest by the teardown, which unmounts whatever is under the bundle
-            sources = await asyncio.to_thread(image_volumes.mount, self.images.layers.snapshots.root, volumes, bundle)
+            layers_ns = Path(pod_userns) if pod_userns else None  # then over idmapped layers, as the root is
+            sources = await asyncio.to_thread(
+                image_volumes.mount, self.images.layers.snapshots.root, volumes, bundle, layers_ns
+            )
             config = image_volumes.as_binds(config, sources)
         if pod_userns and pod_maps:  # undone by the teardown (userns.remove_mounts)
             config = pb.ContainerConfig.FromString(config.SerializeToString())
-            await asyncio.to_thread(userns.prepare_mounts, config, bundle, Path(pod_userns), pod_maps)
+            mapped = {v.index for v in volumes}  # image volumes: idmapped already, bound as they are
+            await asyncio.to_thread(userns.prepare_mounts, config, bundle, Path(pod_userns), pod_maps, mapped)
         image_doc = config_json(image)
         namespaces = dict(sandbox.status.namespaces)
         pid_modes = (

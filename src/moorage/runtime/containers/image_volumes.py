@@ -37,9 +37,10 @@ from pathlib import Path
 from moorage.api.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, NotFound
 from moorage.images.catalog import ImageRecord
+from moorage.node import idmap
 from moorage.node.podfiles import unmount
 from moorage.runtime.spec.rootfs import secure_join
-from moorage.runtime.writable import MAX_OPTIONS
+from moorage.runtime.writable import LOWER_DIR, MAX_OPTIONS
 
 VOLUMES_DIR = "image-volumes"
 MAX_STACKED = 16  # unmount attempts per volume: a mount stacked over it by accident goes too
@@ -114,32 +115,42 @@ def volume_dir(bundle: Path, index: int) -> Path:
     return bundle / VOLUMES_DIR / str(index)
 
 
-def mount(snapshots: Path, volumes: Sequence[ImageVolume], bundle: Path) -> dict[int, Path]:
+def mount(snapshots: Path, volumes: Sequence[ImageVolume], bundle: Path, userns: Path | None = None) -> dict[int, Path]:
     """Mount every volume under ``bundle``; returns mount index → the host directory to bind (the sub path's).
+    With ``userns`` (a pod in a user namespace) the overlay is over idmapped binds of the layers, under
+    ``<volume>/lower/<n>``, as the container's root is (:mod:`moorage.runtime.writable`).
 
     What is mounted before a failure stays for :func:`remove`, which the caller's rollback runs."""
     sources = {}
     for volume in volumes:
-        root = _mount_one(snapshots, volume, volume_dir(bundle, volume.index))
+        root = _mount_one(snapshots, volume, volume_dir(bundle, volume.index), userns)
         sources[volume.index] = _source(root, volume)
     return sources
 
 
-def _mount_one(snapshots: Path, volume: ImageVolume, directory: Path) -> Path:
+def _mount_one(snapshots: Path, volume: ImageVolume, directory: Path, userns: Path | None) -> Path:
     target, empty = directory / "rootfs", directory / "empty"
     for path in (target, empty):
         path.mkdir(parents=True, exist_ok=True)
-    lower = [layer.chain_id.removeprefix("sha256:") for layer in reversed(volume.image.layers)] + [str(empty)]
+    layers = [layer.chain_id.removeprefix("sha256:") for layer in reversed(volume.image.layers)]
+    cwd = snapshots
+    if userns is not None:
+        cwd = directory / LOWER_DIR
+        cwd.mkdir(mode=0o711, exist_ok=True)
+        for index, name in enumerate(layers):
+            idmap.bind(snapshots / name, cwd / str(index), userns)
+        layers = [str(index) for index in range(len(layers))]
+    lower = [*layers, str(empty)]
     if len(lower) < 2:  # an image without layers
         (directory / "empty2").mkdir(exist_ok=True)
         lower.append(str(directory / "empty2"))
     options = f"ro,lowerdir={':'.join(lower)}"
     if len(options) > MAX_OPTIONS:
-        layers = len(volume.image.layers)
-        raise MoorageError(f"image {volume.image.id} has {layers} layers, more than one overlay mount can stack")
+        count = len(volume.image.layers)
+        raise MoorageError(f"image {volume.image.id} has {count} layers, more than one overlay mount can stack")
     proc = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
-        cwd=snapshots,  # the lower dirs are relative to it: short names, so more layers fit in one page
+        cwd=cwd,  # the lower dirs are relative to it: short names, so more layers fit in one page
         capture_output=True,
         text=True,
         check=False,
@@ -179,5 +190,10 @@ def remove(bundle: Path) -> None:
             unmount(target)
         if os.path.ismount(target):
             raise MoorageError(f"cannot unmount the image volume at {target}: still mounted")
+        lower = directory / LOWER_DIR
+        if lower.is_dir():  # idmapped binds of the image's layers: never rmtree through one
+            for bind in lower.iterdir():
+                idmap.detach_all(bind)
+                bind.rmdir()
         shutil.rmtree(directory)
     base.rmdir()
