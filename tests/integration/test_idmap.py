@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.node import idmap, namespaces
+from moorage.node import idmap, namespaces, preflight
 from moorage.node.namespaces import IdMap, UserNamespace
 
 pytestmark = pytest.mark.integration
@@ -113,3 +113,15 @@ def test_the_probe_says_what_the_kernel_can_idmap(tmp_path: Path) -> None:
         assert "idmapped mounts of tmpfs" in reason
     elif fstype.strip() in ("ext2/ext3", "xfs", "btrfs", "tmpfs"):
         assert reason is None
+
+
+def test_moorage_check_reports_it_from_the_roots_filesystem(tmp_path: Path) -> None:
+    """``moorage check`` probes where moorage's root is, or its nearest existing parent before the daemon made
+    it, and leaves nothing there."""
+    result = preflight.check_user_namespaces(tmp_path / "not-yet" / "root")
+    expected = idmap.probe_node(tmp_path / "probe")
+    assert result.name == "user namespaces"
+    assert result.status == ("OK" if expected is None else "WARN")
+    if expected is not None:
+        assert expected.split(" (")[0] in result.detail
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
