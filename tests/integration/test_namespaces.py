@@ -11,6 +11,7 @@ import pytest
 
 from moorage.errors import AlreadyExists, InvalidArgument
 from moorage.node import namespaces as ns
+from moorage.node.sysctls import InvalidSysctl, sysctl_kind
 
 pytestmark = [
     pytest.mark.integration,
@@ -134,7 +135,7 @@ def test_pinning_twice_is_refused(pin_dir: Path) -> None:
     ],
 )
 def test_bad_sysctl_fails_precisely_and_leaves_nothing(pin_dir: Path, sysctls: dict[str, str], message: str) -> None:
-    with pytest.raises(ns.InvalidSysctl, match=message):
+    with pytest.raises(InvalidSysctl, match=message):
         ns.pin({"net", "uts"}, pin_dir, sysctls=sysctls)
     assert nsfs_mounts_under(pin_dir.parent) == []
     assert not pin_dir.exists() or list(pin_dir.iterdir()) == []
@@ -151,12 +152,12 @@ def test_bad_hostname_and_kinds_are_refused(pin_dir: Path) -> None:
 
 
 def test_slashed_sysctl_names_follow_sysctl8() -> None:
-    assert ns.sysctl_kind("net/ipv4/ip_forward") == "net"
-    assert ns.sysctl_kind("net.ipv4.conf.eth0/100.rp_filter") == "net"
-    assert ns.sysctl_kind("fs.mqueue.msg_max") == "ipc"
-    assert ns.sysctl_kind("kernel.sem") == "ipc"
-    assert ns.sysctl_kind("kernel.semx") is None
-    assert ns.sysctl_kind("vm.swappiness") is None
+    assert sysctl_kind("net/ipv4/ip_forward") == "net"
+    assert sysctl_kind("net.ipv4.conf.eth0/100.rp_filter") == "net"
+    assert sysctl_kind("fs.mqueue.msg_max") == "ipc"
+    assert sysctl_kind("kernel.sem") == "ipc"
+    assert sysctl_kind("kernel.semx") is None
+    assert sysctl_kind("vm.swappiness") is None
 
 
 @pytest.fixture

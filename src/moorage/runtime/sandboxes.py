@@ -31,7 +31,7 @@ import structlog
 from moorage.api.cri import pb
 from moorage.config import Config
 from moorage.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MoorageError, NotFound, Unimplemented
-from moorage.node import leftovers, namespaces, podfiles
+from moorage.node import leftovers, namespaces, podfiles, sysctls
 from moorage.runtime import events, userns
 from moorage.runtime.events import Event, EventBus
 from moorage.runtime.network import CheckResult, PodNetwork, uses_cni
@@ -83,7 +83,7 @@ class Sandboxes:
             raise InvalidArgument(f"runtime_handler {handler!r} is not configured (runtime.handlers has {known})")
         user.require_user_for_group(config.linux.security_context, "config.linux.security_context")
         modes = config.linux.security_context.namespace_options
-        namespaces.check_sysctls(config.linux.sysctls, _shared_with_node(modes))
+        sysctls.check_sysctls(config.linux.sysctls, _shared_with_node(modes))
         if userns.validate(config) is not None and (reason := await userns.support(Path(self.config().root))):
             raise FailedPrecondition(f"{userns.FIELD}: this node cannot run pods in user namespaces: {reason}")
         if modes.pid == pb.NamespaceMode.POD and self.infra is None:
@@ -120,7 +120,7 @@ class Sandboxes:
         modes = config.linux.security_context.namespace_options
         host_network = modes.network == pb.NamespaceMode.NODE
         host_ipc = modes.ipc == pb.NamespaceMode.NODE
-        kinds: set[namespaces.Kind] = set()
+        kinds: set[sysctls.Kind] = set()
         if not host_network:
             kinds |= {"net", "uts"}  # a pod on the node's network keeps the node's hostname too
         if not host_ipc:
@@ -321,9 +321,9 @@ class Sandboxes:
                 self.events.publish(Event(kind, record.id, record.id, now))
 
 
-def _shared_with_node(modes: pb.NamespaceOption) -> dict[namespaces.Kind, str]:
+def _shared_with_node(modes: pb.NamespaceOption) -> dict[sysctls.Kind, str]:
     """The namespaces a pod shares with the node, and why: a hostNetwork pod keeps the node's hostname too."""
-    shared: dict[namespaces.Kind, str] = {}
+    shared: dict[sysctls.Kind, str] = {}
     if modes.network == pb.NamespaceMode.NODE:
         shared |= {"net": "hostNetwork", "uts": "hostNetwork"}
     if modes.ipc == pb.NamespaceMode.NODE:
