@@ -20,6 +20,9 @@ from tests.fixtures import cgroups
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_cgroups import MIB, OWN_MEMORY_LIMIT
 from tests.integration.test_containers import log_lines
+from tests.integration.test_crash_recovery import Held
+from tests.integration.test_crash_recovery import held as held  # noqa: PLC0414 (the fixture)
+from tests.integration.test_crash_recovery import held_node as held_node  # noqa: PLC0414 (the fixture)
 from tests.integration.test_crictl import CRICTL
 from tests.integration.test_images import rpc_error
 from tests.integration.test_mounts import ConfiguredPod
@@ -239,6 +242,32 @@ def test_cgroup_limits_apply_and_an_oom_kill_is_reported(pod: ConfiguredPod) -> 
     )
     st = pod.wait_exit(pod.run("hog", "sh", "-c", "tail /dev/zero", linux=hog), 60)
     assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+
+@pytest.mark.usefixtures("can")  # before the daemon starts
+def test_a_create_cut_by_a_crash_leaves_no_mount_and_the_volume_intact(
+    held_node: DaemonProcess, held: Held, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    """The daemon SIGKILLed after the runtime's create, with the container's idmapped root and its volume binds
+    made: after the restart and the pod's removal nothing is mounted, and the volume's files were not deleted
+    through a bind."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "keep").write_text("kept\n")
+    pod = ConfiguredPod(held_node, busybox.name, userns_pod_config("cut", cgroup_parent), tmp_path, "held")
+    maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="cut"),
+        image=pb.ImageSpec(image=busybox.name),
+        command=["sleep", "1000"],
+        mounts=[pb.Mount(container_path="/v", host_path=str(volume), uidMappings=maps, gidMappings=maps)],
+        linux=ROOT,
+    )
+    request = pb.CreateContainerRequest(pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config)
+    held.crash_during(held_node, "create", lambda c: c.runtime.CreateContainer(request))
+    pod.remove()
+    assert not [m for m in held_node.mounts() if "/bundles/" in m or "/containers/" in m or "/pods/" in m]
+    assert (volume / "keep").read_text() == "kept\n"
 
 
 @pytest.mark.parametrize(
