@@ -10,13 +10,14 @@ one:
   it (its root may set their sysctls and mount their sysfs and mqueue). /etc/hostname, /etc/hosts,
   /etc/resolv.conf and the /dev/shm tmpfs are owned by the pod's root on the host (host uid of container uid 0),
   as CRI-O does.
-- CreateContainer (:func:`prepare`): the container joins that user namespace by path, with the maps in
-  ``linux.uidMappings``/``gidMappings`` too (runc 1.1 wants them even when joining). Its root is an overlay over
-  idmapped binds of the image's layers (:mod:`moorage.runtime.writable`). Every CRI mount is bound by moorage
-  under ``<bundle>/mounts/<index>`` and the runtime binds that: idmapped when the mount has uid/gid mappings
-  (with a user namespace of exactly those maps), else a plain recursive bind. The runtime opens mount sources as
-  the container's root, which cannot pass the host's 0700 directories (the kubelet's pod volume directories);
-  the bundle and the pod directory are 0711, and every directory above them must be searchable by others
+- CreateContainer (:mod:`moorage.runtime.containers.create`, :func:`prepare_mounts`): the container joins that
+  user namespace by path, with the maps in ``linux.uidMappings``/``gidMappings`` too (runc 1.1 wants them even
+  when joining). Its root is an overlay over idmapped binds of the image's layers (:mod:`moorage.runtime.writable`).
+  Every CRI mount is bound by moorage under ``<bundle>/mounts/<index>`` and the runtime binds that: idmapped when
+  the mount has uid/gid mappings (with a user namespace of exactly those maps), else a plain recursive bind; an
+  image volume is an overlay over idmapped layers already, bound as it is. The runtime opens mount sources as the
+  container's root, which cannot pass the host's 0700 directories (the kubelet's pod volume directories); the
+  bundle and the pod directory are 0711, and every directory above them must be searchable by others
   (:func:`check_reachable`).
 
 Errors: a bad request is INVALID_ARGUMENT naming the field; a node that cannot do it is FAILED_PRECONDITION with
