@@ -19,8 +19,10 @@ from tests.integration.test_containers import Pod
 pytestmark = pytest.mark.integration
 
 REFUSING_RUNTIME = """#!/bin/sh
-# runc, except that it refuses an unforced delete (as if the delete after the exit failed)
-case " $* " in *" delete "*) case " $* " in *" --force "*) ;; *) echo "refused" >&2; exit 1 ;; esac ;; esac
+# runc, except that it refuses an unforced delete while {flag} exists (as if the delete after the exit failed)
+if [ -e "{flag}" ]; then
+  case " $* " in *" delete "*) case " $* " in *" --force "*) ;; *) echo "refused" >&2; exit 1 ;; esac ;; esac
+fi
 exec {runc} "$@"
 """
 
@@ -85,7 +87,8 @@ def refusing_node(registry: Registry, tmp_path: Path) -> Iterator[DaemonProcess]
     runc = shutil.which("runc")
     assert runc is not None
     wrapper = tmp_path / "refusing-runc"
-    wrapper.write_text(REFUSING_RUNTIME.format(runc=runc))
+    (tmp_path / "refuse").touch()
+    wrapper.write_text(REFUSING_RUNTIME.format(runc=runc, flag=tmp_path / "refuse"))
     wrapper.chmod(0o755)
     handlers = f'[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.refusing]\npath = "{wrapper}"\n'
     with running_node(registry.host, handlers) as node:
@@ -95,16 +98,36 @@ def refusing_node(registry: Registry, tmp_path: Path) -> Iterator[DaemonProcess]
             node.remove_all_pods()
 
 
-def test_remove_deletes_what_the_runtime_kept_after_the_exit(
-    refusing_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
-) -> None:
-    pod = Pod(refusing_node, busybox.name, cgroup_parent, tmp_path, "refusing")
+def kept_after_its_exit(node: DaemonProcess, pod: Pod) -> str:
+    """A container that exited, whose delete after the exit the runtime refused."""
     container_id = pod.run("kept", "true")
     assert pod.wait_exit(container_id).exit_code == 0
     deadline = time.monotonic() + 10
-    while "runtime delete after exit failed" not in refusing_node.log():
-        assert time.monotonic() < deadline, refusing_node.log()[-3000:]
+    while "runtime delete after exit failed" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-3000:]
         time.sleep(0.05)
-    assert runtime_has(refusing_node, "refusing", container_id)  # the delete after the exit was refused
+    assert runtime_has(node, "refusing", container_id)
+    return container_id
+
+
+def test_remove_deletes_what_the_runtime_kept_after_the_exit(
+    refusing_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    container_id = kept_after_its_exit(
+        refusing_node, Pod(refusing_node, busybox.name, cgroup_parent, tmp_path, "refusing")
+    )
     remove(refusing_node, container_id)
     assert not runtime_has(refusing_node, "refusing", container_id)  # RemoveContainer forced it
+
+
+def test_the_next_start_deletes_what_the_runtime_kept_after_an_exit(
+    refusing_node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path
+) -> None:
+    pod = Pod(refusing_node, busybox.name, cgroup_parent, tmp_path, "refusing")
+    container_id = kept_after_its_exit(refusing_node, pod)
+    (tmp_path / "refuse").unlink()  # the runtime deletes again
+    refusing_node.stop()
+    refusing_node.start()
+    wait_until_gone(refusing_node, "refusing", container_id)  # recovery deleted it, in the background
+    assert pod.status(container_id).state == pb.ContainerState.CONTAINER_EXITED
+    remove(refusing_node, container_id)

@@ -18,7 +18,9 @@ before anything is served:
                     and no exit file     unknownExitCode): nothing runs it any more, nothing will exit
   ================  ===================  ==============================================================
 
-A running container is never touched: conmon kept it and its log while the daemon was away. Last, what no
+An EXITED container the OCI runtime still has (its delete after the exit was cut short or failed) is deleted
+from the runtime in the background (:mod:`.deletes`). A running container is never touched: conmon kept it
+and its log while the daemon was away. Last, what no
 record owns (a failed undo's leftovers: runtime containers, bundles, writable layers, conmon's files) is removed.
 """
 
@@ -70,6 +72,8 @@ class Recovery(ContainerBase):
                 await self._undo(record.id, sandbox.status.runtime_handler)
             elif record.state in (CONTAINER_CREATED, CONTAINER_RUNNING):
                 live.append(record)
+            else:  # EXITED: a runtime delete after the exit that a crash cut short or that failed, done now
+                self.runtime_deletes.after_exit(await self.runtime_of(record), record.id)
         states = await self._runtime_states(live)
         for record in live:
             await self._reconcile(record, states.get(record.id, "unknown"))
