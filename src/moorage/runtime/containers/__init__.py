@@ -8,6 +8,7 @@ by RPC group, as CRI-O and containerd split their servers:
 - :mod:`.create`: CreateContainer and the pause container;
 - :mod:`.lifecycle`: Start, Stop, Remove and the exit monitor;
 - :mod:`.recovery`: start-up recovery, records reconciled with the OCI runtime and conmon's files;
+- :mod:`.deletes`: the OCI runtime's state of a container deleted when it exits, in the background;
 - :mod:`.operations`: ExecSync, UpdateContainerResources, ReopenContainerLog;
 - :mod:`.image_volumes`: image volumes (CRI ``Mount.image``), mounted by create and taken apart with the rest;
 - :mod:`.checkpoint`: CheckpointContainer, a running container to a CRIU checkpoint archive;
