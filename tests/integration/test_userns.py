@@ -155,6 +155,33 @@ def test_root_cannot_read_a_host_roots_private_file_through_a_host_path(pod: Con
     assert pod.output(cid) == ["65534", "refused"]
 
 
+def test_another_host_user_cannot_reach_the_pods_files(pod: ConfiguredPod, tmp_path: Path) -> None:
+    """The bundle and the pod's directory are 0710, group the pod root's host gid: the runtime, as the pod's root,
+    passes them; another unprivileged host user cannot read the spec (its env), the volume binds, the root
+    filesystem or the pod's files."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "token").write_text("secret\n")
+    mounts = [pb.Mount(container_path="/vol", host_path=str(volume), readonly=True)]
+    cid = pod.run("private", "sh", "-c", "cat /vol/token; sleep 1000", linux=ROOT, mounts=mounts)
+    bundle = pod.node.state / "bundles" / cid
+    pod_dir = pod.node.state / "pods" / pod.id
+    for directory in (bundle, pod_dir):
+        st = directory.stat()
+        assert (oct(st.st_mode & 0o777), st.st_uid, st.st_gid) == ("0o710", 0, HOST_ID), directory
+    paths = [bundle / "config.json", bundle / "rootfs" / "etc" / "passwd", *(bundle / "mounts").glob("*/token")]
+    assert len(paths) == 3
+    for path in [*paths, *(p for p in pod_dir.rglob("*") if p.is_file())]:
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode != 0, path
+        assert "Permission denied" in done.stderr, path
+    deadline = time.monotonic() + 30
+    while pod.status(cid).state != pb.ContainerState.CONTAINER_RUNNING and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pod.exec(cid, "cat", "/vol/token") == "secret\n"
+
+
 def test_root_with_every_capability_cannot_touch_the_node(pod: ConfiguredPod, tmp_path: Path) -> None:
     """All capabilities, in the pod's user namespace: no kernel module, no filesystem the kernel keeps to the
     node's root (debugfs), no node sysctl."""

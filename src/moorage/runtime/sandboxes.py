@@ -132,6 +132,7 @@ class Sandboxes:
         maps = userns.validate(config)
         if maps is not None:
             userns.check_reachable(directory)
+            userns.private_to_pod(directory, maps)
         pinned = (
             namespaces.pin(
                 kinds,

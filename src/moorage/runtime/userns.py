@@ -138,16 +138,26 @@ def _single(mappings: Sequence[pb.IDMapping], field: str) -> IdMap:
     return IdMap(m.container_id, m.host_id, m.length)
 
 
-def check_reachable(path: Path) -> None:
-    """FAILED_PRECONDITION naming the first directory above ``path`` that others cannot search: the container's
-    root (an unprivileged host uid) could not reach its root filesystem or mounts through it."""
+def check_reachable(path: Path, gid: int | None = None) -> None:
+    """FAILED_PRECONDITION naming the first directory above ``path`` that others (or group ``gid``, the host gid
+    of the container's root) cannot search: the container's root (an unprivileged host uid) could not reach its
+    root filesystem or mounts through it."""
     for parent in reversed(path.parents):
-        mode = os.stat(parent).st_mode
-        if not mode & stat.S_IXOTH:
+        st = os.stat(parent)
+        mode = st.st_mode
+        if not mode & stat.S_IXOTH and not (gid is not None and st.st_gid == gid and mode & stat.S_IXGRP):
             raise FailedPrecondition(
                 f"{parent} (mode {stat.filemode(mode)}) is not searchable by others: a container in a user "
                 f"namespace could not reach {path}; make it 0711 or 0755"
             )
+
+
+def private_to_pod(directory: Path, maps: UserNamespace) -> None:
+    """Make ``directory`` (a container's bundle, a pod's directory) searchable by the pod's root only: mode 0710,
+    group the host gid of the pod's root. Others may not pass it to the rootfs, the volume binds, config.json or
+    the pod's files below it."""
+    os.chown(directory, 0, maps.host_gid(0))
+    os.chmod(directory, 0o710)
 
 
 def prepare_mounts(

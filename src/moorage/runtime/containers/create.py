@@ -107,11 +107,13 @@ class Create(ContainerBase):
         rootfs = bundle / "rootfs"
         pod_userns = sandbox.status.namespaces.get("user")
         pod_maps = userns.of_pod(pod) if pod_userns else None
-        bundle.mkdir(parents=True, mode=0o711 if pod_maps else 0o700)  # in a user namespace its root must pass
+        bundle.mkdir(parents=True, mode=0o700)
+        if pod_maps is not None:  # in a user namespace its root must pass, and only it
+            userns.private_to_pod(bundle, pod_maps)
         chain = [layer.chain_id for layer in image.layers]
         layers_userns = None
         if pod_userns and pod_maps:
-            userns.check_reachable(rootfs)
+            userns.check_reachable(rootfs, pod_maps.host_gid(0))
             layers_userns = writable.Userns(Path(pod_userns), pod_maps.host_uid(0), pod_maps.host_gid(0))
         await asyncio.to_thread(
             writable.mount, self.images.layers.snapshots.root, chain, self.layer_dir(record.id), rootfs, layers_userns
