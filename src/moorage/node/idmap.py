@@ -50,6 +50,7 @@ OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
+MOUNT_ATTR_RDONLY = 0x00000001
 MNT_DETACH = 2
 PROBE_HOST_ID = 1 << 30
 PROBE_LENGTH = 65536
@@ -91,22 +92,31 @@ def open_tree(source: Path, *, recursive: bool) -> int:
 
 def set_idmap(tree: int, userns: Path, what: str) -> None:
     """Idmap the detached mount ``tree`` with the user namespace at ``userns`` (a pinned or /proc ns file)."""
-    ns = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    set_attrs(tree, userns=userns, readonly=False, recursive=False, what=what)
+
+
+def set_attrs(tree: int, *, userns: Path | None, readonly: bool, recursive: bool, what: str) -> None:
+    """Idmap the detached mount ``tree`` with ``userns`` and/or make it read-only (its submounts too when
+    ``recursive``). Read-only set here, on the host's side, is locked for a mount namespace of the pod's user
+    namespace: a pod cannot remount it read-write, as it could a read-only flag its runtime set inside."""
+    flags = (MOUNT_ATTR_IDMAP if userns is not None else 0) | (MOUNT_ATTR_RDONLY if readonly else 0)
+    ns = os.open(userns, os.O_RDONLY | os.O_CLOEXEC) if userns is not None else -1
     try:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, ns)
+        attr = _MountAttr(flags, 0, 0, max(ns, 0))
         _check(
             _libc.syscall(
                 SYS_MOUNT_SETATTR,
                 ctypes.c_int(tree),
                 ctypes.c_char_p(b""),
-                ctypes.c_uint(AT_EMPTY_PATH),
+                ctypes.c_uint(AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)),
                 ctypes.byref(attr),
                 ctypes.c_size_t(ctypes.sizeof(attr)),
             ),
-            f"idmap {what} with the user namespace {userns}",
+            f"idmap {what} with the user namespace {userns}" if userns is not None else f"make {what} read-only",
         )
     finally:
-        os.close(ns)
+        if ns >= 0:
+            os.close(ns)
 
 
 def move_mount(tree: int, target: Path, what: str) -> None:
@@ -123,11 +133,11 @@ def move_mount(tree: int, target: Path, what: str) -> None:
     )
 
 
-def bind(source: Path, target: Path, userns: Path | None) -> None:
+def bind(source: Path, target: Path, userns: Path | None, *, readonly: bool = False) -> None:
     """Bind ``source`` at ``target`` (created as an empty file or directory like ``source`` when missing),
     idmapped with ``userns`` when given (the top mount only: submounts of another filesystem might not allow
-    idmapping), else recursively, as an ``rbind``. ``target`` may be ``source`` itself: the idmapped copy is
-    stacked over it."""
+    idmapping), else recursively, as an ``rbind``; ``readonly``: read-only (locked for the pod's namespaces).
+    ``target`` may be ``source`` itself: the idmapped copy is stacked over it."""
     if not os.path.lexists(target):
         if stat.S_ISDIR(os.stat(source).st_mode):
             target.mkdir(mode=0o755)
@@ -135,8 +145,8 @@ def bind(source: Path, target: Path, userns: Path | None) -> None:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444))
     tree = open_tree(source, recursive=userns is None)
     try:
-        if userns is not None:
-            set_idmap(tree, userns, str(source))
+        if userns is not None or readonly:
+            set_attrs(tree, userns=userns, readonly=readonly, recursive=userns is None, what=str(source))
         move_mount(tree, target, str(source))
     finally:
         os.close(tree)

@@ -181,7 +181,7 @@ def prepare_mounts(
         source = Path(os.path.realpath(mount.host_path))
         try:
             with _userns_of(maps, pod_maps, pod_userns, bundle) as userns:
-                idmap.bind(source, target, userns)
+                idmap.bind(source, target, userns, readonly=mount.readonly)
         except MoorageError as exc:
             raise MoorageError(f"config.mounts[{index}]: {exc.message}") from exc
         mount.host_path = str(target)
