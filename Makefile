@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-GEN := src/moorage/api/_gen
+GEN := src/moorage/cri/_gen
 
 .PHONY: deps run stop test lint typecheck pytest test-cgroupv2 test-cgroupv2-systemd deb test-deb critest cri-tools clientgo kubelet test-kubelet protos docs bench pause clean
 
@@ -78,7 +78,7 @@ build/kubelet/.version: scripts/build-kubelet
 test-kubelet: deps kubelet cri-tools
 	$(PY) -m tests.kubelet.run $(PYTEST_ARGS)
 
-## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/api/_gen (committed).
+## Regenerate the Python stubs of proto/runtime/v1/api.proto into src/moorage/cri/_gen (committed).
 protos: deps
 	rm -rf $(GEN)/runtime
 	mkdir -p $(GEN)/runtime/v1
@@ -86,8 +86,8 @@ protos: deps
 	    --python_out=$(GEN) --grpc_python_out=$(GEN) --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) \
 	    proto/runtime/v1/api.proto
 	touch $(GEN)/runtime/__init__.py $(GEN)/runtime/v1/__init__.py
-	sed -i -e 's/^from runtime\.v1 import/from moorage.api._gen.runtime.v1 import/' \
-	    -e 's/\bruntime\.v1\.api_pb2\b/moorage.api._gen.runtime.v1.api_pb2/g' \
+	sed -i -e 's/^from runtime\.v1 import/from moorage.cri._gen.runtime.v1 import/' \
+	    -e 's/\bruntime\.v1\.api_pb2\b/moorage.cri._gen.runtime.v1.api_pb2/g' \
 	    $(GEN)/runtime/v1/api_pb2_grpc.py $(GEN)/runtime/v1/api_pb2_grpc.pyi
 
 ## Rewrite the README's configuration reference from the config declarations.

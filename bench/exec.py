@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from bench.pods import RPC_TIMEOUT, SLEEP, Latency, Timer, attempt, container_config, pod_config, say, uninterrupted
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from moorage.streaming.client import Local, Options, remote_command
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures

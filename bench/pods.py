@@ -45,10 +45,10 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import moorage
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from moorage.node import cgroupinfo
-from moorage.runtime.handlers import cgroup_compatible
+from moorage.runtime.containers.handlers import cgroup_compatible
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry

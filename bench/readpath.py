@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.pods import RPC_TIMEOUT, SLEEP, Latency, Timer, attempt, container_config, pod_config, say, uninterrupted
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry

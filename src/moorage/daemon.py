@@ -32,14 +32,15 @@ from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cni import Cni, NetworkConfig
 from moorage.node.sdnotify import Notifier
 from moorage.observe import daemon_log, metrics
-from moorage.runtime import pause_image
 from moorage.runtime.containers import Containers
-from moorage.runtime.events import EventBus
-from moorage.runtime.network import PodNetwork
-from moorage.runtime.pod_cidr import PodCidr
-from moorage.runtime.sandboxes import Sandboxes
-from moorage.runtime.streams import StreamBackend
+from moorage.runtime.exec.execs import Execs
+from moorage.runtime.pods import pause_image
+from moorage.runtime.pods.network import PodNetwork
+from moorage.runtime.pods.pod_cidr import PodCidr
+from moorage.runtime.pods.sandboxes import Sandboxes
+from moorage.state.events import EventBus
 from moorage.store.db import Store
+from moorage.store.records import CONTAINERS, POD_SANDBOXES, Records
 from moorage.streaming.server import StreamingServer
 
 log = structlog.get_logger(__name__)
@@ -81,22 +82,24 @@ class Daemon:
                 timeout=self.config.cni.plugin_timeout,
                 pod_cidrs=lambda: pod_cidr.value,
             )
-            sandboxes = Sandboxes(store, lambda: self.config, PodNetwork(cni), EventBus())
-            containers = Containers(store, lambda: self.config, images, sandboxes, cgroup_host)
-            sandboxes.infra = containers
+            bus = EventBus()
+            pods = Records(store, POD_SANDBOXES, bus)
+            containers = Containers(Records(store, CONTAINERS, bus), lambda: self.config, images, pods, cgroup_host)
+            sandboxes = Sandboxes(pods, lambda: self.config, PodNetwork(cni), containers)
             await self._local_pause_image(images, root)
             await sandboxes.load()
             await containers.load()
             await containers.recover()
             await sandboxes.recover()
+            execs = Execs(sandboxes, containers)
             streaming = StreamingServer(
                 self.config.streaming.address,
-                StreamBackend(sandboxes, containers),
+                execs,
                 idle_timeout=self.config.streaming.idle_timeout,
                 open_files=open_files,
             )
             await streaming.start()
-            runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, containers, streaming)
+            runtime = RuntimeService(lambda: self.config, pod_cidr, sandboxes, execs, streaming)
             admin = AdminService(images)
             grpc_server = await server.start(socket, runtime, ImageService(images), (admin.handler(),))
             background = [

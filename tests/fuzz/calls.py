@@ -14,7 +14,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from moorage.api.cri import IMAGE_SERVICE, RUNTIME_SERVICE
+from moorage.cri import IMAGE_SERVICE, RUNTIME_SERVICE
 
 RPCS: list[tuple[ServiceDescriptor, MethodDescriptor]] = [
     (service, method) for service in (RUNTIME_SERVICE, IMAGE_SERVICE) for method in service.methods

@@ -21,8 +21,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from tests.fuzz.messages import Overrides, text
 
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node import apparmor as node_apparmor
 from moorage.node import apparmor_default
 from tests.integration.daemon import DaemonProcess, PushedImage

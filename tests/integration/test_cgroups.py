@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node.cgroups import slice_dir, to_slice
 from tests.fixtures import cgroups
 from tests.fixtures.registry import Registry

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import cgroups
 from tests.integration import test_containers
 from tests.integration.daemon import DaemonProcess, PushedImage

@@ -23,9 +23,9 @@ import pytest
 
 from moorage.errors import DeadlineExceeded, MoorageError, NotFound
 from moorage.node import cgroupinfo
-from moorage.runtime.conmon import ConmonPaths, conmon_pid, create_container, read_exit
-from moorage.runtime.handlers import cgroup_compatible
-from moorage.runtime.oci import OciRuntime
+from moorage.runtime.containers.conmon import ConmonPaths, conmon_pid, create_container, read_exit
+from moorage.runtime.containers.handlers import cgroup_compatible
+from moorage.runtime.containers.oci import OciRuntime
 from tests.fixtures import cgroups
 
 pytestmark = pytest.mark.integration

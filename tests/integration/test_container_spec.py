@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry

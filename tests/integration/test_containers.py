@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 import pytest
 
-from moorage.api.cri import pb, pb_grpc
-from moorage.runtime.exec_sync import KUBELET_MAX_RECEIVE, OUTPUT_CAP
+from moorage.cri import pb, pb_grpc
+from moorage.runtime.exec.exec_sync import KUBELET_MAX_RECEIVE, OUTPUT_CAP
 from tests.fixtures import cgroups
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_containers import Pod
 

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
 from tests.fixtures.netns import Netns, netns

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import images as fixtures
 from tests.fixtures.images import Entry
 from tests.fixtures.registry import Registry

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.observe.cgroup_spec import weight_to_shares
 from tests.fixtures import cgroups
 from tests.integration import test_cgroups

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
-from moorage.runtime.handlers import write_hybrid_wrapper
+from moorage.cri import pb
+from moorage.runtime.containers.handlers import write_hybrid_wrapper
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
 from tests.integration.test_containers import Pod, log_lines

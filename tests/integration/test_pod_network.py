@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import images as fixtures
 from tests.fixtures.netns import NodeNetns, node_netns
 from tests.fixtures.registry import Registry

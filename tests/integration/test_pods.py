@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.integration.daemon import DaemonProcess
 from tests.integration.test_images import rpc_error
 

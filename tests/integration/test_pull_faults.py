@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures import images as fixtures
 from tests.fixtures.proxy import FaultProxy
 from tests.fixtures.registry import Registry

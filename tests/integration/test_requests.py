@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 
-from moorage.api.cri import IMAGE_SERVICE, RUNTIME_SERVICE, pb
+from moorage.cri import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 from tests.integration.daemon import DaemonProcess
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node import cgroupinfo
 from moorage.runtime import spec
-from moorage.runtime.handlers import cgroup_compatible
+from moorage.runtime.containers.handlers import cgroup_compatible
 from tests.fixtures import cgroups
 
 pytestmark = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.fixtures.registry import Registry
 from tests.integration import test_containers
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node

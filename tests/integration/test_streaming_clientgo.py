@@ -19,7 +19,7 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.integration.test_streaming import assert_a_killed_client_kills, attach_url, exec_url

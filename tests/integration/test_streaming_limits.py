@@ -9,8 +9,8 @@ import socket
 import time
 from pathlib import Path
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from tests.integration.daemon import DaemonProcess
 from tests.integration.test_containers import Pod
 from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)

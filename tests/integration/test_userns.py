@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node import apparmor, idmap
 from tests.fixtures import cgroups
 from tests.integration.daemon import DaemonProcess, PushedImage

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
+from moorage.cri import pb
 from tests.critest.images import build_and_push
 from tests.critest.run import cni_network, registries_conf
 from tests.fixtures.registry import Registry

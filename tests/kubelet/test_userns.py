@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node import idmap
 from tests.kubelet.conftest import Node, wait_for
 from tests.kubelet.manifests import container, pod

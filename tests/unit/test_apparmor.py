@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.node import apparmor as node_apparmor
 from moorage.node import apparmor_default

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime import spec
 from moorage.runtime.spec import cdi

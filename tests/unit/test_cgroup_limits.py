@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.node import cgroup_limits
 from moorage.node.cgroup_limits import PodLimits
 from moorage.node.cgroupinfo import CgroupHost
-from moorage.runtime import pod_resources
+from moorage.runtime.pods import pod_resources
 
 R = pb.LinuxContainerResources
 MIB = 1 << 20

@@ -1,4 +1,4 @@
-"""The checkpoint archive's parts (moorage.runtime.checkpoint.archive) and the CRIU check (…checkpoint.criu),
+"""The checkpoint archive's parts (moorage.runtime.containers.checkpoint.archive) and the CRIU check (…checkpoint.criu),
 on temp dirs and on scripts of the test's own standing in for criu."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from moorage.errors import FailedPrecondition, InvalidArgument
-from moorage.runtime.checkpoint import archive
-from moorage.runtime.checkpoint.criu import Criu, reason_of
+from moorage.runtime.containers.checkpoint import archive
+from moorage.runtime.containers.checkpoint.criu import Criu, reason_of
 
 NODE_CRIU_OUTPUT = """\
 Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds

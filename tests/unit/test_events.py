@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from moorage.runtime.events import CREATED, STARTED, Event, EventBus, Overflow
+from moorage.state.events import CREATED, STARTED, Event, EventBus, Overflow
 
 
 def test_subscribers_get_events_in_order_and_leave() -> None:

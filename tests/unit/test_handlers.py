@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moorage.runtime.handlers import parent_mount
+from moorage.runtime.containers.handlers import parent_mount
 
 HYBRID = ["/", "/proc", "/sys", "/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroupx"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument, NotFound
 from moorage.images.catalog import ImageRecord
 from moorage.runtime.containers import image_volumes

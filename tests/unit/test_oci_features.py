@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from moorage.runtime.oci_features import OciFeatures, kernel_has_mount_setattr, known_without_features, parse
+from moorage.runtime.containers.oci_features import OciFeatures, kernel_has_mount_setattr, known_without_features, parse
 
 RUNC_1_1 = json.dumps({"ociVersionMin": "1.0.0", "mountOptions": ["bind", "ro", "rro", "rrw", "nosuid"]}).encode()
 

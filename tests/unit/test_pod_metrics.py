@@ -3,14 +3,14 @@ values are left out, every family critest v1.37 expects is described and sampled
 
 from __future__ import annotations
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node.netdev import InterfaceCounters, parse_net_dev
 from moorage.node.procstats import ProcessCounts
+from moorage.observe import pod_metrics
 from moorage.observe.cgroup_spec import CgroupSpec
 from moorage.observe.disk import DiskUsage, Filesystem
+from moorage.observe.pod_metrics import ContainerReading
 from moorage.observe.stats import CgroupStats, DeviceIo, Hugetlb, Pressure, PsiLine
-from moorage.runtime import pod_metrics
-from moorage.runtime.pod_metrics import ContainerReading
 
 LABELS = ("web-0", "default", "app", "c1", "registry.local/app:1")
 NET_DEV = "\n".join(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 
 TOP = Path(__file__).resolve().parents[2]
 SRC = TOP / "src" / "moorage"
@@ -34,7 +34,7 @@ def test_generated_stubs_match_the_proto(tmp_path: Path) -> None:
         for field in message.field:
             field.ClearField("json_name")  # protoc adds it to descriptor sets, the generated code leaves it out
     committed = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
-    assert compiled == committed, "api.proto changed: run `make protos` and commit src/moorage/api/_gen"
+    assert compiled == committed, "api.proto changed: run `make protos` and commit src/moorage/cri/_gen"
 
 
 def _all_messages(
@@ -78,7 +78,7 @@ FORBIDDEN = {
 }
 
 
-ALLOWED = {"moorage.api.cri"}
+ALLOWED = {"moorage.cri"}
 """The CRI message types are the domain's vocabulary (as cri-api's Go types are CRI-O's): anyone may use them."""
 
 
@@ -96,6 +96,6 @@ def test_only_the_generated_facade_imports_gen() -> None:
     users = [
         str(p.relative_to(SRC))
         for p in SRC.rglob("*.py")
-        if "_gen" not in p.parts and any(n.startswith("moorage.api._gen") for n in imports_of(p))
+        if "_gen" not in p.parts and any(n.startswith("moorage.cri._gen") for n in imports_of(p))
     ]
-    assert users == ["api/cri.py"]
+    assert users == ["cri/__init__.py"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.runtime.spec import resources
 
 R = pb.LinuxContainerResources

@@ -1,4 +1,4 @@
-"""Stop signals (runtime/signals.py): CRI enum, image STOPSIGNAL strings and signal numbers."""
+"""Stop signals (runtime/containers/signals.py): CRI enum, image STOPSIGNAL strings and signal numbers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument
-from moorage.runtime import signals
+from moorage.runtime.containers import signals
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.streaming import remotecommand, spdy
 from moorage.streaming import tokens as streaming_tokens
 

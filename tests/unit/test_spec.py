@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime import spec
 from moorage.runtime.spec import rootfs as rootfs_mod

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.node.namespaces import IdMap, UserNamespace
 from moorage.runtime import userns

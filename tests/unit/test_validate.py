@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from moorage.api import validate
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument
-from moorage.runtime import pod_cidr
+from moorage.runtime.pods import pod_cidr
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import grpc
 
 from moorage.api import validate
 from moorage.api.batching import batches
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.images import auth
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 import moorage
 from moorage.api import validate
 from moorage.api.batching import batches
-from moorage.api.cri import pb
 from moorage.api.stats_rpcs import StatsRpcs
 from moorage.api.views import (
     ContainerView,
@@ -26,13 +25,15 @@ from moorage.api.views import (
     unfiltered,
 )
 from moorage.config import Config
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from moorage.runtime import conditions, pod_resources
-from moorage.runtime.containers import Containers
-from moorage.runtime.events import Event, Overflow
-from moorage.runtime.pod_cidr import PodCidr
-from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime import conditions
+from moorage.runtime.exec.execs import Execs
+from moorage.runtime.pods import pod_resources
+from moorage.runtime.pods.pod_cidr import PodCidr
+from moorage.runtime.pods.sandboxes import Sandboxes
 from moorage.runtime.spec import resources
+from moorage.state.events import Event, Overflow
 from moorage.state.models import CONTAINER_RUNNING, READY
 from moorage.streaming.server import StreamingServer
 
@@ -45,15 +46,17 @@ class RuntimeService(StatsRpcs):
         config: Callable[[], Config],
         pod_cidr: PodCidr,
         sandboxes: Sandboxes,
-        containers: Containers,
+        execs: Execs,
         streaming: StreamingServer,
     ) -> None:
+        containers = sandboxes.containers
         super().__init__(sandboxes, containers)
         self._pod_views = Views(sandboxes.index, pod_view)
         self._container_views = Views(containers.index, container_view)
         self._config = config
         self._pod_cidr = pod_cidr
         self._streaming = streaming
+        self._execs = execs
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -149,7 +152,7 @@ class RuntimeService(StatsRpcs):
     ) -> AsyncIterator[pb.ContainerEventResponse]:
         """Every pod and container change from now on, with the pod's status and its containers' at that time.
         A client that falls too far behind is cut off with RESOURCE_EXHAUSTED (it relists and subscribes again)."""
-        with self._sandboxes.events.subscribe() as subscription:
+        with self._sandboxes.records.bus.subscribe() as subscription:
             while True:
                 try:
                     event = await subscription.next()
@@ -195,8 +198,6 @@ class RuntimeService(StatsRpcs):
         # api.proto: stopping a sandbox that does not exist (any more) is not an error.
         sandbox_id = await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         if sandbox_id is not None:
-            for container in await self._containers.all(sandbox_id):
-                await self._containers.stop(container.id, 0)
             await self._sandboxes.stop(sandbox_id)
         return pb.StopPodSandboxResponse()
 
@@ -206,8 +207,6 @@ class RuntimeService(StatsRpcs):
         # api.proto: removing a sandbox that does not exist is not an error; a running one is stopped first.
         sandbox_id = await self._maybe("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         if sandbox_id is not None:
-            for container in await self._containers.all(sandbox_id):
-                await self._containers.remove(container.id)
             await self._sandboxes.remove(sandbox_id)
         return pb.RemovePodSandboxResponse()
 
@@ -270,7 +269,7 @@ class RuntimeService(StatsRpcs):
 
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Context) -> pb.ExecSyncResponse:
         container_id = await self._existing("containers", request.container_id, "container_id")
-        result = await self._containers.exec_sync(container_id, list(request.cmd), max(int(request.timeout), 0))
+        result = await self._execs.exec_sync(container_id, list(request.cmd), max(int(request.timeout), 0))
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
 
     # Streaming: the RPC answers a URL of the streaming server, where the client connects to run it. --------

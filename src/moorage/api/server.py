@@ -20,10 +20,10 @@ from pathlib import Path
 
 import grpc
 
-from moorage.api.cri import IMAGE_SERVICE, RUNTIME_SERVICE
 from moorage.api.handlers import service_handler
 from moorage.api.image_service import ImageService
 from moorage.api.runtime_service import RuntimeService
+from moorage.cri import IMAGE_SERVICE, RUNTIME_SERVICE
 from moorage.errors import StartupError
 
 SOCKET_MODE = 0o660

@@ -8,10 +8,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from moorage.api.batching import batches
-from moorage.api.cri import pb
 from moorage.api.views import Context, RecordLookup, container_status, matches, pod_status
+from moorage.cri import pb
 from moorage.errors import NotFound
-from moorage.runtime import pod_metrics
+from moorage.observe import pod_metrics
 from moorage.state.models import READY
 
 

@@ -17,11 +17,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 
 from moorage.api import validate
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import NotFound
-from moorage.runtime import signals
-from moorage.runtime.containers import Containers
-from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.containers import Containers, signals
+from moorage.runtime.pods.sandboxes import Sandboxes
 from moorage.runtime.spec import resources
 from moorage.state.index import Index
 from moorage.state.models import (

@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import grpc
 
-from moorage.api.cri import pb, pb_grpc
+from moorage.cri import pb, pb_grpc
 
 DEFAULT_ENDPOINT = "unix:///run/moorage/moorage.sock"
 MAX_RECEIVE = 64 << 20  # more than the kubelet takes (16 MiB), for the largest lists

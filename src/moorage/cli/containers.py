@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
 from moorage.cli.common import (
     call,
@@ -22,6 +21,7 @@ from moorage.cli.common import (
     stop_each,
 )
 from moorage.cli.pods import resolve_pod
+from moorage.cri import pb
 
 CONTAINER_STATES = {
     "created": pb.ContainerState.CONTAINER_CREATED,

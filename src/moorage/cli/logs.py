@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 
 import click
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
 from moorage.cli.common import call, client_for
+from moorage.cri import pb
 
 POLL_SECONDS = 0.2
 LIVE = (pb.ContainerState.CONTAINER_CREATED, pb.ContainerState.CONTAINER_RUNNING)

@@ -12,7 +12,6 @@ from typing import Any
 import click
 import grpc
 
-from moorage.api.cri import pb
 from moorage.cli.client import DEFAULT_ENDPOINT
 from moorage.cli.common import call as _call
 from moorage.cli.common import client_for as _client
@@ -20,6 +19,7 @@ from moorage.cli.common import config_option
 from moorage.cli.common import rpc_error as _rpc_error
 from moorage.cli.common import table as _table
 from moorage.cli.progress import PullDisplay, human_bytes
+from moorage.cri import pb
 from moorage.errors import ConfigError, StartupError, StoreError
 
 LAZY_COMMANDS = {

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from moorage.api.cri import pb
 from moorage.cli.client import CriClient
 from moorage.cli.common import (
     call,
@@ -21,6 +20,7 @@ from moorage.cli.common import (
     remove_each,
     stop_each,
 )
+from moorage.cri import pb
 
 POD_STATES = {"ready": pb.PodSandboxState.SANDBOX_READY, "notready": pb.PodSandboxState.SANDBOX_NOTREADY}
 STATE_NAMES = {pb.PodSandboxState.SANDBOX_READY: "Ready", pb.PodSandboxState.SANDBOX_NOTREADY: "NotReady"}

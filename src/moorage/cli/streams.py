@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from moorage.api.cri import pb
 from moorage.cli.common import call, client_for
+from moorage.cri import pb
 from moorage.streaming.client import Local, Options, StreamingError, forward, remote_command
 
 

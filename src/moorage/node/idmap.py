@@ -19,7 +19,7 @@ uses it to give the runtime a volume at a path under the container's bundle that
 A container's root cannot be an idmapped mount of its overlay: overlayfs does not allow idmapping the overlay
 itself (mount_setattr fails with EINVAL, Linux 6.18 included). It allows idmapped *layers* (Linux 5.19+), so the
 root is an overlay over idmapped binds of the image's layers, with a plain upper directory owned by the pod's
-root on the host, as containerd's overlay snapshotter does it (:mod:`moorage.runtime.writable`).
+root on the host, as containerd's overlay snapshotter does it (:mod:`moorage.runtime.containers.writable`).
 
 :func:`probe_node` says whether the kernel can do all that (idmap a tmpfs and the daemon root's filesystem, mount
 an overlay over an idmapped layer): Linux 5.12 has idmapped mounts, overlayfs takes idmapped layers from 5.19.

@@ -1,6 +1,6 @@
 """Disk usage of a directory tree (a container's writable layer) and the filesystem it is on.
 
-The tree walk reads every file's metadata, so callers keep its result for a while (:mod:`moorage.runtime.usage`
+The tree walk reads every file's metadata, so callers keep its result for a while (:mod:`moorage.observe.usage`
 walks each layer periodically); the filesystem's numbers are one statvfs call.
 """
 

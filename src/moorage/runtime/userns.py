@@ -5,14 +5,15 @@ ids from its allocator), mode NODE for none. It does so only on a runtime handle
 ``user_namespaces``, which moorage reports where :func:`moorage.node.idmap.probe_node` passes. How a pod gets
 one:
 
-- RunPodSandbox (:func:`validate`, then :mod:`moorage.runtime.sandboxes`): the user namespace is made and pinned
+- RunPodSandbox (:func:`validate`, then :mod:`moorage.runtime.pods.sandboxes`): the user namespace is made and pinned
   first, with the pod's maps, and the pod's net, IPC and UTS namespaces are made inside it, so they are owned by
   it (its root may set their sysctls and mount their sysfs and mqueue). /etc/hostname, /etc/hosts,
   /etc/resolv.conf and the /dev/shm tmpfs are owned by the pod's root on the host (host uid of container uid 0),
   as CRI-O does.
 - CreateContainer (:mod:`moorage.runtime.containers.create`, :func:`prepare_mounts`): the container joins that
   user namespace by path, with the maps in ``linux.uidMappings``/``gidMappings`` too (runc 1.1 wants them even
-  when joining). Its root is an overlay over idmapped binds of the image's layers (:mod:`moorage.runtime.writable`).
+  when joining). Its root is an overlay over idmapped binds of the image's layers
+  (:mod:`moorage.runtime.containers.writable`).
   Every CRI mount is bound by moorage under ``<bundle>/mounts/<index>`` and the runtime binds that: idmapped when
   the mount has uid/gid mappings (with a user namespace of exactly those maps), else a plain recursive bind; an
   image volume is an overlay over idmapped layers already, bound as it is. The runtime opens mount sources as the
@@ -38,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError
 from moorage.node import idmap, namespaces
 from moorage.node.namespaces import IdMap, UserNamespace

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument, MoorageError
 from moorage.streaming.channel import Duplex, socket_to_stream, stream_to_socket
 from moorage.streaming.session import Session, Stream

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from moorage.runtime.exec_stream import Source
+from moorage.runtime.exec.exec_stream import Source
 from moorage.streaming.channel import Duplex
 from moorage.streaming.session import Session, Stream
 

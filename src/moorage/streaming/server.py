@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 import h11
 import structlog
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, StartupError
-from moorage.runtime.exec_stream import ExecIO
+from moorage.runtime.exec.exec_stream import ExecIO
 from moorage.streaming import portforward, remotecommand
 from moorage.streaming.admission import HANDSHAKE_TIMEOUT, Admission
 from moorage.streaming.session import Session

@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import ResourceExhausted
 
 TOKEN_TTL = 60.0

@@ -17,7 +17,7 @@ by RPC group, as CRI-O and containerd split their servers:
 
 from __future__ import annotations
 
-from moorage.runtime.containers.checkpoint import Checkpoint
+from moorage.runtime.containers.checkpoint.dump import Checkpoint
 from moorage.runtime.containers.create import Create
 from moorage.runtime.containers.lifecycle import Lifecycle
 from moorage.runtime.containers.operations import Operations

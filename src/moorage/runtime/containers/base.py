@@ -20,17 +20,21 @@ from moorage.node.apparmor import AppArmor
 from moorage.node.apparmor import status as apparmor_status
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import driver as cgroup_driver
-from moorage.runtime import conmon, userns, writable
-from moorage.runtime.container_records import ContainerRecords
-from moorage.runtime.containers import image_volumes
+from moorage.observe.usage import UsageReader
+from moorage.runtime import userns
+from moorage.runtime.containers import conmon, image_volumes, writable
 from moorage.runtime.containers.deletes import RuntimeDeletes
-from moorage.runtime.handlers import Handlers
-from moorage.runtime.oci import OciRuntime
-from moorage.runtime.sandboxes import Sandboxes
-from moorage.runtime.usage import UsageReader
+from moorage.runtime.containers.handlers import Handlers
+from moorage.runtime.containers.oci import OciRuntime
 from moorage.state.index import Index
-from moorage.state.models import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_RUNNING, ContainerRecord
-from moorage.store.db import Store
+from moorage.state.models import (
+    CONTAINER_CREATED,
+    CONTAINER_EXITED,
+    CONTAINER_RUNNING,
+    ContainerRecord,
+    SandboxRecord,
+)
+from moorage.store.records import Records
 
 log = structlog.get_logger(__name__)
 OOM_REPORT_WAIT = 5.0
@@ -44,15 +48,16 @@ KILL_WAIT_SECONDS = 10.0
 class ContainerBase:
     def __init__(
         self,
-        store: Store,
+        records: Records[ContainerRecord],
         config: Callable[[], Config],
         images: ImageManager,
-        sandboxes: Sandboxes,
+        pods: Records[SandboxRecord],
         host: CgroupHost,
     ) -> None:
         self.config = config
         self.images = images
-        self.sandboxes = sandboxes
+        self.pods = pods
+        """The pods' records (read only: the pods' lifecycle is :class:`~moorage.runtime.pods.sandboxes.Sandboxes`')."""
         self.state = Path(config().state)
         self.root = Path(config().root)
         self.cgroups = cgroup_driver(config().cgroup_driver)
@@ -60,7 +65,7 @@ class ContainerBase:
         self.usage = UsageReader(self.layer_dir, self.cgroups, host)
         self.handlers = Handlers(config, self.state, self.cgroups, host)
         self.apparmor = AppArmor.detect()
-        self.records = ContainerRecords(store, sandboxes.events)
+        self.records = records
         self.runtime_deletes = RuntimeDeletes()
 
     async def load(self) -> None:
@@ -98,10 +103,10 @@ class ContainerBase:
         return await self.records.get(container_id)
 
     async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
-        return self.records.all(sandbox_id)
+        return self.records.all((lambda r: r.sandbox_id == sandbox_id) if sandbox_id else None)
 
     async def runtime_of(self, record: ContainerRecord) -> OciRuntime:
-        sandbox = await self.sandboxes.get(record.sandbox_id)
+        sandbox = await self.pods.get(record.sandbox_id)
         return self.runtime(sandbox.status.runtime_handler)
 
     # --- taking a container apart, and its exit ---------------------------------------------------------------

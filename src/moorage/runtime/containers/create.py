@@ -15,15 +15,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
 from moorage.node import apparmor_default
-from moorage.runtime import conmon, signals, userns, writable
+from moorage.runtime import userns
 from moorage.runtime.conditions import find_binary
-from moorage.runtime.containers import image_volumes, restore
+from moorage.runtime.containers import conmon, image_volumes, signals, writable
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
+from moorage.runtime.containers.checkpoint import restore
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.state.models import (
     CONTAINER_CREATED,
@@ -38,7 +39,7 @@ from moorage.state.models import (
 
 class Create(ContainerBase):
     async def create(self, sandbox_id: str, config: pb.ContainerConfig) -> str:
-        sandbox = await self.sandboxes.get(sandbox_id)
+        sandbox = await self.pods.get(sandbox_id)
         if sandbox.state != READY:
             raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready ({sandbox.state})")
         restoring = await restore.plan(self, config)  # a checkpoint archive: the image it was taken of

@@ -31,7 +31,7 @@ import contextlib
 import structlog
 
 from moorage.errors import MoorageError, NotFound
-from moorage.runtime.oci import OciRuntime
+from moorage.runtime.containers.oci import OciRuntime
 
 log = structlog.get_logger(__name__)
 

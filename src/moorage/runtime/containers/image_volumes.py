@@ -34,13 +34,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, NotFound
 from moorage.images.catalog import ImageRecord
 from moorage.node import idmap
 from moorage.node.podfiles import unmount
+from moorage.runtime.containers.writable import LOWER_DIR, MAX_OPTIONS
 from moorage.runtime.spec.rootfs import secure_join
-from moorage.runtime.writable import LOWER_DIR, MAX_OPTIONS
 
 VOLUMES_DIR = "image-volumes"
 MAX_STACKED = 16  # unmount attempts per volume: a mount stacked over it by accident goes too
@@ -118,7 +118,7 @@ def volume_dir(bundle: Path, index: int) -> Path:
 def mount(snapshots: Path, volumes: Sequence[ImageVolume], bundle: Path, userns: Path | None = None) -> dict[int, Path]:
     """Mount every volume under ``bundle``; returns mount index → the host directory to bind (the sub path's).
     With ``userns`` (a pod in a user namespace) the overlay is over idmapped binds of the layers, under
-    ``<volume>/lower/<n>``, as the container's root is (:mod:`moorage.runtime.writable`).
+    ``<volume>/lower/<n>``, as the container's root is (:mod:`moorage.runtime.containers.writable`).
 
     What is mounted before a failure stays for :func:`remove`, which the caller's rollback runs."""
     sources = {}

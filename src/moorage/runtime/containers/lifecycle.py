@@ -12,9 +12,9 @@ import signal
 import time
 
 from moorage.errors import FailedPrecondition, MoorageError, NotFound
-from moorage.runtime import signals
-from moorage.runtime.containers import recovery, restore
+from moorage.runtime.containers import recovery, signals
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
+from moorage.runtime.containers.checkpoint import restore
 from moorage.state.models import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_RUNNING
 
 MONITOR_INTERVAL = 0.2
@@ -77,7 +77,7 @@ class Lifecycle(ContainerBase):
         record = await self.get(container_id)
         if record.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
             await self.stop(container_id, 0)
-        sandbox = await self.sandboxes.get(record.sandbox_id)
+        sandbox = await self.pods.get(record.sandbox_id)
         await self._undo(container_id, sandbox.status.runtime_handler)
         self.usage.forget(container_id)
         log.info("container removed", container=container_id)

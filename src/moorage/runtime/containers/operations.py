@@ -1,4 +1,5 @@
-"""ExecSync, UpdateContainerResources and ReopenContainerLog: what is done to a live container."""
+"""UpdateContainerResources and ReopenContainerLog: what is done to a live container (ExecSync is
+:mod:`moorage.runtime.exec.execs`')."""
 
 from __future__ import annotations
 
@@ -6,21 +7,14 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition
 from moorage.runtime.containers.base import ContainerBase, log, wait_for
-from moorage.runtime.exec_sync import ExecResult, exec_sync
 from moorage.runtime.spec import resources
 from moorage.state.models import CONTAINER_CREATED, CONTAINER_RUNNING
 
 
 class Operations(ContainerBase):
-    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
-        record = await self.get(container_id)
-        if record.state != CONTAINER_RUNNING:
-            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot exec in it")
-        return await exec_sync(await self.runtime_of(record), container_id, self.bundle(container_id), cmd, timeout)
-
     async def update_resources(self, container_id: str, linux: pb.LinuxContainerResources) -> None:
         """Apply new limits to a running container; what it has then (the update over what it had: the runtime
         changes only what the update sets) is kept in its config and reported in ContainerStatus.resources."""
@@ -32,7 +26,8 @@ class Operations(ContainerBase):
         current = resources.from_record(record.status.resources) if record.status.resources else config.linux.resources
         merged = resources.merge(current, linux)
         config.linux.resources.CopyFrom(resources.merge(config.linux.resources, linux))
-        await self.records.save_config(container_id, config.SerializeToString())
+        blob = config.SerializeToString()
+        await self.records.patch(container_id, "config = ?", (blob,), lambda r: replace(r, config=blob))
         record = await self.get(container_id)
         await self.records.save(replace(record, status=replace(record.status, resources=resources.to_record(merged))))
         log.info("container resources updated", container=container_id)

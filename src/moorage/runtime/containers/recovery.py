@@ -33,9 +33,9 @@ from collections.abc import Iterable
 
 from moorage.errors import MoorageError
 from moorage.node import leftovers
-from moorage.runtime import conmon
-from moorage.runtime.containers import restore
+from moorage.runtime.containers import conmon
 from moorage.runtime.containers.base import ContainerBase, log
+from moorage.runtime.containers.checkpoint import restore
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -67,7 +67,7 @@ class Recovery(ContainerBase):
         live: list[ContainerRecord] = []
         for record in await self.all():
             if record.state == CONTAINER_CREATING:
-                sandbox = await self.sandboxes.get(record.sandbox_id)
+                sandbox = await self.pods.get(record.sandbox_id)
                 log.warning("removing a container a crash interrupted while it was made", container=record.id)
                 await self._undo(record.id, sandbox.status.runtime_handler)
             elif record.state in (CONTAINER_CREATED, CONTAINER_RUNNING):
@@ -82,7 +82,7 @@ class Recovery(ContainerBase):
     async def _collect_strays(self) -> None:
         """What no container record and no pod (a pause container has its pod's id) owns: runtime containers,
         bundles, writable layers and conmon's files a failed or interrupted undo left."""
-        owned = {r.id for r in await self.all()} | {s.id for s in await self.sandboxes.all()}
+        owned = {r.id for r in await self.all()} | {s.id for s in self.pods.all()}
         for handler in sorted(self.config().runtime.handlers):
             try:
                 runtime = self.runtime(handler)
@@ -116,7 +116,7 @@ class Recovery(ContainerBase):
         states: dict[str, str] = {}
         handlers: dict[str, list[str]] = {}
         for record in records:
-            sandbox = await self.sandboxes.get(record.sandbox_id)
+            sandbox = await self.pods.get(record.sandbox_id)
             handlers.setdefault(sandbox.status.runtime_handler, []).append(record.id)
         for handler, ids in handlers.items():
             try:

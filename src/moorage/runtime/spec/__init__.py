@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.runtime.spec import apparmor, cdi, devices, mounts, process, resources, seccomp, security, user
 
 OCI_VERSION = "1.0.2-dev"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.node.apparmor_default import NAME as DEFAULT_PROFILE
 

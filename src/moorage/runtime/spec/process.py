@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument
 
 log = structlog.get_logger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument
 
 MIN_MEMORY = 12 << 20  # CRI-O's minimum container memory limit: below it runc's own start can be OOM killed

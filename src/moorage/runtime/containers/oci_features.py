@@ -7,7 +7,7 @@ apply ``rro`` with mount_setattr (checked on Debian 12's crun 1.8.1: a tmpfs und
 in the container), so a crun of 1.8 or later that lacks the command is known by its ``--version``
 (:func:`known_without_features`). Any other runtime without the command, or one that fails or prints garbage,
 is taken to support nothing optional. The command is run once per
-runtime binary and the answer cached by :class:`moorage.runtime.handlers.Handlers`.
+runtime binary and the answer cached by :class:`moorage.runtime.containers.handlers.Handlers`.
 
 What moorage reports from it: ``RuntimeHandlerFeatures.recursive_read_only_mounts`` in Status (the kubelet
 only asks for recursive read-only mounts on handlers that report it), and what CreateContainer accepts.
@@ -39,7 +39,7 @@ class OciFeatures:
     # Whether the running kernel has mount_setattr(2), which recursive mount attributes need.
     kernel_mount_setattr: bool = False
     # Whether pods on it may have a user namespace: the node's answer (moorage makes the idmapped mounts), set by
-    # moorage.runtime.handlers.Handlers.features.
+    # moorage.runtime.containers.handlers.Handlers.features.
     user_namespaces: bool = False
 
     @property

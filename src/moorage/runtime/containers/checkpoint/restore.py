@@ -1,7 +1,7 @@
 """Restoring a container from a checkpoint archive, as CRI-O does (``server/container_restore.go``).
 
 CRI-O's rule: a CreateContainer whose ``config.image.image`` names an existing local file restores the
-checkpoint archive there (:func:`moorage.runtime.checkpoint.archive.restore_source`; any other file is
+checkpoint archive there (:func:`moorage.runtime.containers.checkpoint.archive.restore_source`; any other file is
 INVALID_ARGUMENT). The container is made as any other, in the pod the request names, from the image the
 checkpoint was taken of (``config.dump``'s ``rootfsImageRef``: NOT_FOUND naming it when it is not on the
 node), with the request's own mounts, resources and security context, but no process yet: the archive's
@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import NotFound
-from moorage.runtime import conmon
-from moorage.runtime.checkpoint import archive
-from moorage.runtime.checkpoint.criu import node_criu
 from moorage.runtime.conditions import find_binary
+from moorage.runtime.containers import conmon
 from moorage.runtime.containers.base import ContainerBase, log
-from moorage.runtime.oci import OciRuntime
+from moorage.runtime.containers.checkpoint import archive
+from moorage.runtime.containers.checkpoint.criu import node_criu
+from moorage.runtime.containers.oci import OciRuntime
 from moorage.state.models import ContainerRecord
 
 RESTORE_DIR = "restore"

@@ -9,7 +9,7 @@ What CRI-O does (``internal/lib/checkpoint.go``), in order, each refusal before 
 2. the container is paused (the cgroup freezer), so its files do not change between the dump and the copy of
    its writable layer, then dumped by ``<runtime> checkpoint --leave-running`` into a work directory under
    the state root, its writable layer's changes copied beside, and resumed whatever happened;
-3. the archive (:mod:`moorage.runtime.checkpoint.archive`) is written to ``location`` under a temporary name
+3. the archive (:mod:`moorage.runtime.containers.checkpoint.archive`) is written to ``location`` under a temporary name
    and renamed onto it; the work directory goes. A failure at any step leaves nothing at ``location``.
 """
 
@@ -25,10 +25,10 @@ from functools import cached_property
 from pathlib import Path
 
 from moorage.errors import DeadlineExceeded, FailedPrecondition, MoorageError
-from moorage.runtime.checkpoint import archive
-from moorage.runtime.checkpoint.criu import Criu, node_criu
 from moorage.runtime.containers.base import ContainerBase, log
-from moorage.runtime.oci import OciRuntime
+from moorage.runtime.containers.checkpoint import archive
+from moorage.runtime.containers.checkpoint.criu import Criu, node_criu
+from moorage.runtime.containers.oci import OciRuntime
 from moorage.state.models import CONTAINER_RUNNING, ContainerRecord
 
 RESUME_TIMEOUT = 30.0
@@ -120,7 +120,7 @@ class Checkpoint(ContainerBase):
             raise
 
     async def _config_dump(self, record: ContainerRecord) -> dict[str, object]:
-        sandbox = await self.sandboxes.get(record.sandbox_id)
+        sandbox = await self.pods.get(record.sandbox_id)
         image = None
         with contextlib.suppress(MoorageError):
             image = await self.images.find(record.image_id)

@@ -1,5 +1,5 @@
-"""What the streaming server runs once a client connects: an exec in a running container, an attach to its
-stdio, and connections to a port on a pod's loopback (port-forward).
+"""Running things in a pod: ExecSync, and what the streaming server runs once a client connects (an exec in a
+running container, an attach to its stdio, and connections to a port on a pod's loopback for port-forward).
 
 A port is reached from inside the pod's net namespace: the socket is made on a short-lived thread that entered
 the namespace (a socket belongs to the namespace it was created in for good), then connected from the event loop
@@ -14,19 +14,27 @@ from pathlib import Path
 
 from moorage.errors import FailedPrecondition, MoorageError
 from moorage.node.netns import in_netns
-from moorage.runtime.attach import attach
 from moorage.runtime.containers import Containers
-from moorage.runtime.exec_stream import ExecIO, exec_streaming
-from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.exec.attach import attach
+from moorage.runtime.exec.exec_stream import ExecIO, exec_streaming
+from moorage.runtime.exec.exec_sync import ExecResult, exec_sync
+from moorage.runtime.pods.sandboxes import Sandboxes
 from moorage.state.models import CONTAINER_RUNNING, READY
 
 CONNECT_TIMEOUT = 10.0
 
 
-class StreamBackend:
+class Execs:
     def __init__(self, sandboxes: Sandboxes, containers: Containers) -> None:
         self._sandboxes = sandboxes
         self._containers = containers
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
+        record = await self._containers.get(container_id)
+        if record.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.state}, not RUNNING; cannot exec in it")
+        runtime = await self._containers.runtime_of(record)
+        return await exec_sync(runtime, container_id, self._containers.bundle(container_id), cmd, timeout)
 
     async def exec(self, container_id: str, cmd: list[str], io: ExecIO) -> int:
         record = await self._containers.get(container_id)

@@ -6,7 +6,7 @@ Without a TTY the command gets pipes: stdin from the client (closed when the cli
 stderr to the client's streams (or discarded when not requested). With a TTY the runtime hands the terminal's
 master end over a console socket (``--console-socket``, SCM_RIGHTS); the client's stdin goes into it, its
 output to stdout, and each resize sets the window size. When the client goes away before the command ends,
-the command is killed with everything it started (:func:`moorage.runtime.exec_sync.kill_exec`). The result is
+the command is killed with everything it started (:func:`moorage.runtime.exec.exec_sync.kill_exec`). The result is
 the command's exit code.
 
 Lifecycle::
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Protocol
 
 from moorage.errors import InvalidArgument, MoorageError
-from moorage.runtime.exec_sync import kill_exec, write_process
-from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
+from moorage.runtime.containers.oci import OciRuntime, parse_runtime_stderr
+from moorage.runtime.exec.exec_sync import kill_exec, write_process
 
 READ_CHUNK = 1 << 15
 CONSOLE_TIMEOUT = 30.0

@@ -35,10 +35,11 @@ from moorage.config import Config
 from moorage.errors import InvalidArgument
 from moorage.node.cgroupinfo import CgroupHost, parse_mountinfo
 from moorage.node.cgroups import CgroupDriver
-from moorage.runtime import oci_features, userns
+from moorage.runtime import userns
 from moorage.runtime.conditions import find_binary
-from moorage.runtime.oci import OciRuntime
-from moorage.runtime.oci_features import OciFeatures
+from moorage.runtime.containers import oci_features
+from moorage.runtime.containers.oci import OciRuntime
+from moorage.runtime.containers.oci_features import OciFeatures
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +119,8 @@ def write_hybrid_wrapper(binary: str, cgroup2_mount: str, parent: str, wrapper: 
     inner = f'{mount} --make-rslave {shlex.quote(parent)} && {umount} {shlex.quote(cgroup2_mount)} && exec "$0" "$@"'
     script = (
         "#!/bin/sh\n"
-        f"# moorage: run {binary} without the hybrid cgroup2 mount {cgroup2_mount} (see moorage.runtime.handlers).\n"
+        f"# moorage: run {binary} without the hybrid cgroup2 mount {cgroup2_mount}\n"
+        "# (see moorage.runtime.containers.handlers).\n"
         "# The host's propagation is kept, so containers' rslave/rshared mounts stay in the host's peer groups;\n"
         f"# {parent} is made a slave first so the unmount does not propagate to the host.\n"
         f"exec {unshare} --mount --propagation unchanged /bin/sh -c {shlex.quote(inner)} {shlex.quote(binary)} "

@@ -20,7 +20,7 @@ must come from upstream cri-api so the wire contract stays identical.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from moorage.api._gen.runtime.v1 import api_pb2 as _api_pb2
+from moorage.cri._gen.runtime.v1 import api_pb2 as _api_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.errors import AlreadyExists, DeadlineExceeded, MoorageError, NotFound, Unavailable
-from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
+from moorage.runtime.containers.oci import OciRuntime, parse_runtime_stderr
 
 DEFAULT_CREATE_TIMEOUT = 60.0
 _ROLLBACK_TIMEOUT = 30.0

@@ -23,12 +23,12 @@ from typing import Any
 import structlog
 from google.protobuf import json_format
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.node import cgroup_limits
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import CgroupDriver
-from moorage.runtime.sandboxes import Sandboxes
+from moorage.runtime.pods.sandboxes import Sandboxes
 from moorage.state.models import READY
 
 log = structlog.get_logger(__name__)

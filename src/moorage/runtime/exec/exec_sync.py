@@ -28,7 +28,7 @@ import structlog
 
 from moorage.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MoorageError, NotFound
 from moorage.node.proctree import kill_tree
-from moorage.runtime.oci import OciRuntime, parse_runtime_stderr
+from moorage.runtime.containers.oci import OciRuntime, parse_runtime_stderr
 
 log = structlog.get_logger(__name__)
 

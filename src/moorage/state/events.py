@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from moorage.state import models
+
 CREATED, STARTED, STOPPED, DELETED = 0, 1, 2, 3  # runtime.v1.ContainerEventType values
 BACKLOG = 1024
 
@@ -24,6 +26,19 @@ class Event:
     container_id: str
     sandbox_id: str
     at: int  # Unix nanoseconds
+
+
+def of_pod_move(before: str | None, after: str) -> tuple[int, ...]:
+    """A pod that became ready was created and started (as containerd announces it); one that stopped, stopped.
+    Nothing is announced for a pod while it is made, nor for a stopped one saved again."""
+    if before is None or before == models.NOTREADY:
+        return ()
+    return {models.READY: (CREATED, STARTED), models.NOTREADY: (STOPPED,)}.get(after, ())
+
+
+def of_container_move(before: str | None, after: str) -> tuple[int, ...]:
+    kinds = {models.CONTAINER_CREATED: CREATED, models.CONTAINER_RUNNING: STARTED, models.CONTAINER_EXITED: STOPPED}
+    return (kinds[after],) if after in kinds else ()
 
 
 class Overflow(Exception):

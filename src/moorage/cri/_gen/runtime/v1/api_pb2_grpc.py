@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from moorage.api._gen.runtime.v1 import api_pb2 as runtime_dot_v1_dot_api__pb2
+from moorage.cri._gen.runtime.v1 import api_pb2 as runtime_dot_v1_dot_api__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

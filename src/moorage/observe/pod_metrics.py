@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node.netdev import InterfaceCounters
 from moorage.node.procstats import ProcessCounts
 from moorage.observe.cgroup_spec import CgroupSpec

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from moorage.errors import FailedPrecondition
-from moorage.runtime.exec_stream import ExecIO, Sink, Source, drain
+from moorage.runtime.exec.exec_stream import ExecIO, Sink, Source, drain
 
 STDOUT, STDERR = 2, 3  # conmon's pipe numbers (1 is stdin)
 PACKET = 1 << 15

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import signal
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument
 
 DEFAULT = "SIGTERM"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.errors import InvalidArgument, MoorageError
 from moorage.node.cni import Attachment, AttachmentKey, Bandwidth, Cni, DnsConfig, PortMapping
 

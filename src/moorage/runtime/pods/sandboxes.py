@@ -1,12 +1,13 @@
-"""Pod sandboxes: Run, Stop, Remove, Status and List, and their recovery after a crash.
+"""Pod sandboxes: Run, Stop, Remove, Status and List, and their recovery after a crash. The one owner of a pod's
+lifecycle: stopping or removing a pod stops or removes its containers first, and its pause container.
 
 A pod is made without any process of its own (infra-less, as CRI-O's pinns does it): its network, IPC and
 UTS namespaces are created and pinned with bind mounts, its hostname and namespaced sysctls are set inside
 them, and its /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm are written under
 ``<state>/pods/<id>`` (with, for a privileged pod, the read-write sysfs of its net namespace). hostNetwork
-and hostIPC pods use the node's namespaces. A pod with a user namespace (:mod:`.userns`) gets it pinned too,
-owning the others, and its files are owned by its root's host ids. A pod sharing one PID namespace between its
-containers needs a process to hold it (the pause container); that mode is refused until containers land.
+and hostIPC pods use the node's namespaces. A pod with a user namespace (:mod:`moorage.runtime.userns`) gets it pinned
+too, owning the others, and its files are owned by its root's host ids. A pod sharing one PID namespace between
+its containers needs a process to hold it: the pause container, run by :class:`~moorage.runtime.containers.Containers`.
 
 Persist first: the pod is stored as CREATING before anything is made and moves to READY once all of it
 exists. A failure undoes what was made and removes the record; a crash leaves a CREATING record that
@@ -20,25 +21,24 @@ import dataclasses
 import json
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from moorage.api.cri import pb
 from moorage.config import Config
-from moorage.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MoorageError, NotFound, Unimplemented
+from moorage.cri import pb
+from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError
 from moorage.node import leftovers, namespaces, podfiles, sysctls
-from moorage.runtime import events, userns
-from moorage.runtime.events import Event, EventBus
-from moorage.runtime.network import CheckResult, PodNetwork, uses_cni
+from moorage.runtime import userns
+from moorage.runtime.containers import Containers
+from moorage.runtime.pods.network import CheckResult, PodNetwork, uses_cni
 from moorage.runtime.spec import user
 from moorage.state.index import Index
 from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus, pod_name
-from moorage.store.db import Store
+from moorage.store.records import Records
 
 log = structlog.get_logger(__name__)
 
@@ -47,29 +47,31 @@ NODE_RESOLV = Path("/etc/resolv.conf")
 OCI_KIND = {"net": "network", "ipc": "ipc", "uts": "uts", "user": "user"}
 
 
-class Infra(Protocol):
-    """Runs a pod's pause process (:class:`moorage.runtime.containers.Containers` does)."""
-
-    async def start_infra(self, sandbox: SandboxRecord, pod: pb.PodSandboxConfig) -> int: ...
-    async def stop_infra(self, sandbox: SandboxRecord) -> None: ...
-    async def remove_infra(self, sandbox: SandboxRecord) -> None: ...
-    async def infra_running(self, sandbox: SandboxRecord) -> bool: ...
-
-
 class Sandboxes:
-    def __init__(self, store: Store, config: Callable[[], Config], network: PodNetwork, events: EventBus) -> None:
-        self.store = store
+    """Every pod of the node, with its containers: the one owner of a pod's lifecycle."""
+
+    def __init__(
+        self,
+        records: Records[SandboxRecord],
+        config: Callable[[], Config],
+        network: PodNetwork,
+        containers: Containers,
+    ) -> None:
+        self.records = records
         self.config = config
         self.network = network
-        self.events = events
-        self.infra: Infra | None = None
+        self.containers = containers
+        """The pod's containers, and its pause container where it has one."""
         self.node_hosts = NODE_HOSTS
         self.node_resolv = NODE_RESOLV
-        self.index: Index[SandboxRecord] = Index("pod sandbox")
+
+    @property
+    def index(self) -> Index[SandboxRecord]:
+        return self.records.index
 
     async def load(self) -> None:
         """Fill the in-memory index from the store (start-up, before anything is served or recovered)."""
-        self.index.load(await self.store.read(lambda db: _select(db, "", ())))
+        await self.records.load()
 
     def pod_dir(self, sandbox_id: str) -> Path:
         return Path(self.config().state) / "pods" / sandbox_id
@@ -86,8 +88,6 @@ class Sandboxes:
         sysctls.check_sysctls(config.linux.sysctls, _shared_with_node(modes))
         if userns.validate(config) is not None and (reason := await userns.support(Path(self.config().root))):
             raise FailedPrecondition(f"{userns.FIELD}: this node cannot run pods in user namespaces: {reason}")
-        if modes.pid == pb.NamespaceMode.POD and self.infra is None:
-            raise Unimplemented("a pod sharing one PID namespace (shareProcessNamespace) needs the pause container")
         meta = config.metadata
         record = SandboxRecord(
             id=secrets.token_hex(32),
@@ -97,18 +97,18 @@ class Sandboxes:
             config=config.SerializeToString(),
             status=SandboxStatus(runtime_handler=handler, pid_mode=pb.NamespaceMode.Name(modes.pid)),
         )
-        await self._insert(record)
+        await self.records.insert(record)
         try:
             status = await asyncio.to_thread(self._make, record, config)
             if uses_cni(config):
                 made = dataclasses.replace(record, status=status)
-                await self._save(made)  # the namespace is known before CNI runs: a crash now still undoes ADD
+                await self.records.save(made)  # the namespace is known before CNI runs: a crash now still undoes ADD
                 ips = await self.network.attach(record.id, status.namespaces["network"], config)
                 status = dataclasses.replace(status, ips=ips)
-            if modes.pid == pb.NamespaceMode.POD and self.infra is not None:
+            if modes.pid == pb.NamespaceMode.POD:
                 made = dataclasses.replace(record, status=status)
-                status = dataclasses.replace(status, infra_pid=await self.infra.start_infra(made, config))
-            await self._save(record.moved(READY, **status.__dict__))
+                status = dataclasses.replace(status, infra_pid=await self.containers.start_infra(made, config))
+            await self.records.save(record.moved(READY, **status.__dict__))
         except BaseException:
             await asyncio.shield(self._undo(record.id))
             raise
@@ -168,21 +168,27 @@ class Sandboxes:
     # --- Stop and Remove ------------------------------------------------------------------------------------
 
     async def stop(self, sandbox_id: str) -> None:
-        """Release what a stopped pod no longer needs; stopping again is a no-op (api.proto)."""
+        """Stop the pod's containers (no grace period: the kubelet stopped them gracefully before) and release
+        what a stopped pod no longer needs; stopping again is a no-op (api.proto)."""
         record = await self.get(sandbox_id)
+        for container in await self.containers.all(sandbox_id):
+            await self.containers.stop(container.id, 0)
         if record.state == NOTREADY and record.status.stopped_at:
             return
-        if record.status.infra_pid and self.infra is not None:
-            await self.infra.stop_infra(record)
+        if record.status.infra_pid:
+            await self.containers.stop_infra(record)
         config = pb.PodSandboxConfig.FromString(record.config)
         if uses_cni(config):
             await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), config)
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "shm")
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "sys")
-        await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
+        await self.records.save(record.moved(NOTREADY, stopped_at=time.time_ns()))
         log.info("pod sandbox stopped", sandbox=sandbox_id)
 
     async def remove(self, sandbox_id: str) -> None:
+        """Remove the pod's containers (running ones are killed, as api.proto asks), then the pod."""
+        for container in await self.containers.all(sandbox_id):
+            await self.containers.remove(container.id)
         await self._undo(sandbox_id, check=True)
         log.info("pod sandbox removed", sandbox=sandbox_id)
 
@@ -192,8 +198,8 @@ class Sandboxes:
         A failing CNI DEL stops a RemovePodSandbox (``check``: the kubelet retries it, and the IP is not leaked);
         undoing a failed or crashed RunPodSandbox logs it and goes on."""
         record = self.index.get(sandbox_id)
-        if self.infra is not None and record is not None and _has_infra(record):
-            await self.infra.remove_infra(record)
+        if record is not None and _has_infra(record):
+            await self.containers.remove_infra(record)
         if record is not None and record.state != NOTREADY:  # a stopped pod was detached (or is left to GC)
             config = pb.PodSandboxConfig.FromString(record.config)
             if uses_cni(config):
@@ -208,10 +214,7 @@ class Sandboxes:
         if ns_dir.exists():
             await asyncio.to_thread(namespaces.unpin, list(ns_dir.iterdir()))
         await asyncio.to_thread(podfiles.remove, directory)
-        await self.store.write(lambda db: db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)))
-        self.index.drop(sandbox_id)
-        if record is not None and record.state != CREATING:
-            self.events.publish(Event(events.DELETED, sandbox_id, sandbox_id, time.time_ns()))
+        await self.records.delete(sandbox_id)
 
     async def recover(self) -> None:
         """At start-up: undo pods a crash caught half-made; mark pods whose namespaces are gone (a reboot);
@@ -236,7 +239,7 @@ class Sandboxes:
                 namespaces.is_pinned(Path(p)) for p in record.status.namespaces.values()
             ):
                 log.warning("pod sandbox lost its namespaces (node rebooted?); it is not ready", sandbox=record.id)
-                await self._save(record.moved(NOTREADY, stopped_at=time.time_ns()))
+                await self.records.save(record.moved(NOTREADY, stopped_at=time.time_ns()))
             elif await self._pause_died(record):
                 log.warning("pod sandbox's pause container is not running; stopping the pod", sandbox=record.id)
                 await self.stop(record.id)
@@ -253,9 +256,9 @@ class Sandboxes:
                 log.error("cannot remove a pod directory no pod owns", path=str(stray), error=exc.message)
 
     async def _pause_died(self, record: SandboxRecord) -> bool:
-        if record.state != READY or not record.status.infra_pid or self.infra is None:
+        if record.state != READY or not record.status.infra_pid:
             return False
-        return not await self.infra.infra_running(record)
+        return not await self.containers.infra_running(record)
 
     async def network_check(self, record: SandboxRecord) -> CheckResult:
         """The last CNI CHECK of a ready pod's attachment (run in the background), for verbose
@@ -272,54 +275,18 @@ class Sandboxes:
     async def keep_resources(self, sandbox_id: str, resources: dict[str, Any]) -> None:
         """Store the pod's resources of its last in-place resize with it (see :mod:`.pod_resources`): that field
         alone, so a StopPodSandbox saving meanwhile keeps its state (it may drop this field, which only records)."""
-        await self.get(sandbox_id)
-        doc = json.dumps(resources, sort_keys=True)
-        await self.store.write(
-            lambda db: db.execute(
-                "UPDATE sandboxes SET status = json_set(status, '$.resources', json(?)) WHERE id = ?",
-                (doc, sandbox_id),
-            )
+        await self.records.patch(
+            sandbox_id,
+            "status = json_set(status, '$.resources', json(?))",
+            (json.dumps(resources, sort_keys=True),),
+            lambda r: dataclasses.replace(r, status=dataclasses.replace(r.status, resources=resources)),
         )
-        if (current := self.index.get(sandbox_id)) is not None:
-            status = dataclasses.replace(current.status, resources=resources)
-            self.index.put(dataclasses.replace(current, status=status))
 
     async def get(self, sandbox_id: str) -> SandboxRecord:
-        record = self.index.get(sandbox_id)
-        if record is None:
-            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
-        return record
+        return await self.records.get(sandbox_id)
 
     async def all(self) -> list[SandboxRecord]:
-        return self.index.all()
-
-    async def _insert(self, record: SandboxRecord) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            holder = db.execute("SELECT id FROM sandboxes WHERE name = ?", (record.name,)).fetchone()
-            if holder:
-                raise AlreadyExists(f"pod sandbox name {record.name!r} is already reserved for {holder[0]}")
-            db.execute(
-                "INSERT INTO sandboxes(id, name, state, created_at, config, status) VALUES (?, ?, ?, ?, ?, ?)",
-                (record.id, record.name, record.state, record.created_at, record.config, record.status.to_json()),
-            )
-
-        await self.store.write(write)
-        self.index.put(record)
-
-    async def _save(self, record: SandboxRecord) -> None:
-        await self.store.write(
-            lambda db: db.execute(
-                "UPDATE sandboxes SET state = ?, status = ? WHERE id = ?",
-                (record.state, record.status.to_json(), record.id),
-            )
-        )
-        before = self.index.get(record.id)
-        self.index.put(record)
-        if before is not None and before.state != record.state:
-            now = time.time_ns()
-            kinds = {READY: (events.CREATED, events.STARTED), NOTREADY: (events.STOPPED,)}.get(record.state, ())
-            for kind in kinds if before.state != NOTREADY else ():
-                self.events.publish(Event(kind, record.id, record.id, now))
+        return self.records.all()
 
 
 def _shared_with_node(modes: pb.NamespaceOption) -> dict[sysctls.Kind, str]:
@@ -335,12 +302,3 @@ def _shared_with_node(modes: pb.NamespaceOption) -> dict[sysctls.Kind, str]:
 def _has_infra(record: SandboxRecord) -> bool:
     """A pause container may exist: it was started, or a pod sharing one PID namespace was cut while made."""
     return bool(record.status.infra_pid) or record.status.pid_mode == "POD"
-
-
-def _select(db: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[SandboxRecord]:
-    rows = db.execute(
-        f"SELECT id, name, state, created_at, config, status FROM sandboxes {where} ORDER BY created_at", args
-    )
-    return [
-        SandboxRecord(r[0], r[1], r[2], int(r[3]), bytes(r[4]), SandboxStatus.from_json(r[5])) for r in rows.fetchall()
-    ]

@@ -13,16 +13,16 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from moorage.api.cri import pb
+from moorage.cri import pb
 from moorage.node.cgroupinfo import CgroupHost
 from moorage.node.cgroups import CgroupDriver, leaf_dir
 from moorage.node.netdev import DEFAULT_INTERFACE, InterfaceCounters, read_counters
 from moorage.node.procstats import count_processes, open_files_soft_limit
+from moorage.observe import pod_metrics
 from moorage.observe.cgroup_spec import read_spec
 from moorage.observe.disk import DiskUsage, disk_usage, filesystem_of
+from moorage.observe.pod_metrics import ContainerReading
 from moorage.observe.stats import CgroupStats, CpuRates, Pressure, PsiLine, read_cgroup
-from moorage.runtime import pod_metrics
-from moorage.runtime.pod_metrics import ContainerReading
 from moorage.state.models import CONTAINER_RUNNING, ContainerRecord, SandboxRecord
 
 
