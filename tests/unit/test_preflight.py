@@ -12,7 +12,7 @@ import pytest
 
 from moorage import config as config_mod
 from moorage.config import Config
-from moorage.node import preflight
+from moorage.node import binaries, preflight
 from moorage.node.cgroupinfo import CgroupHost, KubeletSettings
 from moorage.node.preflight import CheckResult, HostRoots
 
@@ -111,8 +111,8 @@ def test_a_missing_bridge_sysctl_says_br_netfilter_is_not_loaded(tmp_path: Path)
 def test_versions_are_parsed_from_the_first_line(tmp_path: Path) -> None:
     runc = executable(tmp_path / "runc", 'echo "runc version 1.2.3"\necho "commit: abc"\n')
     odd = executable(tmp_path / "odd", 'echo\necho "odd 7"\n')
-    assert preflight.binary_version(runc) == "1.2.3"
-    assert preflight.binary_version(odd) == "odd 7"
+    assert binaries.binary_version(runc) == "1.2.3"
+    assert binaries.binary_version(odd) == "odd 7"
 
 
 def test_runtimes_and_conmon_are_looked_up_in_the_search_path(tmp_path: Path) -> None:

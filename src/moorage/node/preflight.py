@@ -15,15 +15,14 @@ Every check takes its roots (:class:`HostRoots`, the config, a PATH) as paramete
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.config import Config
 from moorage.node import apparmor, apparmor_default, cgroupinfo, idmap
+from moorage.node.binaries import binary_version, find_binary
 from moorage.node.cgroupinfo import CgroupHost, KubeletConfigError, KubeletSettings, NoCgroupsError
 from moorage.node.cni.config import CniConfigError, find_plugin, load_network
 
@@ -36,7 +35,6 @@ SYSCTLS = {
 REQUIRED_V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids")
 REQUIRED_V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")  # devices and freezer are built into cgroup v2
 DEBIAN_PACKAGES = {"runc": "runc", "crun": "crun", "conmon": "conmon"}
-VERSION_TIMEOUT = 10.0
 SETUP = "moorage node setup"
 
 
@@ -136,30 +134,6 @@ def check_sysctl(name: str, want: str, roots: HostRoots = HOST) -> CheckResult:
 
 
 # --- binaries ------------------------------------------------------------------------------------------------------
-
-
-def find_binary(path: str, search_path: str | None = None) -> Path | None:
-    """``path`` if absolute and executable, else its first match in ``search_path`` (default: $PATH)."""
-    if "/" in path:
-        return Path(path) if shutil.which(path) else None
-    found = shutil.which(path, path=search_path)
-    return Path(found) if found else None
-
-
-def binary_version(binary: Path) -> str:
-    """The version ``binary --version`` reports (``runc version 1.1.5`` → ``1.1.5``). Raises OSError."""
-    try:
-        proc = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise OSError(f"{binary} --version did not answer within {VERSION_TIMEOUT:g}s") from exc
-    if proc.returncode != 0:
-        reason = (proc.stderr or proc.stdout).strip().splitlines()
-        raise OSError(f"{binary} --version exited {proc.returncode}: {reason[0] if reason else 'no output'}")
-    first = next((line.strip() for line in proc.stdout.splitlines() if line.strip()), "")
-    match = re.search(r"\bversion:?\s+v?(\S+)", first, re.IGNORECASE)
-    return match.group(1) if match else first or "unknown"
 
 
 def check_binary(label: str, path: str, config_key: str, search_path: str | None, required: bool) -> CheckResult:

@@ -6,11 +6,10 @@ so each names what is missing and where moorage looked.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 
 from moorage.config import Config
+from moorage.node import binaries
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -24,20 +23,13 @@ class Condition:
     message: str = ""
 
 
-def find_binary(path_or_name: str) -> str | None:
-    """An absolute path if it is an executable file, else the name looked up in PATH."""
-    if os.path.isabs(path_or_name):
-        return path_or_name if os.path.isfile(path_or_name) and os.access(path_or_name, os.X_OK) else None
-    return shutil.which(path_or_name)
-
-
 def runtime_condition(config: Config) -> Condition:
     handler = config.runtime.default_handler
     wanted = {
         f"runtime.handlers.{handler}.path": config.runtime.handlers[handler].path,
         "runtime.conmon": config.runtime.conmon,
     }
-    missing = [f"{value} ({name})" for name, value in wanted.items() if find_binary(value) is None]
+    missing = [f"{value} ({name})" for name, value in wanted.items() if binaries.find_binary(value) is None]
     if missing:
         return Condition(
             RUNTIME_READY, False, "RuntimeBinaryMissing", "not found or not executable: " + ", ".join(missing)

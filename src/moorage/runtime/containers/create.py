@@ -19,9 +19,8 @@ from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, config_json
-from moorage.node import apparmor_default
+from moorage.node import apparmor_default, binaries
 from moorage.runtime import userns
-from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers import conmon, image_volumes, signals, writable
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
 from moorage.runtime.containers.checkpoint import restore
@@ -173,7 +172,7 @@ class Create(ContainerBase):
         log_path = self.log_path(record)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return await conmon.create_container(
-            find_binary(self.config().runtime.conmon) or self.config().runtime.conmon,
+            binaries.resolve(self.config().runtime.conmon),
             self.runtime(sandbox.status.runtime_handler),
             cid=record.id,
             name=record.name,

@@ -33,10 +33,10 @@ import structlog
 
 from moorage.config import Config
 from moorage.errors import InvalidArgument
+from moorage.node import binaries
 from moorage.node.cgroupinfo import CgroupHost, parse_mountinfo
 from moorage.node.cgroups import CgroupDriver
 from moorage.runtime import userns
-from moorage.runtime.conditions import find_binary
 from moorage.runtime.containers import oci_features
 from moorage.runtime.containers.oci import OciRuntime
 from moorage.runtime.containers.oci_features import OciFeatures
@@ -77,7 +77,7 @@ class Handlers:
         return dataclasses.replace(features, user_namespaces=no_userns is None)
 
     def _executable(self, name: str, path: str) -> str:
-        binary = find_binary(path) or path
+        binary = binaries.resolve(path)
         runnable = cgroup_compatible(binary, self._host, self._state / "wrappers" / f"{name}-cgroup-v1")
         if runnable != binary:
             log.warning(

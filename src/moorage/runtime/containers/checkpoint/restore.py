@@ -23,7 +23,7 @@ from typing import Any
 
 from moorage.cri import pb
 from moorage.errors import NotFound
-from moorage.runtime.conditions import find_binary
+from moorage.node import binaries
 from moorage.runtime.containers import conmon
 from moorage.runtime.containers.base import ContainerBase, log
 from moorage.runtime.containers.checkpoint import archive
@@ -83,7 +83,7 @@ async def start(containers: ContainerBase, record: ContainerRecord, runtime: Oci
     config = pb.ContainerConfig.FromString(record.config)
     binary = containers.config().runtime.conmon
     pid = await conmon.create_container(
-        find_binary(binary) or binary,
+        binaries.resolve(binary),
         runtime,
         cid=record.id,
         name=record.name,
