@@ -46,7 +46,7 @@ from moorage.streaming.server import StreamingServer
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-LATER_IMPORTS = ("moorage.images.pull", "moorage.images.registry", "moorage.streaming.wschannels")
+LATER_IMPORTS = ("moorage.images.pull", "moorage.images.registry_client", "moorage.streaming.wschannels")
 """Modules the daemon does not import to start (httpx: about 50 ms, wsproto), imported in a thread once it serves,
 so the first PullImage or WebSocket stream does not hold the event loop while they load."""
 RELOADABLE = ("log.level", "log.format")
@@ -143,7 +143,7 @@ class Daemon:
         if not pause_image.is_local(self.config.sandbox_image):
             return
         try:
-            binary = pause_image.find_binary(self.config.runtime.pause_binary)
+            binary = pause_image.pause_binary(self.config.runtime.pause_binary)
             image_id = await pause_image.ensure(images, self.config.sandbox_image, binary, root / "tmp")
         except MoorageError as exc:
             log.warning("local pause image not available", error=exc.message)

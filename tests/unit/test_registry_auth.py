@@ -11,7 +11,7 @@ import pytest
 from moorage.images import auth
 from moorage.images.auth import Credentials
 from moorage.images.reference import parse
-from moorage.images.registry import _excerpt
+from moorage.images.registry_client import _excerpt
 
 ALICE = Credentials("alice", "s3cret")
 

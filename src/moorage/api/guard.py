@@ -1,5 +1,5 @@
 """What every RPC goes through: a request id in the log context, metrics, and the one place where
-:class:`~moorage.errors.MoorageError` becomes a gRPC status. :mod:`moorage.api.handlers` wraps every RPC's
+:class:`~moorage.errors.MoorageError` becomes a gRPC status. :mod:`moorage.api.dispatch` wraps every RPC's
 method in :func:`unary` or :func:`server_stream`.
 
 An exception that is not a MoorageError is a bug: it is logged with its traceback and answered INTERNAL

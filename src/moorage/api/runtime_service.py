@@ -1,7 +1,7 @@
 """CRI RuntimeService: one short method per RPC, delegating to :mod:`moorage.runtime`.
 
 The stats and metrics RPCs are in :mod:`moorage.api.stats_rpcs`; RPCs in neither answer UNIMPLEMENTED (see
-:mod:`moorage.api.handlers`).
+:mod:`moorage.api.dispatch`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from moorage.api.handlers import service_handler
+from moorage.api.dispatch import service_handler
 from moorage.api.image_service import ImageService
 from moorage.api.runtime_service import RuntimeService
 from moorage.cri import IMAGE_SERVICE, RUNTIME_SERVICE

@@ -12,7 +12,7 @@ base64 ``auth``, an identity token or a registry token) and the configured crede
 - otherwise the first credential file's entry for the endpoint's own host or repository.
 
 A registry asks for them with a ``WWW-Authenticate`` challenge: ``Basic`` is answered with the credentials,
-``Bearer`` by fetching a token from the named realm (see :mod:`moorage.images.registry`) once
+``Bearer`` by fetching a token from the named realm (see :mod:`moorage.images.registry_client`) once
 :func:`realm_problem` finds nothing wrong with it.
 """
 

@@ -2,7 +2,7 @@
 
 A short name (``busybox``) resolves as registries.conf's short-name-mode says (an alias, else the
 unqualified-search registries, docker.io when none are set; ambiguous names refused in enforcing mode: see
-:mod:`moorage.images.registries`). Each reference is tried at its mirrors first, then at its own registry,
+:mod:`moorage.images.registries_conf`). Each reference is tried at its mirrors first, then at its own registry,
 each endpoint with only the credentials that belong to it (:func:`moorage.images.auth.for_endpoint`). A failed
 pull names every endpoint it tried and why each failed, and raises the error class of the last one (the
 registry itself).
@@ -19,15 +19,15 @@ import structlog
 
 from moorage.config import Config
 from moorage.errors import InvalidImage, MoorageError
-from moorage.images import auth, registries
+from moorage.images import auth, registries_conf
 from moorage.images import manifest as mf
 from moorage.images.auth import Credentials
 from moorage.images.catalog import ImageRecord, Layer
 from moorage.images.layers import LayerStore, Lease
 from moorage.images.progress import Progress
 from moorage.images.reference import DEFAULT_DOMAIN, Reference, parse
-from moorage.images.registries import candidates, load_registries
-from moorage.images.registry import HttpClients, RegistryClient
+from moorage.images.registries_conf import candidates, load_registries
+from moorage.images.registry_client import HttpClients, RegistryClient
 from moorage.images.snapshots import chain_ids
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,7 @@ DOCKER_HUB_HOST = "registry-1.docker.io"
 
 
 @dataclass(frozen=True)
-class Fetched:
+class PullPlan:
     """What a pull learned before downloading layers."""
 
     reference: Reference
@@ -81,7 +81,7 @@ class Puller:
         self,
         named: Reference,
         ref: Reference,
-        endpoint: registries.Endpoint,
+        endpoint: registries_conf.Endpoint,
         credentials: Credentials,
         progress: Progress,
     ) -> ImageRecord:
@@ -98,24 +98,24 @@ class Puller:
             retries=image_config.pull_retries,
         )
         with self.layers.lease() as lease:
-            fetched = await self._fetch_metadata(client, ref, target, lease)
-            layers = await self._fetch_layers(client, fetched, progress, lease, image_config.max_concurrent_downloads)
+            plan = await self._plan(client, ref, target, lease)
+            layers = await self._fetch_layers(client, plan, progress, lease, image_config.max_concurrent_downloads)
             record = ImageRecord(
-                id=fetched.manifest.config.digest,
-                manifest_digest=fetched.manifest_digest,
-                size=len(fetched.documents[fetched.manifest_digest])
-                + fetched.manifest.config.size
-                + sum(d.size for d in fetched.manifest.layers),
-                config=fetched.config_bytes,
-                names=tuple(n for n in (ref.repo_tag, f"{ref.name}@{fetched.top_digest}") if n),
+                id=plan.manifest.config.digest,
+                manifest_digest=plan.manifest_digest,
+                size=len(plan.documents[plan.manifest_digest])
+                + plan.manifest.config.size
+                + sum(d.size for d in plan.manifest.layers),
+                config=plan.config_bytes,
+                names=tuple(n for n in (ref.repo_tag, f"{ref.name}@{plan.top_digest}") if n),
                 layers=layers,
             )
-            kept = {*fetched.documents, record.id, *(la.digest for la in layers if self.layers.content.has(la.digest))}
+            kept = {*plan.documents, record.id, *(la.digest for la in layers if self.layers.content.has(la.digest))}
             await self.layers.catalog.save(record, kept)
         log.info("image pulled", reference=str(ref), image_id=record.id, endpoint=target.domain, size=record.size)
         return record
 
-    async def _fetch_metadata(self, client: RegistryClient, ref: Reference, target: Reference, lease: Lease) -> Fetched:
+    async def _plan(self, client: RegistryClient, ref: Reference, target: Reference, lease: Lease) -> PullPlan:
         top = await client.manifest(target.digest or target.tag)
         parsed = mf.parse(top.body, top.media_type, str(ref))
         documents = {top.digest: top.body}
@@ -138,14 +138,14 @@ class Puller:
         for digest, body in documents.items():
             await asyncio.to_thread(self.layers.content.put, body, digest)
         await asyncio.to_thread(self.layers.content.put, config_bytes, parsed.config.digest)
-        return Fetched(ref, top.digest, parsed, manifest_digest, documents, config, config_bytes)
+        return PullPlan(ref, top.digest, parsed, manifest_digest, documents, config, config_bytes)
 
     async def _fetch_layers(
-        self, client: RegistryClient, fetched: Fetched, progress: Progress, lease: Lease, concurrency: int
+        self, client: RegistryClient, plan: PullPlan, progress: Progress, lease: Lease, concurrency: int
     ) -> tuple[Layer, ...]:
-        chains = chain_ids(fetched.config.diff_ids)
+        chains = chain_ids(plan.config.diff_ids)
         slots = asyncio.Semaphore(concurrency)
-        descriptors = fetched.manifest.layers
+        descriptors = plan.manifest.layers
 
         async def one(index: int) -> None:
             desc, chain_id = descriptors[index], chains[index]
@@ -162,8 +162,8 @@ class Puller:
                     owner=f"{client.host}\0{client.credentials.fingerprint()}",
                 )
                 seconds = time.monotonic() - started
-            log.info("layer fetched", layer=desc.digest, bytes=desc.size, seconds=round(seconds, 3))
-            await self.layers.snapshot(chain_id, fetched.config.diff_ids[index], blob, progress, desc.digest)
+            log.info("layer plan", layer=desc.digest, bytes=desc.size, seconds=round(seconds, 3))
+            await self.layers.snapshot(chain_id, plan.config.diff_ids[index], blob, progress, desc.digest)
             progress.set_state(desc.digest, "complete")
 
         try:
@@ -173,8 +173,7 @@ class Puller:
         except BaseExceptionGroup as group_error:
             raise _first_moorage_error(group_error) from None
         return tuple(
-            Layer(chains[i], fetched.config.diff_ids[i], d.digest, d.size, d.media_type)
-            for i, d in enumerate(descriptors)
+            Layer(chains[i], plan.config.diff_ids[i], d.digest, d.size, d.media_type) for i, d in enumerate(descriptors)
         )
 
 

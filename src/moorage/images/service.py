@@ -30,13 +30,13 @@ from moorage.images.content import ContentStore, Ingest
 from moorage.images.layers import Fetch, LayerStore
 from moorage.images.progress import Progress, SharedWork
 from moorage.images.reference import Reference, parse
-from moorage.images.registries import candidates, load_registries
+from moorage.images.registries_conf import candidates, load_registries
 from moorage.images.snapshots import Snapshotter, chain_ids
 from moorage.store.db import Store
 
 if TYPE_CHECKING:
     from moorage.images.pull import Puller
-    from moorage.images.registry import HttpClients
+    from moorage.images.registry_client import HttpClients
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +92,7 @@ class ImageManager:
         so the daemon answers on its socket that much sooner."""
         if self._puller is None:
             from moorage.images.pull import Puller  # noqa: PLC0415 - see the docstring
-            from moorage.images.registry import HttpClients  # noqa: PLC0415
+            from moorage.images.registry_client import HttpClients  # noqa: PLC0415
 
             self._http = HttpClients.create(
                 read_timeout=self._read_timeout, certs_dirs=lambda: self.config().image.certs_dirs

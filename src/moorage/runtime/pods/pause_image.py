@@ -32,7 +32,7 @@ def is_local(image: str) -> bool:
     return image.partition(":")[0] == LOCAL_NAME
 
 
-def find_binary(configured: str) -> Path:
+def pause_binary(configured: str) -> Path:
     """The pause program: the configured path, else the one ``make pause`` builds in the source tree, else the
     one the Debian package installs (/usr/lib/moorage/libexec/pause)."""
     path = Path(configured) if configured else DEFAULT_BINARY

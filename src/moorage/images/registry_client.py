@@ -94,7 +94,9 @@ class HttpClients:
 
 
 @dataclass(frozen=True)
-class Fetched:
+class ManifestBody:
+    """A manifest or index as the registry sent it, with its media type and digest."""
+
     body: bytes
     media_type: str
     digest: str
@@ -125,7 +127,7 @@ class RegistryClient:
 
     # --- the distribution API -------------------------------------------------------------------------------
 
-    async def manifest(self, reference: str) -> Fetched:
+    async def manifest(self, reference: str) -> ManifestBody:
         """The manifest or index ``reference`` (a tag or a digest) names, verified when named by digest."""
         where = f"{self.host}/{self.repository}:{reference}"
         headers = {"Accept": mf.ACCEPT}
@@ -137,7 +139,7 @@ class RegistryClient:
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise DataLoss(f"manifest {where}: the registry sent content that hashes to {digest}")
-        return Fetched(body, response.headers.get("content-type", ""), digest)
+        return ManifestBody(body, response.headers.get("content-type", ""), digest)
 
     async def small_blob(self, digest: str, size: int) -> bytes:
         """A config blob: read into memory, size-capped and verified."""

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from moorage.errors import ConfigError, FailedPrecondition
-from moorage.images import registries
+from moorage.images import registries_conf
 from moorage.images.reference import parse
 
 SHA = "sha256:" + "b" * 64
@@ -52,17 +52,17 @@ location = "gcr-mirror.example.com"
 
 
 @pytest.fixture
-def conf(tmp_path: Path) -> registries.RegistriesConf:
+def conf(tmp_path: Path) -> registries_conf.RegistriesConf:
     path = tmp_path / "registries.conf"
     path.write_text(CONF)
-    return registries.load(path)
+    return registries_conf.load(path)
 
 
-def where(conf: registries.RegistriesConf, ref: str) -> list[tuple[str, bool, bool]]:
+def where(conf: registries_conf.RegistriesConf, ref: str) -> list[tuple[str, bool, bool]]:
     return [(str(e.reference), e.insecure, e.mirror) for e in conf.endpoints(parse(ref))]
 
 
-def test_mirrors_come_first_then_the_location(conf: registries.RegistriesConf) -> None:
+def test_mirrors_come_first_then_the_location(conf: registries_conf.RegistriesConf) -> None:
     assert where(conf, "busybox") == [
         ("127.0.0.1:5000/hub/library/busybox:latest", True, True),
         ("docker.io/library/busybox:latest", False, False),
@@ -74,14 +74,14 @@ def test_mirrors_come_first_then_the_location(conf: registries.RegistriesConf) -
     ]
 
 
-def test_longest_prefix_wins_and_rewrites(conf: registries.RegistriesConf) -> None:
+def test_longest_prefix_wins_and_rewrites(conf: registries_conf.RegistriesConf) -> None:
     # "private/app" is docker.io/private/app: under the docker.io entry, not docker.io/library/private
     assert where(conf, "private/app:1")[-1] == ("docker.io/private/app:1", False, False)
     assert where(conf, "library/private/app:1") == [("registry.internal:5000/private/app:1", True, False)]
     assert where(conf, "docker.io/library/privateer:1")[-1] == ("docker.io/library/privateer:1", False, False)
 
 
-def test_insecure_location_and_wildcards(conf: registries.RegistriesConf) -> None:
+def test_insecure_location_and_wildcards(conf: registries_conf.RegistriesConf) -> None:
     assert where(conf, "localhost:5000/app") == [("localhost:5000/app:latest", True, False)]
     assert where(conf, "build.corp.example.com/x/y:2") == [("build.corp.example.com/x/y:2", True, False)]
     assert where(conf, "corp.example.com/x") == [("corp.example.com/x:latest", False, False)]
@@ -89,24 +89,24 @@ def test_insecure_location_and_wildcards(conf: registries.RegistriesConf) -> Non
     assert not conf.insecure("quay.io")
 
 
-def test_unlisted_registries_are_used_securely_as_they_are(conf: registries.RegistriesConf) -> None:
+def test_unlisted_registries_are_used_securely_as_they_are(conf: registries_conf.RegistriesConf) -> None:
     assert where(conf, "registry.k8s.io/pause:3.10") == [("registry.k8s.io/pause:3.10", False, False)]
 
 
-def test_blocked_registry_is_refused(conf: registries.RegistriesConf) -> None:
+def test_blocked_registry_is_refused(conf: registries_conf.RegistriesConf) -> None:
     with pytest.raises(FailedPrecondition, match="blocked"):
         conf.endpoints(parse("quay.io/evil/thing"))
     assert where(conf, "quay.io/good/thing") == [("quay.io/good/thing:latest", False, False)]
 
 
-def test_mirror_by_digest_only(conf: registries.RegistriesConf) -> None:
+def test_mirror_by_digest_only(conf: registries_conf.RegistriesConf) -> None:
     assert where(conf, "gcr.io/p/img:1") == [("gcr.io/p/img:1", False, False)]
     assert where(conf, f"gcr.io/p/img@{SHA}")[0] == (f"gcr-mirror.example.com/p/img@{SHA}", False, True)
 
 
-def test_search_registries_and_missing_file(conf: registries.RegistriesConf, tmp_path: Path) -> None:
+def test_search_registries_and_missing_file(conf: registries_conf.RegistriesConf, tmp_path: Path) -> None:
     assert conf.unqualified_search_registries == ("docker.io", "quay.io")
-    assert registries.load(tmp_path / "absent.conf") == registries.RegistriesConf()
+    assert registries_conf.load(tmp_path / "absent.conf") == registries_conf.RegistriesConf()
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, message: str) -> None
     path = tmp_path / "registries.conf"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        registries.load(path)
+        registries_conf.load(path)
     assert str(err.value).startswith(str(path))
     assert message in str(err.value)
 
@@ -167,20 +167,20 @@ def with_dropins(tmp_path: Path, **dropins: str) -> Path:
 
 
 def test_dropin_replaces_the_top_level_keys_it_sets(tmp_path: Path) -> None:
-    conf = registries.load(with_dropins(tmp_path, a='unqualified-search-registries = ["quay.io", "ghcr.io"]\n'))
+    conf = registries_conf.load(with_dropins(tmp_path, a='unqualified-search-registries = ["quay.io", "ghcr.io"]\n'))
     assert conf.unqualified_search_registries == ("quay.io", "ghcr.io")
     assert conf.short_name_mode == "permissive"  # not set in the drop-in: kept
-    conf = registries.load(with_dropins(tmp_path / "2", a="short-name-mode = 'disabled'\n"))
+    conf = registries_conf.load(with_dropins(tmp_path / "2", a="short-name-mode = 'disabled'\n"))
     assert conf.unqualified_search_registries == ("docker.io",)
     assert conf.short_name_mode == "disabled"
-    conf = registries.load(with_dropins(tmp_path / "3", a="unqualified-search-registries = []\n"))
+    conf = registries_conf.load(with_dropins(tmp_path / "3", a="unqualified-search-registries = []\n"))
     assert conf.unqualified_search_registries == ()
 
 
 def test_dropin_registry_replaces_the_one_with_its_prefix(tmp_path: Path) -> None:
     dropin = '[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n'
     dropin += '[[registry.mirror]]\nlocation = "new-mirror.example.com/hub"\n'
-    conf = registries.load(with_dropins(tmp_path, a=dropin))
+    conf = registries_conf.load(with_dropins(tmp_path, a=dropin))
     assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io"]
     assert where(conf, "busybox") == [
         ("new-mirror.example.com/hub/library/busybox:latest", False, True),
@@ -189,14 +189,16 @@ def test_dropin_registry_replaces_the_one_with_its_prefix(tmp_path: Path) -> Non
 
 
 def test_dropin_prefix_defaults_to_location(tmp_path: Path) -> None:
-    conf = registries.load(with_dropins(tmp_path, a='[[registry]]\nlocation = "quay.io"\nblocked = true\n'))
+    conf = registries_conf.load(with_dropins(tmp_path, a='[[registry]]\nlocation = "quay.io"\nblocked = true\n'))
     assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io"]
     with pytest.raises(FailedPrecondition, match="blocked"):
         conf.endpoints(parse("quay.io/app"))
 
 
 def test_dropin_registry_with_a_new_prefix_is_added(tmp_path: Path) -> None:
-    conf = registries.load(with_dropins(tmp_path, a='[[registry]]\nlocation = "localhost:5000"\ninsecure = true\n'))
+    conf = registries_conf.load(
+        with_dropins(tmp_path, a='[[registry]]\nlocation = "localhost:5000"\ninsecure = true\n')
+    )
     assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io", "localhost:5000"]
     assert conf.insecure("localhost:5000")
     assert where(conf, "busybox")[0] == ("old-mirror.example.com/hub/library/busybox:latest", False, True)
@@ -204,7 +206,7 @@ def test_dropin_registry_with_a_new_prefix_is_added(tmp_path: Path) -> None:
 
 def test_dropin_aliases_merge_key_by_key(tmp_path: Path) -> None:
     dropin = '[aliases]\n"pause" = "mirror.example.com/pause"\n"nginx" = "docker.io/library/nginx"\n'
-    conf = registries.load(with_dropins(tmp_path, a=dropin))
+    conf = registries_conf.load(with_dropins(tmp_path, a=dropin))
     assert conf.aliases == {
         "busybox": "docker.io/library/busybox",
         "pause": "mirror.example.com/pause",
@@ -221,7 +223,7 @@ def test_dropins_apply_in_lexical_order_and_only_conf_files(tmp_path: Path) -> N
     )
     (tmp_path / "registries.conf.d" / "z.conf.bak").write_text("not toml [\n")
     (tmp_path / "registries.conf.d" / "sub.conf").mkdir()
-    conf = registries.load(path)
+    conf = registries_conf.load(path)
     assert conf.unqualified_search_registries == ("b.io",)
     assert conf.short_name_mode == "enforcing"  # a.conf after 10-first.conf
 
@@ -229,13 +231,13 @@ def test_dropins_apply_in_lexical_order_and_only_conf_files(tmp_path: Path) -> N
 def test_dropins_apply_without_a_main_file(tmp_path: Path) -> None:
     path = with_dropins(tmp_path, a='unqualified-search-registries = ["quay.io"]\n')
     path.unlink()
-    assert registries.load(path) == registries.RegistriesConf(unqualified_search_registries=("quay.io",))
+    assert registries_conf.load(path) == registries_conf.RegistriesConf(unqualified_search_registries=("quay.io",))
 
 
 def test_missing_dropin_directory_is_fine(tmp_path: Path) -> None:
     path = tmp_path / "registries.conf"
     path.write_text(MAIN)
-    conf = registries.load(path)
+    conf = registries_conf.load(path)
     assert conf.unqualified_search_registries == ("docker.io",)
     assert [r.prefix for r in conf.registries] == ["docker.io", "quay.io"]
 
@@ -251,7 +253,7 @@ def test_missing_dropin_directory_is_fine(tmp_path: Path) -> None:
 def test_bad_dropin_is_named(tmp_path: Path, text: str, message: str) -> None:
     path = with_dropins(tmp_path, a="short-name-mode = 'disabled'\n", b=text)
     with pytest.raises(ConfigError) as err:
-        registries.load(path)
+        registries_conf.load(path)
     assert str(err.value).startswith(str(tmp_path / "registries.conf.d" / "b.conf") + ":")
     assert message in str(err.value)
 
@@ -261,19 +263,19 @@ def test_dropin_path_that_is_not_a_directory_is_an_error(tmp_path: Path) -> None
     path.write_text(MAIN)
     (tmp_path / "registries.conf.d").write_text("")
     with pytest.raises(ConfigError, match="cannot read registries drop-in directory"):
-        registries.load(path)
+        registries_conf.load(path)
 
 
 # --- short names (issue 12) ---------------------------------------------------------------------------------
 
 
-def _conf(tmp_path: Path, text: str, aliases: str | None = None) -> registries.RegistriesConf:
+def _conf(tmp_path: Path, text: str, aliases: str | None = None) -> registries_conf.RegistriesConf:
     path = tmp_path / "registries.conf"
     path.write_text(text)
     alias_path = tmp_path / "short-name-aliases.conf"
     if aliases is not None:
         alias_path.write_text(aliases)
-    return registries.load(path, alias_path)
+    return registries_conf.load(path, alias_path)
 
 
 SEARCH = 'unqualified-search-registries = ["quay.io", "docker.io"]\n'
