@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.node import idmap, namespaces, preflight
+from moorage.node import idmap, namespaces, pin_helper, preflight
 from moorage.node.namespaces import IdMap, UserNamespace
 
 pytestmark = pytest.mark.integration
@@ -23,8 +23,8 @@ MAPS = UserNamespace(IdMap(0, 300000, 65536), IdMap(0, 400000, 65536))
 def helper(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """The C helper when built, and the Python one (the C helper's path pointed at nothing)."""
     if request.param == "python":
-        monkeypatch.setattr(namespaces, "PINNS", tmp_path / "no-pinns")
-    elif not os.access(namespaces.PINNS, os.X_OK):
+        monkeypatch.setattr(pin_helper, "PINNS", tmp_path / "no-pinns")
+    elif not os.access(pin_helper.PINNS, os.X_OK):
         pytest.skip("pinns is not built (make build/pinns/pinns)")
     return str(request.param)
 

@@ -11,6 +11,7 @@ import pytest
 
 from moorage.errors import AlreadyExists, InvalidArgument
 from moorage.node import namespaces as ns
+from moorage.node import pin_helper
 from moorage.node.sysctls import InvalidSysctl, sysctl_kind
 
 pytestmark = [
@@ -56,7 +57,7 @@ def pinns(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The C namespace helper, built for the tests (``make`` builds it into the source tree for the daemon)."""
     out = tmp_path_factory.mktemp("pinns") / "pinns"
     repo = Path(__file__).resolve().parents[2]
-    subprocess.run([str(repo / "scripts" / "build-static"), str(repo / ns.PINNS_SOURCE), str(out)], check=True)
+    subprocess.run([str(repo / "scripts" / "build-static"), str(repo / pin_helper.PINNS_SOURCE), str(out)], check=True)
     return out
 
 
@@ -65,7 +66,7 @@ def pin_dir(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     """A pin directory, with each helper: the C one, and the Python one used where it is not built; whatever is
     still pinned in it is unpinned after the test."""
     helper = request.getfixturevalue("pinns") if request.param == "pinns" else tmp_path / "no-pinns"
-    monkeypatch.setattr(ns, "PINNS", helper)
+    monkeypatch.setattr(pin_helper, "PINNS", helper)
     directory = tmp_path / "pins"
     try:
         yield directory
@@ -199,7 +200,7 @@ def test_make_private_bind_mounts_directory_onto_itself(shared_tmpfs: Path) -> N
 def test_failure_after_some_mounts_rolls_them_back(pin_dir: Path) -> None:
     """ipc and net are bound before uts fails (a directory is in its way): both are detached and removed."""
     (pin_dir / "uts").mkdir(parents=True)
-    with pytest.raises(ns.NamespaceError, match=r"create pin file .*/pins/uts: Is a directory"):
+    with pytest.raises(pin_helper.NamespaceError, match=r"create pin file .*/pins/uts: Is a directory"):
         ns.pin({"net", "ipc", "uts"}, pin_dir)
     assert nsfs_mounts_under(pin_dir) == []
     assert [p.name for p in pin_dir.iterdir()] == ["uts"]

@@ -1,11 +1,11 @@
 """Pinned pod namespaces: net, ipc and uts namespaces that live on without any process, as CRI-O's pinns makes them.
 
 For a pod in a user namespace (``userns``) the helper first unshares the user namespace alone and waits while
-the parent writes its uid_map and gid_map (:func:`_map_user`), then makes the others inside it, so they are owned
-by it; the user namespace is pinned with them as ``user``.
+the parent writes its uid_map and gid_map (:func:`moorage.node.pin_helper.map_user`), then makes the others
+inside it, so they are owned by it; the user namespace is pinned with them as ``user``.
 
-:func:`pin` starts a short-lived helper (the static C program ``pinns`` when built, ~1 ms; else this Python,
-``-I -S -c``: without site packages it starts in ~25 ms) that unshares the namespaces, brings up ``lo`` in a new
+:func:`pin` starts a short-lived helper (:mod:`moorage.node.pin_helper`: the static C program ``pinns`` when
+built, ~1 ms; else Python without site packages, ~25 ms) that unshares the namespaces, brings up ``lo`` in a new
 net namespace, writes the pod's hostname and namespaced sysctls from inside them, and reports ready on stdout. The
 parent bind-mounts each ``<proc>/<pid>/ns/<kind>`` onto ``<directory>/<kind>`` with mount(2), then closes the
 helper's stdin, which makes it exit; the bind mounts keep the namespaces alive. The helper also exits on stdin EOF
@@ -35,18 +35,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import select
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, get_args
+from typing import get_args
 
-from moorage import defaults
-from moorage.errors import AlreadyExists, InvalidArgument, MoorageError
+from moorage.errors import AlreadyExists, InvalidArgument
+from moorage.node import pin_helper
+from moorage.node.pin_helper import NamespaceError
 from moorage.node.sysctls import InvalidSysctl, Kind, sysctl_kind, sysctl_parts
 
 USER = "user"
@@ -81,67 +79,14 @@ class UserNamespace:
 
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 PROC = Path("/proc")
-PINNS_SOURCE = "src/moorage/node/pinns/pinns.c"
-PINNS = defaults.helper("pinns")
-"""The C namespace helper (src/moorage/node/pinns/pinns.c) as ``make`` builds it, or as the package installs it."""
 HOSTNAME_MAX = 64  # HOST_NAME_MAX; the kernel's limit for a UTS namespace's nodename
 
 _CLONE_FLAGS: dict[str, int] = {"net": 0x40000000, "ipc": 0x08000000, "uts": 0x04000000}
-_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWUSER = pin_helper.CLONE_NEWUSER
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
-
-# Runs in the helper. argv[1]: {"flags": int, "writes": [[path, value], ...]}. Prints one JSON line: {"ready": true}
-# or {"error": index-of-write, -1 for unshare or -2 for lo, "errno": n, "strerror": s}, then waits for stdin EOF.
-_HELPER = """
-import ctypes, json, os, sys
-cfg = json.loads(sys.argv[1])
-def fail(index, err, msg):
-    sys.stdout.write(json.dumps({"error": index, "errno": err, "strerror": msg}) + "\\n")
-    sys.stdout.flush()
-    sys.exit(1)
-libc = ctypes.CDLL(None, use_errno=True)
-if cfg["flags"] & 0x10000000:  # a user namespace first, alone; the parent writes its maps, then says go
-    if libc.unshare(0x10000000) != 0:
-        e = ctypes.get_errno()
-        fail(-1, e, os.strerror(e))
-    sys.stdout.write('{"userns": true}\\n')
-    sys.stdout.flush()
-    if not sys.stdin.buffer.read(1):
-        sys.exit(1)
-    cfg["flags"] &= ~0x10000000
-if cfg["flags"] and libc.unshare(cfg["flags"]) != 0:
-    e = ctypes.get_errno()
-    fail(-1, e, os.strerror(e))
-if cfg["flags"] & 0x40000000:  # a new net namespace: bring lo up (SIOCGIFFLAGS, SIOCSIFFLAGS | IFF_UP)
-    import fcntl, socket, struct
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            flags = struct.unpack("16sH22x", fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0)))[1]
-            fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
-    except OSError as exc:
-        fail(-2, exc.errno, exc.strerror)
-for index, (path, value) in enumerate(cfg["writes"]):
-    if not path:  # become the user namespace's root: its IPC sysctls are writable by it alone
-        if libc.setresgid(0, 0, 0) != 0 or libc.setresuid(0, 0, 0) != 0:
-            e = ctypes.get_errno()
-            fail(index, e, os.strerror(e))
-        continue
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as exc:
-        fail(index, exc.errno, exc.strerror)
-sys.stdout.write('{"ready": true}\\n')
-sys.stdout.flush()
-sys.stdin.read()
-"""
-
-
-class NamespaceError(MoorageError):
-    """Creating, pinning or unpinning a namespace failed on the host (INTERNAL): the message names the path."""
 
 
 def pin(
@@ -185,7 +130,7 @@ def pin(
         flags |= _CLONE_FLAGS[kind]
     try:
         helper = subprocess.Popen(
-            _helper_argv(flags, writes),
+            pin_helper.argv(flags, writes),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -195,8 +140,8 @@ def pin(
     created: list[Path] = []
     try:
         if userns is not None:
-            _map_user(helper, userns, proc, timeout)
-        _await_ready(helper, labels, timeout)
+            pin_helper.map_user(helper, userns, proc, timeout)
+        pin_helper.await_ready(helper, labels, timeout)
         for name, target in targets.items():
             _create_file(target)
             created.append(target)
@@ -205,16 +150,8 @@ def pin(
         unpin(created)
         raise
     finally:
-        _stop(helper)
+        pin_helper.stop(helper)
     return targets
-
-
-def _helper_argv(flags: int, writes: list[tuple[str, str]]) -> list[str]:
-    """The C helper when it is built (``make`` builds it; an interpreter start costs ~25 ms a pod), else this
-    Python without site packages running :data:`_HELPER`. Both take the same work and answer the same way."""
-    if os.access(PINNS, os.X_OK):
-        return [str(PINNS), str(flags), *(item for write in writes for item in write)]
-    return [sys.executable, "-I", "-S", "-c", _HELPER, json.dumps({"flags": flags, "writes": writes})]
 
 
 def unpin(paths: Mapping[str, Path] | Iterable[Path]) -> None:
@@ -288,58 +225,6 @@ def _plan(
     return writes, labels
 
 
-def _map_user(helper: subprocess.Popen[bytes], userns: UserNamespace, proc: Path, timeout: float) -> None:
-    """Wait for the helper's new user namespace, write its maps, and let it go on (one line on its stdin)."""
-    report = _report(helper, timeout)
-    if not report.get("userns"):
-        _raise(report, [])
-    for name, entry in (("uid_map", userns.uids), ("gid_map", userns.gids)):
-        path = proc / str(helper.pid) / name
-        try:
-            path.write_text(entry.line())
-        except OSError as exc:
-            raise NamespaceError(f"write {entry.line().strip()!r} to {path}: {exc.strerror}") from exc
-    assert helper.stdin is not None
-    helper.stdin.write(b"\n")
-    helper.stdin.flush()
-
-
-def _await_ready(helper: subprocess.Popen[bytes], labels: list[str], timeout: float) -> None:
-    report = _report(helper, timeout)
-    if not report.get("ready"):
-        _raise(report, labels)
-
-
-def _report(helper: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    """The helper's next JSON line."""
-    assert helper.stdout is not None
-    assert helper.stderr is not None
-    ready, _, _ = select.select([helper.stdout], [], [], timeout)
-    if not ready:
-        raise NamespaceError(f"namespace helper (pid {helper.pid}) not ready after {timeout}s")
-    line = helper.stdout.readline()
-    if not line:
-        helper.wait()
-        stderr = helper.stderr.read().decode(errors="replace").strip()
-        raise NamespaceError(f"namespace helper exited with status {helper.returncode}: {stderr or 'no output'}")
-    report: dict[str, Any] = json.loads(line)
-    return report
-
-
-def _raise(report: dict[str, Any], labels: list[str]) -> NoReturn:
-    index, err, strerror = report["error"], report["errno"], report["strerror"]
-    if index == -2:
-        raise NamespaceError(f"bring up lo in the new network namespace: {strerror}")
-    if index < 0:
-        hint = " (needs CAP_SYS_ADMIN)" if err == errno.EPERM else ""
-        raise NamespaceError(f"unshare namespaces: {strerror}{hint}")
-    label = labels[index]
-    if err == errno.ENOENT:
-        raise InvalidSysctl(f"{label}: no such key in this kernel")
-    cls = InvalidSysctl if label.startswith("sysctl") else InvalidArgument
-    raise cls(f"{label}: the kernel refused it: {strerror}")
-
-
 def _create_file(target: Path) -> None:
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444)
@@ -363,21 +248,6 @@ def _mount(source: bytes | None, target: bytes, flags: int, what: str) -> None:
     if _libc.mount(source, target, None, flags, None) != 0:
         err = ctypes.get_errno()
         raise NamespaceError(f"{what}: {os.strerror(err)}") from OSError(err, os.strerror(err))
-
-
-def _stop(helper: subprocess.Popen[bytes]) -> None:
-    """Close the helper's stdin (it exits on EOF) and reap it; kill it if it lingers."""
-    try:
-        if helper.stdin is not None:
-            helper.stdin.close()
-        helper.wait(timeout=2)
-    except (subprocess.TimeoutExpired, OSError):
-        helper.kill()
-        helper.wait()
-    finally:
-        for stream in (helper.stdout, helper.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def _mountinfo(proc: Path) -> list[tuple[str, list[str], str]]:
