@@ -2,10 +2,13 @@
 
 Every error that can reach a CRI client is a :class:`MoorageError`. Each class names the gRPC status code it
 maps to (``grpc_code``), so the translation to gRPC happens in exactly one place
-(:mod:`moorage.api.interceptors`) and code below the API edge never imports grpc to fail a request.
+(:mod:`moorage.api.guard`) and code below the API edge never imports grpc to fail a request.
 
     MoorageError                     INTERNAL     something broke that the client cannot fix
     ├── InvalidArgument              INVALID_ARGUMENT  the request itself is malformed
+    │   ├── AmbiguousId                               an id prefix that matches more than one record
+    │   └── InvalidImage                              the image named is unusable: schema1, no manifest for
+    │                                                 this platform, a malicious or malformed layer
     ├── NotFound                     NOT_FOUND    an id or name that does not exist
     ├── AlreadyExists                ALREADY_EXISTS  a name already in use
     ├── FailedPrecondition           FAILED_PRECONDITION  valid request, wrong state
@@ -15,9 +18,8 @@ maps to (``grpc_code``), so the translation to gRPC happens in exactly one place
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     ├── Unauthenticated              UNAUTHENTICATED  a registry refused the credentials (or their absence)
     ├── PermissionDenied             PERMISSION_DENIED  a registry refused access with valid credentials
-    ├── InvalidImage                 INVALID_ARGUMENT  the image named is unusable: schema1, no manifest for
-    │                                              this platform, a malicious or malformed layer
-    └── DataLoss                     DATA_LOSS    content that does not match its digest or size
+    ├── DataLoss                     DATA_LOSS    content that does not match its digest or size
+    └── StoreError                   INTERNAL     the metadata store is unreadable or newer than this moorage
 
 Errors that never reach gRPC (a bad config file, a socket already served by another daemon) are
 :class:`ConfigError` and :class:`StartupError`; the CLI prints them and exits non-zero.

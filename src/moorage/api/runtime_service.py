@@ -117,7 +117,7 @@ class RuntimeService(StatsRpcs):
         await self._pod_cidr.update(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
 
-    # Pods and containers: requests are validated now; running them comes with the pods issue. ----------
+    # Pods and containers: each request is validated here, then handed to its one owner in the runtime. ------
 
     async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Context) -> pb.RunPodSandboxResponse:
         validate.present(request, "config", "RunPodSandboxRequest")

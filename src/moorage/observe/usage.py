@@ -3,7 +3,8 @@
 Where a container's and a pod's cgroups are is the cgroup driver's business (:mod:`moorage.node.cgroups`); a
 pod's cgroup (its ``cgroup_parent``) aggregates all its containers (and its pause process) on cgroup v1 and v2
 alike. A pod without a cgroup_parent shares the default parent with other pods, so its own cpu, memory and
-process usage are left unset. Network usage is left unset until pods get CNI networking.
+process usage are left unset. Network usage is read from the interfaces of the pod's own net namespace (none for
+a hostNetwork pod).
 """
 
 from __future__ import annotations
