@@ -86,7 +86,7 @@ def spec_inputs(container: pb.ContainerConfig, rootfs: Path, cgroup_name: str, t
     hostname_file.write_text("spec-test-pod\n")
     return spec.SpecInputs(
         container=container,
-        sandbox=pb.PodSandboxConfig(hostname="spec-test-pod"),
+        pod=pb.PodSandboxConfig(hostname="spec-test-pod"),
         image_config={"Env": ["PATH=/bin"]},
         rootfs=rootfs,
         namespaces={"pid": "", "ipc": "", "uts": "", "network": ""},

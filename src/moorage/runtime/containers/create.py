@@ -143,7 +143,7 @@ class Create(ContainerBase):
         spec = build(
             SpecInputs(
                 container=config,
-                sandbox=pod,
+                pod=pod,
                 image_config=image_doc.get("config") or {},  # type: ignore[arg-type]
                 rootfs=rootfs,
                 namespaces=namespaces,

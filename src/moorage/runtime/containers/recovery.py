@@ -90,10 +90,10 @@ class Recovery(ContainerBase):
             except MoorageError as exc:
                 log.warning("cannot ask the OCI runtime for its containers", handler=handler, error=exc.message)
                 continue
-            for cid in sorted({str(c.get("id")) for c in listed} - owned):
-                log.warning("deleting a runtime container no record owns", container=cid, handler=handler)
+            for stray in sorted({str(c.get("id")) for c in listed} - owned):
+                log.warning("deleting a runtime container no record owns", container=stray, handler=handler)
                 with contextlib.suppress(MoorageError):
-                    await runtime.delete(cid, force=True)
+                    await runtime.delete(stray, force=True)
         paths = self.conmon_paths("x")
         places = (
             self.state / "bundles",
@@ -126,7 +126,7 @@ class Recovery(ContainerBase):
                 states.update(dict.fromkeys(ids, "unknown"))
                 continue
             known = {str(c.get("id")): str(c.get("status", "")) for c in listed}
-            states.update({cid: known.get(cid, "") for cid in ids})
+            states.update({container_id: known.get(container_id, "") for container_id in ids})
         return states
 
     async def _reconcile(self, record: ContainerRecord, runtime_state: str) -> None:

@@ -11,8 +11,8 @@ the command's exit code.
 
 Lifecycle::
 
-    code = await exec_streaming(runtime, cid, bundle, ["sh"], io=ExecIO(stdin=s, stdout=o, tty=True, resizes=r),
-                                sockets=state / "tty")
+    io = ExecIO(stdin=s, stdout=o, tty=True, resizes=r)
+    code = await exec_streaming(runtime, container_id, bundle, ["sh"], io=io, sockets=state / "tty")
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ async def _after(
         pending.cancel()
 
 
-async def _with_pipes(runtime: OciRuntime, cid: str, process_file: Path, pid_file: Path, io: ExecIO) -> int:
+async def _with_pipes(runtime: OciRuntime, container_id: str, process_file: Path, pid_file: Path, io: ExecIO) -> int:
     pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        *runtime.exec_argv(cid, process_file, pid_file=pid_file),
+        *runtime.exec_argv(container_id, process_file, pid_file=pid_file),
         stdin=pipe if io.stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=pipe if io.stdout is not None else asyncio.subprocess.DEVNULL,
         stderr=pipe,
@@ -134,7 +134,7 @@ async def _with_pipes(runtime: OciRuntime, cid: str, process_file: Path, pid_fil
         for pump in pumps:
             pump.cancel()
     if code != 0 and b"exec failed" in tail:
-        raise MoorageError(f"exec in container {cid} failed: {parse_runtime_stderr(bytes(tail))}")
+        raise MoorageError(f"exec in container {container_id} failed: {parse_runtime_stderr(bytes(tail))}")
     return code
 
 
@@ -187,12 +187,12 @@ runtime, then waits for the command and prints its exit code (128 + signal when 
 
 
 async def _with_tty(
-    runtime: OciRuntime, cid: str, process_file: Path, pid_file: Path, *, io: ExecIO, sockets: Path
+    runtime: OciRuntime, container_id: str, process_file: Path, pid_file: Path, *, io: ExecIO, sockets: Path
 ) -> int:
     sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = sockets / f"{uuid.uuid4().hex[:12]}.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    argv = runtime.exec_argv(cid, process_file, pid_file=pid_file, detach=True, console_socket=path)
+    argv = runtime.exec_argv(container_id, process_file, pid_file=pid_file, detach=True, console_socket=path)
     try:
         listener.bind(str(path))
         listener.listen(1)
@@ -240,7 +240,9 @@ async def _with_tty(
             task.cancel()
         os.close(master)
     if report[-2:-1] != ["exit"]:
-        raise MoorageError(f"exec in container {cid} failed: {parse_runtime_stderr(errors) or 'no exit status'}")
+        raise MoorageError(
+            f"exec in container {container_id} failed: {parse_runtime_stderr(errors) or 'no exit status'}"
+        )
     return int(report[-1])
 
 

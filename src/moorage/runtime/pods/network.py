@@ -2,7 +2,7 @@
 
 A pod with its own network namespace is attached with CNI ADD once the namespace is pinned (RunPodSandbox)
 and detached with DEL when it stops (StopPodSandbox) and again, idempotently, when it is removed; a
-hostNetwork pod skips CNI. From the config come CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME,
+hostNetwork pod skips CNI. From the pod come CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME,
 K8S_POD_INFRA_CONTAINER_ID, K8S_POD_UID) and the runtimeConfig capabilities: portMappings from the pod's
 port mappings that name a hostPort, dns from its DNSConfig, bandwidth from the kubernetes.io/ingress-bandwidth
 and egress-bandwidth annotations, and the cgroup path from its cgroup_parent.
@@ -51,12 +51,12 @@ _MULTIPLIERS = {
 }
 
 
-def uses_cni(config: pb.PodSandboxConfig) -> bool:
-    return config.linux.security_context.namespace_options.network != pb.NamespaceMode.NODE
+def uses_cni(pod: pb.PodSandboxConfig) -> bool:
+    return pod.linux.security_context.namespace_options.network != pb.NamespaceMode.NODE
 
 
-def attachment(sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> Attachment:
-    meta = config.metadata
+def attachment(sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> Attachment:
+    meta = pod.metadata
     ports = tuple(
         PortMapping(
             container_port=p.container_port,
@@ -64,10 +64,10 @@ def attachment(sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> Atta
             protocol=PROTOCOLS.get(p.protocol, "tcp"),
             host_ip=p.host_ip,
         )
-        for p in config.port_mappings
+        for p in pod.port_mappings
         if p.host_port > 0
     )
-    dns = config.dns_config
+    dns = pod.dns_config
     return Attachment(
         container_id=sandbox_id,
         netns=netns,
@@ -75,10 +75,10 @@ def attachment(sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> Atta
         namespace=meta.namespace,
         pod_uid=meta.uid,
         port_mappings=ports,
-        bandwidth=bandwidth(config.annotations),
+        bandwidth=bandwidth(pod.annotations),
         dns=DnsConfig(tuple(dns.servers), tuple(dns.searches), tuple(dns.options)) if dns.servers else None,
-        cgroup_path=config.linux.cgroup_parent,
-        annotations=dict(config.annotations),
+        cgroup_path=pod.linux.cgroup_parent,
+        annotations=dict(pod.annotations),
     )
 
 
@@ -124,44 +124,44 @@ class PodNetwork:
         self._checked: dict[str, CheckResult] = {}
         self._checking: dict[str, asyncio.Task[CheckResult]] = {}
 
-    async def attach(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> list[str]:
+    async def attach(self, sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> list[str]:
         """CNI ADD; the pod's IPs, primary first. Nothing is left attached when it fails."""
-        result = await self.cni.setup(attachment(sandbox_id, netns, config))
+        result = await self.cni.setup(attachment(sandbox_id, netns, pod))
         self._checked[sandbox_id] = CheckResult("ok", time.time_ns())
         return list(result.pod_ips)
 
-    async def detach(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> None:
+    async def detach(self, sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> None:
         """CNI DEL; idempotent, and works once the namespace is gone or the daemon restarted."""
         self._checked.pop(sandbox_id, None)
         task = self._checking.pop(sandbox_id, None)
         if task is not None:
             task.cancel()
-        await self.cni.teardown(attachment(sandbox_id, netns, config))
+        await self.cni.teardown(attachment(sandbox_id, netns, pod))
 
-    async def check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> None:
+    async def check(self, sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> None:
         """CNI CHECK: is the pod's network still as ADD made it? Raises with the plugin's error if not."""
-        await self.cni.check(attachment(sandbox_id, netns, config))
+        await self.cni.check(attachment(sandbox_id, netns, pod))
 
-    async def last_check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> CheckResult:
+    async def last_check(self, sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> CheckResult:
         """The last CHECK's outcome without waiting for a plugin (but for the first after a restart); one older
         than CHECK_MAX_AGE is renewed in the background."""
         last = self._checked.get(sandbox_id)
         if last is None:
-            return await self._start_check(sandbox_id, netns, config)
+            return await self._start_check(sandbox_id, netns, pod)
         if time.time_ns() - last.at > CHECK_MAX_AGE * 1e9 and not self._checking:
-            self._start_check(sandbox_id, netns, config)
+            self._start_check(sandbox_id, netns, pod)
         return last
 
-    def _start_check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> asyncio.Task[CheckResult]:
+    def _start_check(self, sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> asyncio.Task[CheckResult]:
         task = self._checking.get(sandbox_id)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._run_check(sandbox_id, netns, config))
+            task = asyncio.get_running_loop().create_task(self._run_check(sandbox_id, netns, pod))
             self._checking[sandbox_id] = task
         return task
 
-    async def _run_check(self, sandbox_id: str, netns: str, config: pb.PodSandboxConfig) -> CheckResult:
+    async def _run_check(self, sandbox_id: str, netns: str, pod: pb.PodSandboxConfig) -> CheckResult:
         try:
-            await self.check(sandbox_id, netns, config)
+            await self.check(sandbox_id, netns, pod)
             found = CheckResult("ok", time.time_ns())
         except MoorageError as exc:
             found = CheckResult(exc.message, time.time_ns())

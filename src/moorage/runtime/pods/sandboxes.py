@@ -78,36 +78,38 @@ class Sandboxes:
 
     # --- Run ------------------------------------------------------------------------------------------------
 
-    async def run(self, config: pb.PodSandboxConfig, runtime_handler: str) -> str:
+    async def run(self, pod: pb.PodSandboxConfig, runtime_handler: str) -> str:
         handler = runtime_handler or self.config().runtime.default_handler
         if handler not in self.config().runtime.handlers:
             known = ", ".join(sorted(self.config().runtime.handlers))
             raise InvalidArgument(f"runtime_handler {handler!r} is not configured (runtime.handlers has {known})")
-        user.require_user_for_group(config.linux.security_context, "config.linux.security_context")
-        modes = config.linux.security_context.namespace_options
-        sysctls.check_sysctls(config.linux.sysctls, _shared_with_node(modes))
-        if userns.validate(config) is not None and (reason := await userns.support(Path(self.config().root))):
+        user.require_user_for_group(pod.linux.security_context, "config.linux.security_context")
+        modes = pod.linux.security_context.namespace_options
+        sysctls.check_sysctls(pod.linux.sysctls, _shared_with_node(modes))
+        maps = userns.validate(pod)
+        if maps is not None and (reason := await userns.support(Path(self.config().root))):
             raise FailedPrecondition(f"{userns.FIELD}: this node cannot run pods in user namespaces: {reason}")
-        meta = config.metadata
+        meta = pod.metadata
         record = SandboxRecord(
             id=secrets.token_hex(32),
             name=pod_name(meta.name, meta.namespace, meta.uid, meta.attempt),
             state=CREATING,
             created_at=time.time_ns(),
-            config=config.SerializeToString(),
+            config=pod.SerializeToString(),
             status=SandboxStatus(runtime_handler=handler, pid_mode=pb.NamespaceMode.Name(modes.pid)),
         )
-        await self.records.insert(record)
+        with userns.claim(maps, self.records.all()):  # no other pod on its host ids
+            await self.records.insert(record)
         try:
-            status = await asyncio.to_thread(self._make, record, config)
-            if uses_cni(config):
+            status = await asyncio.to_thread(self._make, record, pod)
+            if uses_cni(pod):
                 made = dataclasses.replace(record, status=status)
                 await self.records.save(made)  # the namespace is known before CNI runs: a crash now still undoes ADD
-                ips = await self.network.attach(record.id, status.namespaces["network"], config)
+                ips = await self.network.attach(record.id, status.namespaces["network"], pod)
                 status = dataclasses.replace(status, ips=ips)
             if modes.pid == pb.NamespaceMode.POD:
                 made = dataclasses.replace(record, status=status)
-                status = dataclasses.replace(status, infra_pid=await self.containers.start_infra(made, config))
+                status = dataclasses.replace(status, infra_pid=await self.containers.start_infra(made, pod))
             await self.records.save(record.moved(READY, **status.__dict__))
         except BaseException:
             await asyncio.shield(self._undo(record.id))
@@ -115,9 +117,9 @@ class Sandboxes:
         log.info("pod sandbox ready", sandbox=record.id, pod=record.name, handler=handler)
         return record.id
 
-    def _make(self, record: SandboxRecord, config: pb.PodSandboxConfig) -> SandboxStatus:
+    def _make(self, record: SandboxRecord, pod: pb.PodSandboxConfig) -> SandboxStatus:
         """Everything a pod has on the node (synchronous: mounts and short subprocesses)."""
-        modes = config.linux.security_context.namespace_options
+        modes = pod.linux.security_context.namespace_options
         host_network = modes.network == pb.NamespaceMode.NODE
         host_ipc = modes.ipc == pb.NamespaceMode.NODE
         kinds: set[sysctls.Kind] = set()
@@ -126,10 +128,10 @@ class Sandboxes:
         if not host_ipc:
             kinds.add("ipc")
         # No hostname: the node's, as containerd and CRI-O give it (the pod's name may be longer than 64 bytes).
-        hostname = config.hostname or os.uname().nodename
+        hostname = pod.hostname or os.uname().nodename
         directory = self.pod_dir(record.id)
         directory.mkdir(parents=True, mode=0o711)
-        maps = userns.validate(config)
+        maps = userns.validate(pod)
         if maps is not None:
             userns.check_reachable(directory)
             userns.private_to_pod(directory, maps)
@@ -138,15 +140,15 @@ class Sandboxes:
                 kinds,
                 directory / "ns",
                 hostname=hostname if "uts" in kinds else None,
-                sysctls=dict(config.linux.sysctls),
+                sysctls=dict(pod.linux.sysctls),
                 userns=maps,
             )
             if kinds
             else {}
         )
-        if config.linux.security_context.privileged and "net" in pinned:
+        if pod.linux.security_context.privileged and "net" in pinned:
             podfiles.mount_sysfs(directory, pinned["net"])  # so its privileged containers' /sys can be read-write
-        dns = config.dns_config
+        dns = pod.dns_config
         files = {
             "/etc/hostname": podfiles.write_hostname(directory, hostname),
             "/etc/hosts": podfiles.write_hosts(
@@ -177,9 +179,9 @@ class Sandboxes:
             return
         if record.status.infra_pid:
             await self.containers.stop_infra(record)
-        config = pb.PodSandboxConfig.FromString(record.config)
-        if uses_cni(config):
-            await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), config)
+        pod = pb.PodSandboxConfig.FromString(record.config)
+        if uses_cni(pod):
+            await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), pod)
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "shm")
         await asyncio.to_thread(podfiles.unmount, self.pod_dir(sandbox_id) / "sys")
         await self.records.save(record.moved(NOTREADY, stopped_at=time.time_ns()))
@@ -201,10 +203,10 @@ class Sandboxes:
         if record is not None and _has_infra(record):
             await self.containers.remove_infra(record)
         if record is not None and record.state != NOTREADY:  # a stopped pod was detached (or is left to GC)
-            config = pb.PodSandboxConfig.FromString(record.config)
-            if uses_cni(config):
+            pod = pb.PodSandboxConfig.FromString(record.config)
+            if uses_cni(pod):
                 try:
-                    await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), config)
+                    await self.network.detach(sandbox_id, record.status.namespaces.get("network", ""), pod)
                 except MoorageError as exc:
                     if check:
                         raise
@@ -263,12 +265,12 @@ class Sandboxes:
     async def network_check(self, record: SandboxRecord) -> CheckResult:
         """The last CNI CHECK of a ready pod's attachment (run in the background), for verbose
         PodSandboxStatus: "ok", the plugin's error, or why it is not checked (time 0)."""
-        config = pb.PodSandboxConfig.FromString(record.config)
-        if not uses_cni(config):
+        pod = pb.PodSandboxConfig.FromString(record.config)
+        if not uses_cni(pod):
             return CheckResult("not checked: the pod uses the node's network", 0)
         if record.state != READY:
             return CheckResult(f"not checked: the pod is {record.state}", 0)
-        return await self.network.last_check(record.id, record.status.namespaces.get("network", ""), config)
+        return await self.network.last_check(record.id, record.status.namespaces.get("network", ""), pod)
 
     # --- records --------------------------------------------------------------------------------------------
 

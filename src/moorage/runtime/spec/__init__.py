@@ -50,7 +50,7 @@ current_capabilities = security.current_capabilities
 @dataclass(frozen=True)
 class SpecInputs:
     container: pb.ContainerConfig
-    sandbox: pb.PodSandboxConfig
+    pod: pb.PodSandboxConfig
     # The OCI image config document's "config" object (Env, Entrypoint, Cmd, User, WorkingDir, StopSignal...).
     image_config: Mapping[str, Any]
     # The container's mounted root filesystem; /etc/passwd and /etc/group are read from it without escaping it.
@@ -101,15 +101,15 @@ def _namespaces(requested: Mapping[str, str]) -> list[dict[str, str]]:
     return out
 
 
-def _annotations(c: pb.ContainerConfig, sandbox: pb.PodSandboxConfig) -> dict[str, str]:
+def _annotations(c: pb.ContainerConfig, pod: pb.PodSandboxConfig) -> dict[str, str]:
     """The CRI annotations verbatim, plus containerd's identification keys (the sandbox id is not known here)."""
     return {
         **c.annotations,
         CONTAINER_TYPE_ANNOTATION: "container",
         CONTAINER_NAME_ANNOTATION: c.metadata.name,
-        SANDBOX_NAME_ANNOTATION: sandbox.metadata.name,
-        SANDBOX_NAMESPACE_ANNOTATION: sandbox.metadata.namespace,
-        SANDBOX_UID_ANNOTATION: sandbox.metadata.uid,
+        SANDBOX_NAME_ANNOTATION: pod.metadata.name,
+        SANDBOX_NAMESPACE_ANNOTATION: pod.metadata.namespace,
+        SANDBOX_UID_ANNOTATION: pod.metadata.uid,
     }
 
 
@@ -162,7 +162,7 @@ def build(inputs: SpecInputs) -> dict[str, Any]:
         "mounts": mounts.build(
             c.mounts, inputs.pod_files, bool(sc.privileged), bool(sc.readonly_rootfs), inputs.recursive_read_only
         ),
-        "annotations": _annotations(c, inputs.sandbox),
+        "annotations": _annotations(c, inputs.pod),
         "linux": linux,
     }
     # runc refuses a hostname without a private UTS namespace; with the host's the container sees the host's name.
