@@ -342,8 +342,11 @@ def test_a_create_cut_by_a_crash_leaves_no_mount_and_the_volume_intact(
             ),
             "userns_options.uids[0].container_id",
         ),
+        (userns_options(host_id=0), "userns_options.uids[0].host_id: 0 is the node's root"),
+        (userns_options(length=LENGTH - 1), "userns_options.uids[0].length: 65535 ids"),
+        (userns_options(host_id=(1 << 32) - LENGTH), "userns_options.uids[0]: host ids 4294901760..4294967295 do not"),
     ],
-    ids=["container", "target", "id-0-unmapped"],
+    ids=["container", "target", "id-0-unmapped", "host-root", "short", "past-32-bits"],
 )
 def test_bad_user_namespaces_are_refused_naming_the_field(
     node: DaemonProcess, cgroup_parent: str, options: pb.UserNamespace, field: str
@@ -355,3 +358,37 @@ def test_bad_user_namespaces_are_refused_naming_the_field(
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in failure.details
     assert not [m for m in node.mounts() if "/pods/" in m]
+
+
+def test_a_pod_on_the_host_ids_of_a_running_pod_is_refused(pod: ConfiguredPod, cgroup_parent: str) -> None:
+    """Its uid or gid range overlapping a running pod's: FAILED_PRECONDITION naming the field and that pod, and
+    nothing made. Once that pod is stopped its range is free (the kubelet runs a pod's next sandbox on it)."""
+    config = userns_pod_config("overlapping", cgroup_parent)
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(userns_options(HOST_ID + LENGTH - 1))
+    with pod.node.client() as client:
+        run = pb.RunPodSandboxRequest(config=config)
+        failure = rpc_error(lambda: client.runtime.RunPodSandbox(run, timeout=30))
+        assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "userns_options.uids[0]: host ids 265535..331070 overlap" in failure.details
+        assert pod.id in failure.details
+        assert [p.id for p in client.list_pods()] == [pod.id]
+        client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        second = client.runtime.RunPodSandbox(run, timeout=60).pod_sandbox_id
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=second), timeout=60)
+
+
+def test_a_mount_with_other_mappings_than_the_pods_is_refused(pod: ConfiguredPod, tmp_path: Path) -> None:
+    """The kubelet puts the pod's maps on each mount; others would idmap the volume through another range:
+    INVALID_ARGUMENT naming the mount's field, nothing left mounted."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    pods = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    other = [pb.IDMapping(container_id=0, host_id=HOST_ID + LENGTH, length=LENGTH)]
+    mounts = [
+        pb.Mount(container_path="/ok", host_path=str(volume), uidMappings=pods, gidMappings=pods),
+        pb.Mount(container_path="/v", host_path=str(volume), uidMappings=pods, gidMappings=other),
+    ]
+    failure = rpc_error(lambda: pod.create("other-maps", "true", linux=ROOT, mounts=mounts))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "config.mounts[1].gidMappings: 0:265536:65536 differ from the pod's 0:200000:65536" in failure.details
+    assert not [m for m in pod.node.mounts() if "/bundles/" in m or "/containers/" in m]

@@ -10,6 +10,7 @@ from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.node.namespaces import IdMap, UserNamespace
 from moorage.runtime import userns
+from moorage.state.models import CREATING, NOTREADY, READY, SandboxRecord, SandboxStatus
 
 
 def pod(options: pb.UserNamespace | None, **modes: pb.NamespaceMode.ValueType) -> pb.PodSandboxConfig:
@@ -53,8 +54,12 @@ def test_mode_pod_gives_its_single_ranges() -> None:
         (pod_mode([mapping(), mapping(host_id=2000)]), "userns_options.uids: exactly one"),
         (pod_mode([mapping(container_id=1)]), "userns_options.uids[0].container_id"),
         (pod_mode([mapping()], []), "userns_options.gids: exactly one"),
-        (pod_mode([mapping(length=0)]), "userns_options.uids[0]"),
-        (pod_mode([mapping(host_id=(1 << 32) - 10, length=100)]), "userns_options.uids[0]"),
+        (pod_mode([mapping(length=0)]), "userns_options.uids[0].length"),
+        (pod_mode([mapping(length=65535)]), "userns_options.uids[0].length: 65535 ids"),
+        (pod_mode([mapping(host_id=0)]), "userns_options.uids[0].host_id: 0 is the node's root"),
+        (pod_mode([mapping()], [mapping(host_id=0)]), "userns_options.gids[0].host_id"),
+        (pod_mode([mapping(host_id=(1 << 32) - 10, length=65536)]), "userns_options.uids[0]: host ids"),
+        (pod_mode([mapping(host_id=(1 << 32) - 65536, length=65536)]), "do not stay inside 32-bit ids"),
     ],
 )
 def test_what_the_kubelet_never_sends_is_refused_naming_the_field(options: pb.UserNamespace, field: str) -> None:
@@ -75,13 +80,51 @@ def test_a_privileged_pod_cannot_have_one() -> None:
         userns.validate(config)
 
 
-def test_mount_mappings_are_one_range_each() -> None:
+def test_a_mounts_mappings_are_the_pods_or_it_is_refused() -> None:
+    pod_maps = UserNamespace(IdMap(0, 1000, 100000), IdMap(0, 7, 100000))
     plain = pb.Mount(container_path="/v", host_path="/tmp")
-    assert userns.mount_maps(plain, 0) is None
+    assert userns.mount_maps(plain, 0, pod_maps) is False
     mapped = pb.Mount(container_path="/v", uidMappings=[mapping()], gidMappings=[mapping(host_id=7)])
-    assert userns.mount_maps(mapped, 2) == UserNamespace(IdMap(0, 1000, 100000), IdMap(0, 7, 100000))
-    with pytest.raises(InvalidArgument, match=r"config.mounts\[3\].gidMappings"):
-        userns.mount_maps(pb.Mount(container_path="/v", uidMappings=[mapping()]), 3)
+    assert userns.mount_maps(mapped, 2, pod_maps) is True
+    with pytest.raises(InvalidArgument, match=r"config.mounts\[3\].gidMappings: none differ"):
+        userns.mount_maps(pb.Mount(container_path="/v", uidMappings=[mapping()]), 3, pod_maps)
+    other = pb.Mount(container_path="/v", uidMappings=[mapping(host_id=5000)], gidMappings=[mapping(host_id=7)])
+    with pytest.raises(InvalidArgument, match=r"config.mounts\[1\].uidMappings: 0:5000:100000 differ from the pod's"):
+        userns.mount_maps(other, 1, pod_maps)
+    config = pb.ContainerConfig(mounts=[plain, mapped, other])
+    with pytest.raises(InvalidArgument, match=r"config.mounts\[2\].uidMappings"):
+        userns.check_mounts(config, pod_maps)
+
+
+def running(state: str, options: pb.UserNamespace | None) -> SandboxRecord:
+    config = pod(options).SerializeToString()
+    return SandboxRecord(f"pod-{state}", "name", state, 0, config, SandboxStatus())
+
+
+def test_a_pod_on_host_ids_of_another_running_pod_is_refused() -> None:
+    """Uid or gid ranges, against pods not stopped and RunPodSandboxes storing theirs; a stopped pod's range is
+    free (the kubelet's next sandbox of the pod takes it)."""
+    maps = UserNamespace(IdMap(0, 100000, 65536), IdMap(0, 300000, 65536))
+    pods = [
+        running(NOTREADY, pod_mode([mapping(host_id=100000)])),
+        running(READY, None),
+        running(READY, pod_mode([mapping(host_id=200000, length=65536)])),
+    ]
+    near = UserNamespace(IdMap(0, 400000, 65536), IdMap(0, 365535, 65536))
+    with (
+        userns.claim(maps, pods),
+        userns.claim(None, pods),
+        pytest.raises(FailedPrecondition, match="a pod sandbox being run"),
+        userns.claim(near, pods),
+    ):
+        pass
+    for state in (READY, CREATING):
+        other = running(state, pod_mode([mapping(host_id=500000)], [mapping(host_id=365535, length=65536)]))
+        match = rf"userns_options.gids\[0\]: .* pod sandbox pod-{state}"
+        with pytest.raises(FailedPrecondition, match=match), userns.claim(maps, [*pods, other]):
+            pass
+    with userns.claim(maps, pods):  # released: claimable again
+        pass
 
 
 def test_a_directory_others_cannot_search_is_named(tmp_path: Path) -> None:

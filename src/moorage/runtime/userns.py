@@ -30,10 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import stat
-import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +39,19 @@ import structlog
 
 from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError
-from moorage.node import idmap, namespaces
+from moorage.node import idmap
 from moorage.node.namespaces import IdMap, UserNamespace
+from moorage.state.models import CREATING, READY, SandboxRecord
 
 log = structlog.get_logger(__name__)
 
 FIELD = "config.linux.security_context.namespace_options.userns_options"
 MOUNTS_DIR = "mounts"
-MAX_ID = (1 << 32) - 1
+ID_LIMIT = (1 << 32) - 1
+"""Host and container ranges end at or below it: (uid_t)-1 is no id, and the kernel refuses a uid_map line whose
+``first + count`` does not fit 32 bits."""
+MIN_LENGTH = 65536
+"""The kubelet allocates a pod 65536 ids (``idsPerPod``: a multiple of it); critest asks for 100000."""
 
 
 _support: dict[Path, asyncio.Future[str | None]] = {}
@@ -96,8 +99,13 @@ def validate(config: pb.PodSandboxConfig) -> UserNamespace | None:
 
 
 def of_pod(config: pb.PodSandboxConfig) -> UserNamespace | None:
-    """The maps of a pod that was run (its stored config, validated by RunPodSandbox)."""
-    return validate(config)
+    """The maps of a pod that was run (its stored config, validated by RunPodSandbox when it was run: not again,
+    so a pod run before a check was added keeps working)."""
+    options = config.linux.security_context.namespace_options.userns_options
+    if options.mode != pb.NamespaceMode.POD or not options.uids or not options.gids:
+        return None
+    u, g = options.uids[0], options.gids[0]
+    return UserNamespace(IdMap(u.container_id, u.host_id, u.length), IdMap(g.container_id, g.host_id, g.length))
 
 
 def _one(mappings: Sequence[pb.IDMapping], field: str) -> IdMap:
@@ -106,9 +114,52 @@ def _one(mappings: Sequence[pb.IDMapping], field: str) -> IdMap:
     m = mappings[0]
     if m.container_id != 0:
         raise InvalidArgument(f"{field}[0].container_id: container id 0 must be mapped, got {m.container_id}")
-    if m.length == 0 or m.host_id + m.length - 1 > MAX_ID:
-        raise InvalidArgument(f"{field}[0]: host ids {m.host_id}+{m.length} are not a range of 32-bit ids")
+    if m.host_id == 0:
+        raise InvalidArgument(f"{field}[0].host_id: 0 is the node's root; a pod's ids are an unprivileged range")
+    if m.length < MIN_LENGTH:
+        raise InvalidArgument(
+            f"{field}[0].length: {m.length} ids; a pod's range is {MIN_LENGTH} ids or more (the kubelet gives "
+            f"{MIN_LENGTH})"
+        )
+    if m.host_id + m.length > ID_LIMIT:
+        raise InvalidArgument(
+            f"{field}[0]: host ids {m.host_id}..{m.host_id + m.length - 1} do not stay inside 32-bit ids "
+            f"(the last is {ID_LIMIT - 1})"
+        )
     return IdMap(m.container_id, m.host_id, m.length)
+
+
+_claimed: list[UserNamespace] = []
+"""The maps of pods whose RunPodSandbox checked them and has not yet stored its record (:func:`claim`)."""
+
+
+@contextlib.contextmanager
+def claim(maps: UserNamespace | None, running: Iterable[SandboxRecord]) -> Iterator[None]:
+    """FAILED_PRECONDITION, naming the other pod, when ``maps`` overlap the uid or gid range of a pod of
+    ``running`` that is not stopped, or of a RunPodSandbox still storing its record; else hold ``maps`` claimed
+    while the caller stores the new pod's record (then found in ``running``). The kubelet gives each pod a range of
+    its own: two pods sharing host ids could signal, ptrace and own each other's files (a misconfiguration, or an
+    attack). A stopped pod (NOTREADY) runs nothing: the kubelet's next sandbox for that pod takes its range."""
+    if maps is None:
+        yield
+        return
+    others = [(f"pod sandbox {r.id}", of_pod(pb.PodSandboxConfig.FromString(r.config))) for r in running
+              if r.state in (CREATING, READY)]  # fmt: skip
+    others += [("a pod sandbox being run", m) for m in _claimed]
+    for who, other in others:
+        if other is None:
+            continue
+        for kind, mine, theirs in (("uids", maps.uids, other.uids), ("gids", maps.gids, other.gids)):
+            if mine.outside < theirs.outside + theirs.length and theirs.outside < mine.outside + mine.length:
+                raise FailedPrecondition(
+                    f"{FIELD}.{kind}[0]: host ids {mine.outside}..{mine.outside + mine.length - 1} overlap those of "
+                    f"{who} ({theirs.outside}..{theirs.outside + theirs.length - 1}); each pod needs a range of its own"
+                )
+    _claimed.append(maps)
+    try:
+        yield
+    finally:
+        _claimed.remove(maps)
 
 
 def oci_mappings(maps: UserNamespace) -> dict[str, list[dict[str, int]]]:
@@ -120,23 +171,29 @@ def oci_mappings(maps: UserNamespace) -> dict[str, list[dict[str, int]]]:
     return {"uidMappings": [entry(maps.uids)], "gidMappings": [entry(maps.gids)]}
 
 
-def mount_maps(mount: pb.Mount, index: int) -> UserNamespace | None:
-    """The maps of an idmapped CRI mount (``mounts[index]``), None for a plain one."""
+def mount_maps(mount: pb.Mount, index: int, pod_maps: UserNamespace) -> bool:
+    """Whether CRI mount ``mounts[index]`` is idmapped (it has uid/gid mappings): then they must be ``pod_maps``,
+    the pod's (the kubelet sends the pod's on each mount of such a pod), else INVALID_ARGUMENT naming the field;
+    moorage idmaps a mount with the pod's user namespace only."""
     if not mount.uidMappings and not mount.gidMappings:
-        return None
+        return False
     field = f"config.mounts[{index}]"
-    uids = _single(mount.uidMappings, f"{field}.uidMappings")
-    gids = _single(mount.gidMappings, f"{field}.gidMappings")
-    return UserNamespace(uids, gids)
+    for name, mappings, pod in (("uidMappings", mount.uidMappings, pod_maps.uids),
+                                ("gidMappings", mount.gidMappings, pod_maps.gids)):  # fmt: skip
+        got = [(m.container_id, m.host_id, m.length) for m in mappings]
+        if got != [(pod.inside, pod.outside, pod.length)]:
+            shown = ", ".join(f"{c}:{h}:{n}" for c, h, n in got) or "none"
+            raise InvalidArgument(
+                f"{field}.{name}: {shown} differ from the pod's {pod.inside}:{pod.outside}:{pod.length} "
+                "(container:host:length); a mount of a pod in a user namespace is idmapped with the pod's maps"
+            )
+    return True
 
 
-def _single(mappings: Sequence[pb.IDMapping], field: str) -> IdMap:
-    if len(mappings) != 1:
-        raise InvalidArgument(f"{field}: exactly one mapping is supported, got {len(mappings)}")
-    m = mappings[0]
-    if m.length == 0 or max(m.host_id, m.container_id) + m.length - 1 > MAX_ID:
-        raise InvalidArgument(f"{field}[0]: ids {m.container_id}/{m.host_id}+{m.length} are not 32-bit ranges")
-    return IdMap(m.container_id, m.host_id, m.length)
+def check_mounts(config: pb.ContainerConfig, pod_maps: UserNamespace) -> None:
+    """:func:`mount_maps` for every mount of ``config``, before anything is made for the container."""
+    for index, mount in enumerate(config.mounts):
+        mount_maps(mount, index, pod_maps)
 
 
 def check_reachable(path: Path, gid: int | None = None) -> None:
@@ -168,48 +225,25 @@ def prepare_mounts(
     pod_maps: UserNamespace,
     mapped: Collection[int] = (),
 ) -> None:
-    """Bind each of ``config``'s mounts under ``<bundle>/mounts/<index>`` and point the mount there (idmapped
-    when it has mappings, which are then cleared: the runtime gets a plain bind). The mounts at ``mapped`` (image
-    volumes: overlays over idmapped layers, which cannot be idmapped again) are bound as they are.
-    :func:`remove_mounts` undoes it, also after a failure half-way."""
+    """Bind each of ``config``'s mounts under ``<bundle>/mounts/<index>`` and point the mount there (idmapped with
+    the pod's user namespace when it has mappings, which are then cleared: the runtime gets a plain bind). The
+    mounts at ``mapped`` (image volumes: overlays over idmapped layers, which cannot be idmapped again) are bound
+    as they are. :func:`remove_mounts` undoes it, also after a failure half-way."""
     base = bundle / MOUNTS_DIR
     for index, mount in enumerate(config.mounts):
-        maps = None if index in mapped else mount_maps(mount, index)
+        idmapped = mount_maps(mount, index, pod_maps) and index not in mapped
         if not mount.host_path or not os.path.exists(mount.host_path):
             continue  # the spec refuses it, naming the field
         base.mkdir(mode=0o711, exist_ok=True)
         target = base / str(index)
         source = Path(os.path.realpath(mount.host_path))
         try:
-            with _userns_of(maps, pod_maps, pod_userns, bundle) as userns:
-                idmap.bind(source, target, userns, readonly=mount.readonly)
+            idmap.bind(source, target, pod_userns if idmapped else None, readonly=mount.readonly)
         except MoorageError as exc:
             raise MoorageError(f"config.mounts[{index}]: {exc.message}") from exc
         mount.host_path = str(target)
         del mount.uidMappings[:]
         del mount.gidMappings[:]
-
-
-@contextlib.contextmanager
-def _userns_of(
-    maps: UserNamespace | None, pod_maps: UserNamespace, pod_userns: Path, bundle: Path
-) -> Iterator[Path | None]:
-    """The user namespace to idmap a mount with: none, the pod's (same maps), or one of its own for the bind."""
-    if maps is None:
-        yield None
-        return
-    if maps == pod_maps:
-        yield pod_userns
-        return
-    workdir = Path(tempfile.mkdtemp(prefix="userns-", dir=bundle))
-    try:
-        pinned = namespaces.pin(set(), workdir, userns=maps)
-        try:
-            yield pinned[namespaces.USER]
-        finally:
-            namespaces.unpin(pinned)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def remove_mounts(bundle: Path) -> None:
