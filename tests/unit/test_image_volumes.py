@@ -10,9 +10,9 @@ import pytest
 
 from moorage.cri import pb
 from moorage.errors import InvalidArgument, NotFound
-from moorage.images.catalog import ImageRecord
 from moorage.runtime.containers import image_volumes
 from moorage.runtime.spec import mounts
+from moorage.store.image_records import ImageRecord
 
 IMAGE = ImageRecord(id="sha256:" + "ab" * 32, manifest_digest="sha256:" + "cd" * 32, size=1, config=b"{}")
 

@@ -40,7 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "streaming": FLOOR | {"runtime.exec"},
     "api": FLOOR
     | {"images", "observe", "runtime", "runtime.spec", "runtime.containers", "runtime.pods", "runtime.exec"}
-    | {"state", "streaming"},
+    | {"state", "store", "streaming"},
     "daemon": FLOOR
     | {"api", "images", "node", "observe", "runtime.containers", "runtime.pods", "runtime.exec"}
     | {"state", "store", "streaming"},

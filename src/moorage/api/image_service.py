@@ -18,8 +18,8 @@ from moorage.api import validate
 from moorage.api.batching import batches
 from moorage.cri import pb
 from moorage.images import auth
-from moorage.images.catalog import ImageRecord, config_json
 from moorage.images.service import ImageManager
+from moorage.store.image_records import ImageRecord, config_json
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

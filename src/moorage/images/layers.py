@@ -22,11 +22,11 @@ from typing import Any
 import structlog
 
 from moorage.errors import DataLoss, InvalidImage, MoorageError
-from moorage.images.catalog import Catalog
 from moorage.images.content import STALE_INGEST_SECONDS, ContentStore, Ingest
 from moorage.images.progress import Progress, SharedWork
 from moorage.images.snapshots import Snapshotter
 from moorage.images.unpack import apply_layer
+from moorage.store.image_records import Catalog
 
 log = structlog.get_logger(__name__)
 

@@ -22,13 +22,13 @@ from moorage.errors import InvalidImage, MoorageError
 from moorage.images import auth, registries_conf
 from moorage.images import manifest as mf
 from moorage.images.auth import Credentials
-from moorage.images.catalog import ImageRecord, Layer
 from moorage.images.layers import LayerStore, Lease
 from moorage.images.progress import Progress
 from moorage.images.reference import DEFAULT_DOMAIN, Reference, parse
 from moorage.images.registries_conf import candidates, load_registries
 from moorage.images.registry_client import HttpClients, RegistryClient
 from moorage.images.snapshots import chain_ids
+from moorage.store.image_records import ImageRecord, Layer
 
 log = structlog.get_logger(__name__)
 

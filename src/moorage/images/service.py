@@ -25,7 +25,6 @@ from moorage.errors import AmbiguousId, DeadlineExceeded, FailedPrecondition, In
 from moorage.images import manifest as mf
 from moorage.images.archive import Archive, ArchiveImage, ArchiveLayer
 from moorage.images.auth import Credentials
-from moorage.images.catalog import Catalog, ImageRecord, Layer
 from moorage.images.content import ContentStore, Ingest
 from moorage.images.layers import Fetch, LayerStore
 from moorage.images.progress import Progress, SharedWork
@@ -33,6 +32,7 @@ from moorage.images.reference import Reference, parse
 from moorage.images.registries_conf import candidates, load_registries
 from moorage.images.snapshots import Snapshotter, chain_ids
 from moorage.store.db import Store
+from moorage.store.image_records import Catalog, ImageRecord, Layer
 
 if TYPE_CHECKING:
     from moorage.images.pull import Puller

@@ -18,7 +18,6 @@ from pathlib import Path
 from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, NotFound
 from moorage.images.auth import Credentials
-from moorage.images.catalog import ImageRecord, config_json
 from moorage.node import apparmor_default, binaries
 from moorage.runtime import userns
 from moorage.runtime.containers import conmon, image_volumes, signals, writable
@@ -34,6 +33,7 @@ from moorage.state.models import (
     SandboxRecord,
     container_name,
 )
+from moorage.store.image_records import ImageRecord, config_json
 
 
 class Create(ContainerBase):

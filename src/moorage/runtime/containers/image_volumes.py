@@ -36,11 +36,11 @@ from pathlib import Path
 
 from moorage.cri import pb
 from moorage.errors import InvalidArgument, MoorageError, NotFound
-from moorage.images.catalog import ImageRecord
 from moorage.node import idmap
 from moorage.node.podfiles import unmount
 from moorage.runtime.containers.writable import LOWER_DIR, MAX_OPTIONS
 from moorage.runtime.spec.rootfs import secure_join
+from moorage.store.image_records import ImageRecord
 
 VOLUMES_DIR = "image-volumes"
 MAX_STACKED = 16  # unmount attempts per volume: a mount stacked over it by accident goes too

@@ -90,10 +90,10 @@ class Recovery(ContainerBase):
             except MoorageError as exc:
                 log.warning("cannot ask the OCI runtime for its containers", handler=handler, error=exc.message)
                 continue
-            for stray in sorted({str(c.get("id")) for c in listed} - owned):
-                log.warning("deleting a runtime container no record owns", container=stray, handler=handler)
+            for orphan in sorted({str(c.get("id")) for c in listed} - owned):
+                log.warning("deleting a runtime container no record owns", container=orphan, handler=handler)
                 with contextlib.suppress(MoorageError):
-                    await runtime.delete(stray, force=True)
+                    await runtime.delete(orphan, force=True)
         paths = self.conmon_paths("x")
         places = (
             self.state / "bundles",

@@ -1,4 +1,5 @@
-"""Image records in the metadata store: images, their names, layers and blobs, and snapshot usage.
+"""Image records in the metadata store (the images' side of the records layer beside :mod:`.records`): images, their
+names, layers and blobs, and snapshot usage.
 
 An image is keyed by its id, the digest of its config (what Kubernetes calls the image ref). Its names are
 repo tags (``docker.io/library/busybox:1.36``) and repo digests (``docker.io/library/busybox@sha256:...``);
