@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from moorage.cri import pb
-from moorage.node import apparmor, idmap
+from moorage.node import apparmor, idmap, namespaces
 from tests.fixtures import cgroups
 from tests.integration.daemon import DaemonProcess, PushedImage
 from tests.integration.test_cgroups import MIB, OWN_MEMORY_LIMIT
@@ -392,3 +392,39 @@ def test_a_mount_with_other_mappings_than_the_pods_is_refused(pod: ConfiguredPod
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "config.mounts[1].gidMappings: 0:265536:65536 differ from the pod's 0:200000:65536" in failure.details
     assert not [m for m in pod.node.mounts() if "/bundles/" in m or "/containers/" in m]
+
+
+def user_namespaces_offered(node: DaemonProcess) -> dict[str, bool]:
+    with node.client() as client:
+        handlers = client.runtime.Status(pb.StatusRequest(), timeout=30).runtime_handlers
+    return {h.name: h.features.user_namespaces for h in handlers}
+
+
+def test_a_probe_that_failed_is_not_the_nodes_answer(userns_node: DaemonProcess) -> None:
+    """The daemon's first probe cannot make its directory (the root made immutable): no user namespaces offered,
+    the failure logged as the probe's, not the kernel's; once it can, the next Status probes again and offers
+    them."""
+    subprocess.run(["chattr", "+i", str(userns_node.root)], check=True)
+    try:
+        assert user_namespaces_offered(userns_node) == dict.fromkeys(["", "runc", "crun"], False)
+    finally:
+        subprocess.run(["chattr", "-i", str(userns_node.root)], check=True)
+    assert "the node's probe failed" in userns_node.log()
+    assert user_namespaces_offered(userns_node) == dict.fromkeys(["", "runc", "crun"], True)
+
+
+def test_what_a_killed_probe_left_is_cleaned_by_the_next(userns_node: DaemonProcess, tmp_path: Path) -> None:
+    """A daemon SIGKILLed mid-probe leaves its pinned user namespace, tmpfs and idmapped bind mounted under
+    ``<root>/idmap-probe``: the next daemon's probe unmounts and removes them, and passes."""
+    workdir = userns_node.root / "idmap-probe"
+    maps = namespaces.IdMap(0, idmap.PROBE_HOST_ID, idmap.PROBE_LENGTH)
+    pinned = namespaces.pin(set(), workdir / "ns", userns=namespaces.UserNamespace(maps, maps))
+    base = workdir / "idmap-probe-killed"
+    for name in ("tmpfs", "lower", "idmapped"):
+        (base / name).mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(base / "tmpfs")], check=True)
+    idmap.bind(base / "lower", base / "idmapped", pinned["user"])
+    assert len([m for m in userns_node.mounts() if "/idmap-probe/" in m]) == 3
+    assert user_namespaces_offered(userns_node) == dict.fromkeys(["", "runc", "crun"], True)
+    assert not [m for m in userns_node.mounts() if "/idmap-probe" in m]
+    assert not workdir.exists()

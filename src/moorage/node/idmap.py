@@ -31,10 +31,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.errors import MoorageError
@@ -167,36 +169,99 @@ def detach_all(target: Path, limit: int = 16) -> None:
     raise IdmapError(f"cannot unmount {target}: still mounted after {limit} unmounts")
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What :func:`answer` found: ``reason`` None when the node can, else why not; ``definite`` when that is the
+    kernel's answer (it refused an idmapped mount or an overlay over one, or works), to keep for the daemon's life,
+    not a failure of the probe itself (no room to mount, a leftover it could not remove...), to probe again."""
+
+    reason: str | None
+    definite: bool
+
+
+class _Undecided(Exception):
+    """The probe could not get the kernel's answer."""
+
+
 def probe_node(workdir: Path) -> str | None:
-    """None when this node can run pods in user namespaces the way moorage makes them, else why not: a user
-    namespace can be made and pinned, and :func:`probe` passes in it. ``workdir`` (made, and removed after) must
-    be on the filesystem of the image layers (the daemon's root)."""
-    maps = namespaces.IdMap(0, PROBE_HOST_ID, PROBE_LENGTH)
-    workdir.mkdir(parents=True, exist_ok=True)  # the daemon's root (its parents) is made at start-up anyway
+    """None when this node can run pods in user namespaces the way moorage makes them, else why not
+    (:func:`answer`'s reason)."""
+    return answer(workdir).reason
+
+
+def answer(workdir: Path) -> Answer:
+    """Whether this node can run pods in user namespaces the way moorage makes them: a user namespace can be made
+    and pinned, and :func:`probe` passes in it. ``workdir`` (made, and removed after) must be on the filesystem of
+    the image layers (the daemon's root); what an earlier probe left there (killed half-way: its pinned namespace,
+    tmpfs, idmapped bind or overlay still mounted) is unmounted and removed first."""
     try:
+        _clear(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)  # the daemon's root (its parents) is made at start-up anyway
         try:
-            pinned = namespaces.pin(set(), workdir / "ns", userns=namespaces.UserNamespace(maps, maps))
-        except MoorageError as exc:
-            return f"cannot make a user namespace: {exc.message}"
-        try:
-            return probe(workdir, pinned[namespaces.USER])
+            maps = namespaces.IdMap(0, PROBE_HOST_ID, PROBE_LENGTH)
+            try:
+                pinned = namespaces.pin(set(), workdir / "ns", userns=namespaces.UserNamespace(maps, maps))
+            except MoorageError as exc:
+                raise _Undecided(f"cannot make a user namespace: {exc.message}") from exc
+            try:
+                return Answer(probe(workdir, pinned[namespaces.USER]), definite=True)
+            finally:
+                namespaces.unpin(pinned)
         finally:
-            namespaces.unpin(pinned)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            _clear(workdir)
+    except _Undecided as exc:
+        return Answer(f"{exc} (probed again at the next request)", definite=False)
+    except (OSError, MoorageError) as exc:
+        what = exc.message if isinstance(exc, MoorageError) else str(exc)
+        return Answer(f"the probe failed: {what} (probed again at the next request)", definite=False)
+
+
+def _clear(workdir: Path) -> None:
+    """Unmount everything under ``workdir`` (deepest first, stacked mounts too) and remove it."""
+    for _ in range(16):
+        mounted = _mounts_under(workdir)
+        if not mounted:
+            break
+        for point in sorted(mounted, key=lambda p: len(p.parts), reverse=True):
+            if _libc.umount2(os.fsencode(point), MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EINVAL, errno.ENOENT):
+                    raise _Undecided(f"cannot unmount {point}, left by an earlier probe: {os.strerror(err)}")
+    else:
+        raise _Undecided(f"mounts left under {workdir} by an earlier probe do not go away")
+    shutil.rmtree(workdir, ignore_errors=True)
+    if os.path.lexists(workdir):
+        raise _Undecided(f"cannot remove {workdir}, left by an earlier probe")
+
+
+def _mounts_under(directory: Path) -> list[Path]:
+    prefix = os.fsencode(directory)
+    found = []
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            point = _unescape(line.split(b" ")[4])
+            if point == prefix or point.startswith(prefix + b"/"):
+                found.append(Path(os.fsdecode(point)))
+    return found
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: space, tab, newline and backslash are written as octal escapes (\\040...)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def probe(workdir: Path, userns: Path) -> str | None:
     """None when the kernel can idmap a tmpfs (/dev/shm, volumes) and a directory of ``workdir``'s filesystem
     and mount an overlay over the idmapped directory (a container's root), with the user namespace at ``userns``;
-    else why not. Everything mounted is unmounted and removed after."""
+    else why not. Everything mounted is unmounted and removed after. Raises :class:`_Undecided` where the probe
+    itself failed (not the kernel's refusal to idmap)."""
     base = Path(tempfile.mkdtemp(prefix="idmap-probe-", dir=workdir))
     try:
         tmpfs = base / "tmpfs"
         tmpfs.mkdir()
         if _libc.mount(b"tmpfs", os.fsencode(tmpfs), b"tmpfs", 0, b"size=64k") != 0:
             err = ctypes.get_errno()
-            return f"cannot mount a tmpfs at {tmpfs}: {os.strerror(err)}"
+            raise _Undecided(f"cannot mount a tmpfs at {tmpfs}: {os.strerror(err)}")
         try:
             if (reason := _try(tmpfs, userns, "tmpfs")) is not None:
                 return reason
@@ -225,18 +290,29 @@ def probe(workdir: Path, userns: Path) -> str | None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+KERNEL_REFUSALS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM})
+"""What open_tree(2) and mount_setattr(2) answer when the kernel cannot (no syscall, no idmapping of that
+filesystem); another errno (out of memory or file descriptors...) says nothing about the kernel."""
+
+
 def _try(path: Path, userns: Path, fstype: str) -> str | None:
     try:
         tree = open_tree(path, recursive=False)
     except IdmapError as exc:
+        if _errno(exc) not in KERNEL_REFUSALS:
+            raise _Undecided(exc.message) from exc
         return f"the kernel has no open_tree(2) ({exc.message}); idmapped mounts need Linux 5.12+"
     try:
         set_idmap(tree, userns, f"a {fstype} mount")
     except IdmapError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, OSError) and cause.errno == errno.EINVAL:
-            return f"the kernel cannot make idmapped mounts of {fstype} ({exc.message})"
-        return exc.message
+        if _errno(exc) not in KERNEL_REFUSALS:
+            raise _Undecided(exc.message) from exc
+        return f"the kernel cannot make idmapped mounts of {fstype} ({exc.message})"
     finally:
         os.close(tree)
     return None
+
+
+def _errno(exc: IdmapError) -> int | None:
+    cause = exc.__cause__
+    return cause.errno if isinstance(cause, OSError) else None

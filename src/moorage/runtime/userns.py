@@ -54,24 +54,36 @@ MIN_LENGTH = 65536
 """The kubelet allocates a pod 65536 ids (``idsPerPod``: a multiple of it); critest asks for 100000."""
 
 
-_support: dict[Path, asyncio.Future[str | None]] = {}
+_support: dict[Path, asyncio.Future[idmap.Answer]] = {}
 
 
 async def support(root: Path) -> str | None:
     """None when this node can run pods in user namespaces with the daemon's ``root`` (where the image layers
-    are), else why not; probed once per root (:func:`moorage.node.idmap.probe_node`), the reason logged."""
+    are), else why not; probed once per root (:func:`moorage.node.idmap.answer`), the reason logged. Only the
+    kernel's answer is kept: where the probe itself failed (a transient error), the next call probes again."""
     if root not in _support:
         _support[root] = asyncio.ensure_future(_probe(root))
-    return await asyncio.shield(_support[root])
+    probing = _support[root]
+    try:
+        found = await asyncio.shield(probing)
+    except Exception as exc:  # a bug in the probe: not an answer either
+        found = idmap.Answer(f"the probe failed: {exc!r}", definite=False)
+    if not found.definite and _support.get(root) is probing:
+        del _support[root]
+    return found.reason
 
 
-async def _probe(root: Path) -> str | None:
-    reason = await asyncio.to_thread(idmap.probe_node, root / "idmap-probe")
-    if reason is None:
+async def _probe(root: Path) -> idmap.Answer:
+    found = await asyncio.to_thread(idmap.answer, root / "idmap-probe")
+    if found.reason is None:
         log.info("user namespaces for pods: supported (idmapped tmpfs, layers and overlays work)")
+    elif found.definite:
+        log.warning("user namespaces for pods: not supported on this node", reason=found.reason)
     else:
-        log.warning("user namespaces for pods: not supported on this node", reason=reason)
-    return reason
+        log.warning(
+            "user namespaces for pods: the node's probe failed; not offered until it passes", reason=found.reason
+        )
+    return found
 
 
 def validate(config: pb.PodSandboxConfig) -> UserNamespace | None:
