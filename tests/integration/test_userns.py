@@ -4,9 +4,11 @@ cannot do to the node, and exec, logs and stats as usual."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -428,3 +430,50 @@ def test_what_a_killed_probe_left_is_cleaned_by_the_next(userns_node: DaemonProc
     assert user_namespaces_offered(userns_node) == dict.fromkeys(["", "runc", "crun"], True)
     assert not [m for m in userns_node.mounts() if "/idmap-probe" in m]
     assert not workdir.exists()
+
+
+SYS_RENAMEAT2 = 316  # x86_64
+RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap the names ``a`` and ``b`` atomically (renameat2 RENAME_EXCHANGE): each always names something."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_RENAMEAT2, -100, os.fsencode(a), -100, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        raise OSError(ctypes.get_errno(), f"renameat2 {a} {b}")
+
+
+def test_a_host_path_swapped_for_a_symlink_meanwhile_is_bound_as_it_was_resolved(
+    pod: ConfiguredPod, tmp_path: Path
+) -> None:
+    """The host path is resolved once, and that file is the one whose type makes the bind's target and the one
+    bound: with a directory and a symlink to a file exchanged at its name all along, every CreateContainer binds
+    one or the other whole (resolved twice, the target was made for one and the other bound: ENOTDIR)."""
+    volume, other, file = tmp_path / "volume", tmp_path / "other", tmp_path / "file"
+    volume.mkdir()
+    file.write_text("a file\n")
+    other.symlink_to(file)
+    maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    mounts = [
+        pb.Mount(container_path="/plain", host_path=str(volume)),
+        pb.Mount(container_path="/mapped", host_path=str(volume), uidMappings=maps, gidMappings=maps),
+    ]
+    done = threading.Event()
+
+    def swap() -> None:
+        while not done.is_set():
+            exchange(volume, other)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    failures = []
+    try:
+        for attempt in range(20):
+            try:
+                pod.create(f"swapped-{attempt}", "true", linux=ROOT, mounts=mounts)
+            except grpc.RpcError as exc:
+                failures.append(exc.details())
+    finally:
+        done.set()
+        swapper.join()
+    assert failures == []

@@ -82,14 +82,27 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def open_tree(source: Path, *, recursive: bool) -> int:
-    """A detached clone of the mount at ``source`` (its submounts too when ``recursive``); a file descriptor."""
+def open_tree(source: Path | int, *, recursive: bool) -> int:
+    """A detached clone of the mount at ``source`` (its submounts too when ``recursive``); a file descriptor.
+    ``source`` may be a file descriptor (O_PATH), whose file is cloned as it is, its path not resolved again."""
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    if isinstance(source, int):
+        return _check(
+            _libc.syscall(SYS_OPEN_TREE, source, ctypes.c_char_p(b""), ctypes.c_uint(flags | AT_EMPTY_PATH)),
+            f"open_tree {_name(source)}",
+        )
     path = os.fsencode(source)
     return _check(
         _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, ctypes.c_char_p(path), ctypes.c_uint(flags)),
         f"open_tree {source}",
     )
+
+
+def _name(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"file descriptor {fd}"
 
 
 def set_idmap(tree: int, userns: Path, what: str) -> None:
@@ -135,21 +148,33 @@ def move_mount(tree: int, target: Path, what: str) -> None:
     )
 
 
-def bind(source: Path, target: Path, userns: Path | None, *, readonly: bool = False) -> None:
+def bind(source: Path | int, target: Path, userns: Path | None, *, readonly: bool = False) -> None:
     """Bind ``source`` at ``target`` (created as an empty file or directory like ``source`` when missing),
     idmapped with ``userns`` when given (the top mount only: submounts of another filesystem might not allow
     idmapping), else recursively, as an ``rbind``; ``readonly``: read-only (locked for the pod's namespaces).
-    ``target`` may be ``source`` itself: the idmapped copy is stacked over it."""
+    ``target`` may be ``source`` itself: the idmapped copy is stacked over it.
+
+    ``source`` is resolved once: a path is opened (O_PATH) and the file it named then is the one whose type makes
+    ``target`` and the one bound, whatever is renamed or swapped for a symlink meanwhile; a file descriptor (O_PATH,
+    of a host path resolved once by the caller) is bound as it is."""
+    if not isinstance(source, int):
+        fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
+        try:
+            bind(fd, target, userns, readonly=readonly)
+        finally:
+            os.close(fd)
+        return
+    what = _name(source)
     if not os.path.lexists(target):
-        if stat.S_ISDIR(os.stat(source).st_mode):
+        if stat.S_ISDIR(os.fstat(source).st_mode):
             target.mkdir(mode=0o755)
         else:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444))
     tree = open_tree(source, recursive=userns is None)
     try:
         if userns is not None or readonly:
-            set_attrs(tree, userns=userns, readonly=readonly, recursive=userns is None, what=str(source))
-        move_mount(tree, target, str(source))
+            set_attrs(tree, userns=userns, readonly=readonly, recursive=userns is None, what=what)
+        move_mount(tree, target, what)
     finally:
         os.close(tree)
 

@@ -244,15 +244,22 @@ def prepare_mounts(
     base = bundle / MOUNTS_DIR
     for index, mount in enumerate(config.mounts):
         idmapped = mount_maps(mount, index, pod_maps) and index not in mapped
-        if not mount.host_path or not os.path.exists(mount.host_path):
+        if not mount.host_path:
             continue  # the spec refuses it, naming the field
-        base.mkdir(mode=0o711, exist_ok=True)
+        try:  # resolved once: what is bound is what this names now, not what a symlink swapped in later names
+            source = os.open(mount.host_path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # the spec refuses it, naming the field
+        except OSError as exc:
+            raise InvalidArgument(f"config.mounts[{index}].host_path: {mount.host_path}: {exc.strerror}") from exc
         target = base / str(index)
-        source = Path(os.path.realpath(mount.host_path))
         try:
+            base.mkdir(mode=0o711, exist_ok=True)
             idmap.bind(source, target, pod_userns if idmapped else None, readonly=mount.readonly)
         except MoorageError as exc:
             raise MoorageError(f"config.mounts[{index}]: {exc.message}") from exc
+        finally:
+            os.close(source)
         mount.host_path = str(target)
         del mount.uidMappings[:]
         del mount.gidMappings[:]
