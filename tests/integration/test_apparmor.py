@@ -22,8 +22,8 @@ import pytest
 from moorage.cri import pb
 from moorage.node import apparmor as node_apparmor
 from moorage.node import apparmor_default
+from tests.fixtures.pods import Pod, log_lines
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_containers import Pod, log_lines
 
 pytestmark = pytest.mark.integration
 ENABLED = node_apparmor.enabled()

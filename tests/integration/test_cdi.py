@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from moorage.cri import pb
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import Pod, log_lines
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod, log_lines
-from tests.integration.test_images import rpc_error
 
 pytestmark = pytest.mark.integration
 

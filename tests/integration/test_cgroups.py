@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,48 +23,18 @@ import pytest
 from moorage.cri import pb
 from moorage.node.cgroups import slice_dir, to_slice
 from tests.fixtures import cgroups
-from tests.fixtures.registry import Registry
-from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod, log_lines
-from tests.integration.test_node_cli import moorage
-from tests.integration.test_stats import container_stats, wait_for_output
+from tests.fixtures.cgroup_pods import POD_PIDS_MAX, parent_of
+from tests.fixtures.cgroup_pods import cg_node as cg_node  # noqa: PLC0414 (the fixture)
+from tests.fixtures.cgroup_pods import pod as pod  # noqa: PLC0414 (the fixture)
+from tests.fixtures.cgroups import MIB, OWN_MEMORY_LIMIT
+from tests.fixtures.cli import moorage
+from tests.fixtures.pods import Pod, container_stats, log_lines, wait_for_output
+from tests.integration.daemon import DaemonProcess, PushedImage
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroup]
 
-MIB = 1 << 20
-POD_PIDS_MAX = 64
 ONE_MIB_IN_THE_SHELL = 'x=aaaa; i=0; while [ $i -lt 18 ]; do x="$x$x"; i=$((i+1)); done'
 """Then the shell must stay (sh -c execs its last simple command, which would free the MiB)."""
-OWN_MEMORY_LIMIT = (
-    "f=/sys/fs/cgroup/memory.max; [ -e $f ] || f=/sys/fs/cgroup/memory/memory.limit_in_bytes; echo limit $(cat $f)"
-)
-"""What the container sees as its memory limit at /sys/fs/cgroup: its own cgroup's (v1: runc binds each
-hierarchy's container directory there; v2: only with a cgroup namespace of its own, as containerd and CRI-O
-give every unprivileged container on v2 hosts)."""
-
-
-@pytest.fixture(scope="module")
-def cg_node(registry: Registry) -> Iterator[DaemonProcess]:
-    """One daemon for the module (a start costs ~10 s in the emulated v2 guest)."""
-    with running_node(registry.host) as d:
-        yield d
-
-
-@pytest.fixture(params=["runc", "crun"])
-def pod(cg_node: DaemonProcess, busybox: PushedImage, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pod]:
-    """A pod in a cgroup parent of its own with a pod pids limit, both made as the kubelet makes them; the pod is
-    removed before its cgroup."""
-    with cgroups.pod_cgroup(pids_max=POD_PIDS_MAX) as parent:
-        p = Pod(cg_node, busybox.name, parent, tmp_path, handler=str(request.param))
-        try:
-            yield p
-        finally:
-            with cg_node.client() as client:
-                client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
-
-
-def parent_of(pod: Pod) -> str:
-    return pod.config.linux.cgroup_parent
 
 
 def start(pod: Pod, name: str, script: str, resources: pb.LinuxContainerResources) -> str:

@@ -25,11 +25,11 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import cgroups
-from tests.integration import test_containers
+from tests.fixtures.checkpoints import archive_of
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import Pod
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture: a pod of the test's own)
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_containers import Pod
-from tests.integration.test_images import rpc_error
-from tests.unit.test_checkpoint_archive import archive_of
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,6 @@ def node_criu() -> tuple[bool, list[str]]:
 
 
 CRIU_WORKS, CRIU_ERRORS = node_criu()
-pod = test_containers.pod  # a busybox pod of the test's own, removed after it
 
 
 def crun_can_checkpoint() -> bool:

@@ -12,9 +12,9 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import images as fixtures
+from tests.fixtures.pods import Pod, log_lines
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_containers import Pod, log_lines
 
 pytestmark = pytest.mark.integration
 

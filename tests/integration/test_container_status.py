@@ -10,10 +10,10 @@ import pytest
 from moorage.cri import pb
 from tests.fixtures import cgroups
 from tests.fixtures import images as fixtures
+from tests.fixtures.pods import Pod, log_lines
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import PushedImage
-from tests.integration.test_containers import Pod, log_lines
-from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 
 pytestmark = pytest.mark.integration
 

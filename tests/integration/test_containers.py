@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,88 +14,15 @@ import pytest
 from moorage.cri import pb, pb_grpc
 from moorage.runtime.exec.exec_sync import KUBELET_MAX_RECEIVE, OUTPUT_CAP
 from tests.fixtures import cgroups
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import Pod, log_lines, pod_config
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_images import rpc_error
-from tests.integration.test_pods import pod_config
 
 pytestmark = pytest.mark.integration
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$")
-
-
-class Pod:
-    def __init__(
-        self,
-        node: DaemonProcess,
-        image: str,
-        cgroup_parent: str,
-        tmp: Path,
-        handler: str = "",
-        *,
-        privileged: bool = False,
-    ) -> None:
-        self.node = node
-        self.image = image
-        self.config = pod_config(cgroup_parent=cgroup_parent)
-        self.config.linux.security_context.privileged = privileged
-        self.config.log_directory = str(tmp / "logs")
-        with node.client() as client:
-            client.pull_image(image)
-            request = pb.RunPodSandboxRequest(config=self.config, runtime_handler=handler)
-            self.id = client.runtime.RunPodSandbox(request).pod_sandbox_id
-
-    def create(self, name: str, *command: str, image: str = "", pod_id: str = "", **extra: object) -> str:
-        extra.setdefault("log_path", f"{name}.log")
-        config = pb.ContainerConfig(
-            metadata=pb.ContainerMetadata(name=name),
-            image=pb.ImageSpec(image=image or self.image),
-            command=list(command),
-            labels={"name": name},
-            **extra,  # type: ignore[arg-type]
-        )
-        with self.node.client() as client:
-            request = pb.CreateContainerRequest(
-                pod_sandbox_id=pod_id or self.id, config=config, sandbox_config=self.config
-            )
-            return client.runtime.CreateContainer(request, timeout=30).container_id
-
-    def run(self, name: str, *command: str, **extra: Any) -> str:
-        container_id = self.create(name, *command, **extra)
-        with self.node.client() as client:
-            client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
-        return container_id
-
-    def status(self, container_id: str) -> pb.ContainerStatus:
-        with self.node.client() as client:
-            return client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id)).status
-
-    def wait_exit(self, container_id: str, seconds: float = 15) -> pb.ContainerStatus:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            st = self.status(container_id)
-            if st.state == pb.ContainerState.CONTAINER_EXITED:
-                return st
-            time.sleep(0.1)
-        raise AssertionError(f"container {container_id} did not exit: {st}")
-
-
-@pytest.fixture
-def pod(node: DaemonProcess, busybox: PushedImage, cgroup_parent: str, tmp_path: Path) -> Iterator[Pod]:
-    p = Pod(node, busybox.name, cgroup_parent, tmp_path)
-    yield p
-    with node.client() as client:
-        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=60)
-
-
-def log_lines(path: str) -> list[tuple[str, str, str]]:
-    out = []
-    for line in Path(path).read_text().splitlines():
-        match = LOG_LINE.match(line)
-        assert match, line
-        out.append((match.group(2), match.group(3), match.group(4)))
-    return out
 
 
 def test_a_container_runs_logs_and_exits_with_its_code(pod: Pod, busybox: PushedImage) -> None:

@@ -7,92 +7,22 @@ exactly that point; the test then removes the file (the wrapper exits) and resta
 
 from __future__ import annotations
 
-import shutil
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from moorage.cli.client import CriClient
 from moorage.cri import pb
-from tests.fixtures.registry import Registry
-from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod
-from tests.integration.test_images import rpc_error
-from tests.integration.test_pods import pod_config
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.held_runtime import Held
+from tests.fixtures.held_runtime import held as held  # noqa: PLC0414 (the fixture)
+from tests.fixtures.held_runtime import held_node as held_node  # noqa: PLC0414 (the fixture)
+from tests.fixtures.pods import Pod, pod_config
+from tests.integration.daemon import DaemonProcess, PushedImage
 
 pytestmark = pytest.mark.integration
-
-HELD_RUNTIME = """#!/bin/sh
-# runc, held after a subcommand while {dir}/hold-<subcommand> exists (the test kills the daemon meanwhile)
-for arg in "$@"; do case "$arg" in -*) ;; *) cmd="$arg"; break ;; esac; done
-{runc} "$@"
-rc=$?
-if [ -e "{dir}/hold-$cmd" ]; then
-  echo "$@" > "{dir}/held-$cmd"
-  while [ -e "{dir}/hold-$cmd" ]; do sleep 0.05; done
-fi
-exit $rc
-"""
-PAUSE = 'sandbox_image = "localhost/moorage/pause:1.0"\n'
-
-
-class Held:
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.runtime = directory / "held-runc"
-        runc = shutil.which("runc")
-        assert runc is not None
-        self.runtime.write_text(HELD_RUNTIME.format(dir=directory, runc=runc))
-        self.runtime.chmod(0o755)
-        self.handlers = f'[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.held]\npath = "{self.runtime}"\n'
-
-    def crash_during(self, node: DaemonProcess, subcommand: str, rpc: Callable[[CriClient], object]) -> None:
-        """Call ``rpc`` and SIGKILL the daemon once its runtime has run ``subcommand``; then restart the daemon."""
-        hold, held = self.dir / f"hold-{subcommand}", self.dir / f"held-{subcommand}"
-        hold.touch()
-        failures: list[grpc.RpcError] = []
-
-        def call() -> None:
-            try:
-                with node.client(timeout=60) as client:
-                    rpc(client)
-            except grpc.RpcError as exc:
-                failures.append(exc)
-
-        caller = threading.Thread(target=call)
-        caller.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not held.exists():
-                assert time.monotonic() < deadline, f"the runtime never ran {subcommand}:\n{node.log()[-3000:]}"
-                time.sleep(0.02)
-            assert node.stop(signal.SIGKILL) == -signal.SIGKILL
-        finally:
-            hold.unlink()
-            caller.join(30)
-        held.unlink()
-        assert [f.code() for f in failures] == [grpc.StatusCode.UNAVAILABLE]  # the call died with the daemon
-        node.start()
-
-
-@pytest.fixture
-def held(tmp_path: Path) -> Held:
-    return Held(tmp_path)
-
-
-@pytest.fixture
-def held_node(registry: Registry, held: Held) -> Iterator[DaemonProcess]:
-    with running_node(registry.host, PAUSE + held.handlers) as node:
-        try:
-            yield node
-        finally:
-            node.remove_all_pods()
 
 
 def test_a_start_cut_by_a_crash_is_running_after_the_restart(

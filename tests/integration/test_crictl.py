@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.crictl import CRICTL
 from tests.integration.daemon import DaemonProcess, PushedImage
 
 pytestmark = pytest.mark.integration
-
-CRICTL = Path(__file__).resolve().parents[2] / "build" / "cri-tools" / "crictl"
 
 
 @pytest.fixture

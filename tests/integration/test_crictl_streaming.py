@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_containers import Pod
-from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
-from tests.integration.test_crictl import CRICTL
-from tests.integration.test_streaming_clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
-from tests.integration.test_streaming_clientgo import run_echo_server
+from tests.fixtures.clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
+from tests.fixtures.clientgo import run_echo_server
+from tests.fixtures.crictl import CRICTL
+from tests.fixtures.pods import Pod
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
 
 pytestmark = pytest.mark.integration
 

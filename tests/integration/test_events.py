@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from moorage.cri import pb
+from tests.fixtures.pods import Pod
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_containers import Pod
 
 pytestmark = pytest.mark.integration
 

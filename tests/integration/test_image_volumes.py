@@ -15,11 +15,11 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import images as fixtures
+from tests.fixtures.errors import rpc_error
 from tests.fixtures.images import Entry
+from tests.fixtures.pods import Pod
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_containers import Pod
-from tests.integration.test_images import rpc_error
 
 pytestmark = pytest.mark.integration
 

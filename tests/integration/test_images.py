@@ -7,8 +7,6 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,39 +15,12 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import images as fixtures
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.image_store import assert_store_empty, blobs, layer_dirs
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Failure:
-    code: grpc.StatusCode
-    details: str
-
-
-def rpc_error(fn: Callable[[], object]) -> Failure:
-    """The status a CRI call failed with (it must fail)."""
-    with pytest.raises(grpc.RpcError) as caught:
-        fn()
-    return Failure(caught.value.code(), caught.value.details() or "")
-
-
-def layer_dirs(node: DaemonProcess) -> list[Path]:
-    return [p for p in (node.root / "snapshots").iterdir() if not p.name.startswith(".")]
-
-
-def blobs(node: DaemonProcess) -> list[str]:
-    return sorted(p.name for p in (node.root / "content" / "blobs" / "sha256").iterdir())
-
-
-def assert_store_empty(node: DaemonProcess) -> None:
-    """Nothing of a failed pull is left: no blobs, no layers, no partial files, no half-unpacked dirs."""
-    assert blobs(node) == []
-    assert layer_dirs(node) == []
-    assert list((node.root / "content" / "ingest").iterdir()) == []
-    assert list((node.root / "snapshots" / ".tmp").iterdir()) == []
 
 
 def test_pull_reports_the_config_digest_and_the_registry_digests(node: DaemonProcess, busybox: PushedImage) -> None:

@@ -19,13 +19,14 @@ import pytest
 from moorage.cri import pb
 from moorage.observe.cgroup_spec import weight_to_shares
 from tests.fixtures import cgroups
-from tests.integration import test_cgroups
-from tests.integration.test_cgroups import MIB, parent_of
-from tests.integration.test_containers import Pod
-from tests.unit.test_pod_metrics import CRITEST_EXPECTED
+from tests.fixtures.cgroup_pods import cg_node as cg_node  # noqa: PLC0414 (the fixture: a module daemon)
+from tests.fixtures.cgroup_pods import parent_of
+from tests.fixtures.cgroup_pods import pod as pod  # noqa: PLC0414 (a pod per OCI runtime)
+from tests.fixtures.cgroups import MIB
+from tests.fixtures.metrics import CRITEST_EXPECTED
+from tests.fixtures.pods import Pod
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroup]
-cg_node, pod = test_cgroups.cg_node, test_cgroups.pod  # a module daemon; a pod per OCI runtime in its own cgroup
 
 OPTIONAL = {n for n in CRITEST_EXPECTED if n.startswith(("container_fs_reads", "container_fs_writes"))}
 OPTIONAL |= {"container_blkio_device_usage_total"}

@@ -14,11 +14,10 @@ import pytest
 
 from moorage.cri import pb
 from moorage.runtime.containers.handlers import write_hybrid_wrapper
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import ConfiguredPod, pod_config
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod, log_lines
-from tests.integration.test_images import rpc_error
-from tests.integration.test_pods import pod_config
 
 pytestmark = pytest.mark.integration
 
@@ -27,46 +26,6 @@ PRIVILEGED = pb.LinuxContainerConfig(
     security_context=pb.LinuxContainerSecurityContext(privileged=True, run_as_user=ROOT)
 )
 ROOT_USER = pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(run_as_user=ROOT))
-
-
-class ConfiguredPod(Pod):
-    """A test pod from a PodSandboxConfig of the test's own (privileged, sharing one PID namespace...)."""
-
-    def __init__(
-        self, node: DaemonProcess, image: str, config: pb.PodSandboxConfig, tmp: Path, handler: str = ""
-    ) -> None:
-        self.node, self.image, self.config = node, image, config
-        self.config.log_directory = str(tmp / "logs")
-        with node.client() as client:
-            client.pull_image(image)
-            request = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
-            self.id = client.runtime.RunPodSandbox(request, timeout=60).pod_sandbox_id
-
-    def exec(self, container_id: str, *cmd: str) -> str:
-        """ExecSync ``cmd``: its stdout; it must succeed."""
-        with self.node.client() as client:
-            request = pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=20)
-            result = client.runtime.ExecSync(request, timeout=60)
-        assert result.exit_code == 0, (cmd, result.stdout, result.stderr)
-        return result.stdout.decode()
-
-    def remove(self) -> None:
-        with self.node.client() as client:
-            client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=self.id), timeout=60)
-
-    def output(self, container_id: str) -> list[str]:
-        """The container's stdout lines once it exited with 0 (partial log entries joined into their line)."""
-        st = self.wait_exit(container_id, 30)
-        entries = log_lines(st.log_path)
-        assert st.exit_code == 0, entries
-        lines, partial = [], ""
-        for stream, tag, text in entries:
-            if stream == "stdout":
-                partial += text
-                if tag == "F":
-                    lines.append(partial)
-                    partial = ""
-        return lines
 
 
 def mountinfo_line(lines: list[str], point: str) -> tuple[str, str]:

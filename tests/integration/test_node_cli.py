@@ -8,11 +8,11 @@ The binaries checked are the real runc, crun, conmon and CNI plugins of this hos
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.cli import moorage
 
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 CNI_BIN = "/usr/lib/cni"
@@ -24,11 +24,6 @@ HYBRID_MOUNTINFO = (
     )
     + "41 31 0:41 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
 )
-
-
-def moorage(*args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "moorage.cli.main", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 def roots_args(host: Path) -> list[str]:

@@ -22,11 +22,11 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import images as fixtures
+from tests.fixtures.errors import rpc_error
 from tests.fixtures.netns import NodeNetns, node_netns
+from tests.fixtures.pods import pod_config
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_images import rpc_error
-from tests.integration.test_pods import pod_config
 
 pytestmark = pytest.mark.integration
 

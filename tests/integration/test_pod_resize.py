@@ -14,10 +14,10 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import cgroups
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import Pod
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod
-from tests.integration.test_images import rpc_error
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroup]
 

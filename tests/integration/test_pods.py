@@ -12,33 +12,11 @@ import grpc
 import pytest
 
 from moorage.cri import pb
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import pod_config
 from tests.integration.daemon import DaemonProcess
-from tests.integration.test_images import rpc_error
 
 pytestmark = pytest.mark.integration
-
-NODE = pb.NamespaceMode.NODE
-
-
-def pod_config(
-    name: str = "web", *, host_network: bool = False, host_ipc: bool = False, **extra: object
-) -> pb.PodSandboxConfig:
-    options = pb.NamespaceOption(
-        network=NODE if host_network else pb.NamespaceMode.POD,
-        ipc=NODE if host_ipc else pb.NamespaceMode.POD,
-        pid=pb.NamespaceMode.CONTAINER,
-    )
-    return pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, namespace="default", uid=f"uid-{name}", attempt=0),
-        hostname=f"{name}-host",
-        labels={"app": name, "tier": "front"},
-        annotations={"note": "test"},
-        dns_config=pb.DNSConfig(servers=["10.96.0.10"], searches=["default.svc.cluster.local"], options=["ndots:5"]),
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(namespace_options=options),
-            **extra,  # type: ignore[arg-type]
-        ),
-    )
 
 
 def run_pod(node: DaemonProcess, config: pb.PodSandboxConfig, handler: str = "") -> str:

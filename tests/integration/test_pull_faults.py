@@ -14,10 +14,11 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import images as fixtures
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.image_store import assert_store_empty, blobs, layer_dirs
 from tests.fixtures.proxy import FaultProxy
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, running_node
-from tests.integration.test_images import assert_store_empty, blobs, layer_dirs, rpc_error
 
 pytestmark = pytest.mark.integration
 

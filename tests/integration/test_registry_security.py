@@ -16,11 +16,12 @@ import pytest
 
 from moorage.cri import pb
 from tests.fixtures import images as fixtures
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.image_store import assert_store_empty
 from tests.fixtures.proxy import FaultProxy
 from tests.fixtures.registry import Registry, free_port
 from tests.fixtures.tls import PrivateCA
 from tests.integration.daemon import DaemonProcess, running_node
-from tests.integration.test_images import assert_store_empty, rpc_error
 
 pytestmark = pytest.mark.integration
 

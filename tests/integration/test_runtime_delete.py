@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from moorage.cri import pb
+from tests.fixtures.pods import Pod
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod
 
 pytestmark = pytest.mark.integration
 

@@ -10,14 +10,13 @@ import grpc
 import pytest
 
 from moorage.cri import pb
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.pods import Pod, container_stats, wait_for_output
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.fixtures.registry import Registry
-from tests.integration import test_containers
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod
-from tests.integration.test_images import rpc_error
 
 pytestmark = pytest.mark.integration
-pod = test_containers.pod  # the fixture: a pod with its own cgroup_parent, removed after the test
 
 KIB = 1024
 BUSY = (
@@ -35,21 +34,6 @@ def start(pod: Pod, name: str, script: str) -> str:
     with pod.node.client() as client:
         client.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id), timeout=30)
     return container_id
-
-
-def wait_for_output(pod: Pod, container_id: str, text: str, seconds: float = 10) -> None:
-    path = Path(pod.status(container_id).log_path)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"container {container_id} did not print {text!r}")
-
-
-def container_stats(pod: Pod, container_id: str) -> pb.ContainerStats:
-    with pod.node.client() as client:
-        return client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=container_id)).stats
 
 
 def test_stats_of_a_busy_container_and_its_pod(pod: Pod) -> None:

@@ -23,40 +23,23 @@ import grpc
 import pytest
 
 from moorage.cri import pb
+from tests.fixtures.pods import Pod
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
 from tests.fixtures.registry import Registry
+from tests.fixtures.streams import (
+    assert_a_killed_client_kills,
+    attach_url,
+    client,
+    daemon_peak_kib,
+    exec_url,
+    processes,
+    wait_for,
+)
+from tests.fixtures.streams import sleeper as sleeper  # noqa: PLC0414 (the fixture)
+from tests.fixtures.streams import streamclient as streamclient  # noqa: PLC0414 (the fixture)
 from tests.integration.daemon import DaemonProcess, PushedImage, running_node
-from tests.integration.test_containers import Pod
-from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
 
 pytestmark = pytest.mark.integration
-
-CLIENT_SOURCE = Path(__file__).resolve().parents[1] / "streamclient" / "main.go"
-GO_LIBRARIES = "/usr/share/gocode"  # golang-github-docker-spdystream-dev (moby/spdystream)
-
-
-@pytest.fixture(scope="session")
-def streamclient(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("streamclient") / "streamclient"
-    env = dict(os.environ, GO111MODULE="off", GOPATH=GO_LIBRARIES, GOCACHE=str(out.parent / "cache"), GOFLAGS="")
-    subprocess.run(
-        ["go", "build", "-o", str(out), CLIENT_SOURCE.name], cwd=CLIENT_SOURCE.parent, env=env, check=True, timeout=300
-    )
-    return out
-
-
-def client(binary: Path, *args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(binary), *args], input=stdin, capture_output=True, timeout=timeout, check=False)
-
-
-def exec_url(pod: Pod, container_id: str, cmd: list[str], **options: bool) -> str:
-    with pod.node.client() as c:
-        request = pb.ExecRequest(container_id=container_id, cmd=cmd, **options)
-        return c.runtime.Exec(request, timeout=30).url
-
-
-@pytest.fixture
-def sleeper(pod: Pod) -> str:
-    return pod.run("sleeper", "sleep", "1000")
 
 
 def test_exec_streams_stdout_and_stderr_and_reports_the_exit_code(pod: Pod, sleeper: str, streamclient: Path) -> None:
@@ -79,12 +62,6 @@ def test_exec_feeds_stdin_until_the_client_closes_it(pod: Pod, sleeper: str, str
     done = client(streamclient, "exec", url, "-stdin", stdin=data)
     assert done.returncode == 0, done.stderr
     assert done.stdout == data + b"end\n"
-
-
-def daemon_peak_kib(node: DaemonProcess) -> int:
-    assert node.proc is not None
-    status = Path(f"/proc/{node.proc.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
 def test_stdin_faster_than_the_command_reads_is_held_back_not_buffered(
@@ -187,17 +164,6 @@ def test_a_client_that_goes_away_takes_the_command_with_it(pod: Pod, sleeper: st
     assert_a_killed_client_kills([str(streamclient), "exec", url], "sleep 777")
 
 
-def assert_a_killed_client_kills(argv: list[str], cmdline: str) -> None:
-    """The client ``argv`` SIGKILLed once ``cmdline`` runs: then it does not for long."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert _wait_for(lambda: _processes(cmdline), 20), "the exec never started"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert _wait_for(lambda: not _processes(cmdline), 20), "the exec outlived its client"
-
-
 @pytest.mark.parametrize("tty", [False, True])
 def test_a_client_that_goes_away_takes_everything_its_command_started(
     pod: Pod, sleeper: str, streamclient: Path, tty: bool
@@ -208,11 +174,11 @@ def test_a_client_that_goes_away_takes_everything_its_command_started(
     proc = subprocess.Popen([str(streamclient), "exec", url, *(["-tty"] if tty else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        assert _wait_for(lambda: len(_processes("sleep 779")) == 4, 20), "the exec never started"
+        assert wait_for(lambda: len(processes("sleep 779")) == 4, 20), "the exec never started"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert _wait_for(lambda: not _processes("sleep 779"), 20), "the exec's children outlived its client"
+    assert wait_for(lambda: not processes("sleep 779"), 20), "the exec's children outlived its client"
 
 
 @pytest.fixture
@@ -231,7 +197,7 @@ def test_an_idle_connection_is_closed_and_its_command_killed(
         url = exec_url(idle_pod, container_id, ["sleep", "778"], stdout=True)
         done = client(streamclient, "exec", url, timeout=60)  # no frame either way: the server hangs up
         assert b"PROTOCOL: v4.channel.k8s.io" in done.stderr
-        assert _wait_for(lambda: not _processes("sleep 778"), 20), "the idle exec was not killed"
+        assert wait_for(lambda: not processes("sleep 778"), 20), "the idle exec was not killed"
     finally:
         with idle_node.client() as c:
             c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=idle_pod.id), timeout=60)
@@ -254,11 +220,6 @@ def test_bad_exec_requests_are_refused(pod: Pod, sleeper: str) -> None:
             c.runtime.Exec(pb.ExecRequest(container_id=created, cmd=["true"], stdout=True), timeout=30)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "not RUNNING" in str(err.value.details())
-
-
-def attach_url(pod: Pod, container_id: str, **options: bool) -> str:
-    with pod.node.client() as c:
-        return c.runtime.Attach(pb.AttachRequest(container_id=container_id, **options), timeout=30).url
 
 
 def test_attach_relays_output_until_the_container_exits(pod: Pod, streamclient: Path) -> None:
@@ -324,31 +285,10 @@ def test_port_forward_to_an_unknown_pod_is_not_found(daemon: DaemonProcess) -> N
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _processes(cmdline: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip() == cmdline.encode():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
-
-
-def _wait_for(condition: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture(autouse=True)
 def _no_stray_exec() -> Iterator[None]:
     yield
-    for pid in _processes("sleep 777") + _processes("sleep 778") + _processes("sleep 779"):
+    for pid in processes("sleep 777") + processes("sleep 778") + processes("sleep 779"):
         os.kill(pid, signal.SIGKILL)
 
 

@@ -9,7 +9,6 @@ import base64
 import json
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,25 +19,15 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 from moorage.cri import pb
-from tests.integration.test_containers import Pod
-from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
-from tests.integration.test_streaming import assert_a_killed_client_kills, attach_url, exec_url
+from tests.fixtures.clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
+from tests.fixtures.clientgo import run, run_echo_server
+from tests.fixtures.pods import Pod
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
+from tests.fixtures.streams import assert_a_killed_client_kills, attach_url, exec_url
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENTGO = ROOT / "build" / "clientgo" / "clientgo"
 EXECUTORS = ["spdy", "websocket", "fallback"]
-
-
-@pytest.fixture(scope="session")
-def clientgo() -> Path:
-    subprocess.run([str(ROOT / "scripts" / "build-clientgo")], check=True, timeout=900)  # a no-op once built
-    return CLIENTGO
-
-
-def run(binary: Path, *args: str, stdin: bytes = b"", timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(binary), *args], input=stdin, capture_output=True, timeout=timeout, check=False)
 
 
 @pytest.fixture
@@ -108,23 +97,6 @@ def test_the_fallback_executor_falls_back_to_spdy_on_the_same_url(pod: Pod, slee
     assert ws_only.returncode == 102
     done = run(clientgo, "exec", "-transport", "fallback", "-protocols", "v9.channel.k8s.io", url)
     assert (done.returncode, done.stdout) == (6, b"via spdy\n"), done.stderr
-
-
-def run_echo_server(pod: Pod, clientgo: Path, transport: str = "spdy") -> None:
-    """clientgo's own echo server (static) in the pod on port 8080, listening when this returns: busybox nc's
-    listen backlog of 1 drops simultaneous connections, and client-go's forwarder ends at a refused one."""
-    server = pb.Mount(container_path="/clientgo", host_path=str(clientgo), readonly=True)
-    pod.run("echo-server", "/clientgo", "echo-server", "-port", "8080", mounts=[server])
-    done = None
-    for _ in range(50):  # until the server listens
-        with pod.node.client() as c:
-            url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
-        done = run(clientgo, "portforward", "-transport", transport, "-port", "8080", "-connections", "1", url)
-        if done.returncode == 0:
-            break
-        time.sleep(0.2)
-    assert done is not None
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("transport", EXECUTORS)

@@ -11,16 +11,12 @@ from pathlib import Path
 
 from moorage.cli.client import CriClient
 from moorage.cri import pb
+from tests.fixtures.pods import Pod
+from tests.fixtures.pods import pod as pod  # noqa: PLC0414 (the fixture)
+from tests.fixtures.streams import client, daemon_peak_kib, exec_url
+from tests.fixtures.streams import sleeper as sleeper  # noqa: PLC0414 (the fixture)
+from tests.fixtures.streams import streamclient as streamclient  # noqa: PLC0414 (the fixture)
 from tests.integration.daemon import DaemonProcess
-from tests.integration.test_containers import Pod
-from tests.integration.test_containers import pod as pod  # noqa: PLC0414 (the fixture)
-from tests.integration.test_streaming import (
-    client,
-    daemon_peak_kib,
-    exec_url,
-    sleeper,  # noqa: F401 (the fixture)
-    streamclient,  # noqa: F401 (the fixture)
-)
 
 FLOOD = 2000
 FLOOD_SECONDS = 60  # the bound on opening the flood, whatever happens
@@ -121,14 +117,14 @@ def _echo_url(pod: Pod, binary: Path) -> str:
         return c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id, port=[8080]), timeout=30).url
 
 
-def test_streams_closed_with_fin_both_ways_are_freed(pod: Pod, streamclient: Path) -> None:  # noqa: F811
+def test_streams_closed_with_fin_both_ways_are_freed(pod: Pod, streamclient: Path) -> None:
     """spdystream's Close is a FIN, not a reset: 100 connections in turn through one session, well past the
     64 streams a session may have open at once."""
     done = client(streamclient, "portforward-many", _echo_url(pod, streamclient), "8080", "100", timeout=120)
     assert (done.returncode, done.stdout) == (0, b"OK 100\n"), done.stderr
 
 
-def test_a_port_out_of_range_is_answered_on_the_error_stream(pod: Pod, streamclient: Path) -> None:  # noqa: F811
+def test_a_port_out_of_range_is_answered_on_the_error_stream(pod: Pod, streamclient: Path) -> None:
     for port in ("70000", "-5", "http"):
         with pod.node.client() as c:
             url = c.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.id), timeout=30).url
@@ -142,8 +138,8 @@ def test_a_port_out_of_range_is_answered_on_the_error_stream(pod: Pod, streamcli
 
 def test_a_resize_stream_that_never_ends_its_json_is_bounded(
     pod: Pod,
-    sleeper: str,  # noqa: F811
-    streamclient: Path,  # noqa: F811
+    sleeper: str,
+    streamclient: Path,
 ) -> None:
     """32 MiB of one unterminated JSON object after a good size: the size applies, the rest is dropped
     without being kept (the daemon's peak memory does not grow by it) and the command ends as usual."""

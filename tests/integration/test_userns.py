@@ -19,18 +19,16 @@ import pytest
 from moorage.cri import pb
 from moorage.node import apparmor, idmap, namespaces
 from tests.fixtures import cgroups
+from tests.fixtures.cgroups import MIB, OWN_MEMORY_LIMIT
+from tests.fixtures.clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
+from tests.fixtures.clientgo import run, run_echo_server
+from tests.fixtures.crictl import CRICTL
+from tests.fixtures.errors import rpc_error
+from tests.fixtures.held_runtime import Held
+from tests.fixtures.held_runtime import held as held  # noqa: PLC0414 (the fixture)
+from tests.fixtures.held_runtime import held_node as held_node  # noqa: PLC0414 (the fixture)
+from tests.fixtures.pods import ConfiguredPod, log_lines, pod_config
 from tests.integration.daemon import DaemonProcess, PushedImage
-from tests.integration.test_cgroups import MIB, OWN_MEMORY_LIMIT
-from tests.integration.test_containers import log_lines
-from tests.integration.test_crash_recovery import Held
-from tests.integration.test_crash_recovery import held as held  # noqa: PLC0414 (the fixture)
-from tests.integration.test_crash_recovery import held_node as held_node  # noqa: PLC0414 (the fixture)
-from tests.integration.test_crictl import CRICTL
-from tests.integration.test_images import rpc_error
-from tests.integration.test_mounts import ConfiguredPod
-from tests.integration.test_pods import pod_config
-from tests.integration.test_streaming_clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
-from tests.integration.test_streaming_clientgo import run, run_echo_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroup]  # make test-cgroupv2 runs them in its guest too
 
@@ -477,3 +475,33 @@ def test_a_host_path_swapped_for_a_symlink_meanwhile_is_bound_as_it_was_resolved
         done.set()
         swapper.join()
     assert failures == []
+
+
+def test_an_idmapped_volume_has_the_mounts_under_its_host_path(pod: ConfiguredPod, tmp_path: Path) -> None:
+    """An idmapped volume is bound recursively, as a plain one (an rbind): a tmpfs mounted under the host path
+    is there in the container, idmapped too (its root-owned file is root's inside). A filesystem under it that
+    cannot be idmapped (proc): FAILED_PRECONDITION naming the mount's host path, nothing left mounted."""
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(volume / "sub")], check=True)
+    try:
+        (volume / "sub" / "in-sub").write_text("under it\n")
+        maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+        mounts = [
+            pb.Mount(container_path="/plain", host_path=str(volume)),
+            pb.Mount(container_path="/mapped", host_path=str(volume), uidMappings=maps, gidMappings=maps),
+        ]
+        script = "cat /plain/sub/in-sub /mapped/sub/in-sub; stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub"
+        cid = pod.run("submounts", "sh", "-c", script, linux=ROOT, mounts=mounts)
+        assert pod.output(cid) == ["under it", "under it", "0:0", "65534:65534"]
+        (volume / "proc").mkdir()
+        subprocess.run(["mount", "-t", "proc", "proc", str(volume / "proc")], check=True)
+        try:
+            failure = rpc_error(lambda: pod.create("proc-under", "true", linux=ROOT, mounts=mounts))
+        finally:
+            subprocess.run(["umount", "-l", str(volume / "proc")], check=True)
+        assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"config.mounts[1].host_path: {volume} cannot be idmapped, or a filesystem" in failure.details
+        assert [m for m in pod.node.mounts() if "/bundles/" in m] == [m for m in pod.node.mounts() if cid in m]
+    finally:
+        subprocess.run(["umount", "-l", str(volume / "sub")], check=True)

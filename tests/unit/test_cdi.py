@@ -14,7 +14,7 @@ from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime import spec
 from moorage.runtime.spec import cdi
-from tests.unit.test_spec import inputs
+from tests.fixtures.spec import inputs
 
 ZERO = os.stat("/dev/zero")
 

@@ -16,6 +16,7 @@ import pytest
 from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime.containers.checkpoint import archive
 from moorage.runtime.containers.checkpoint.criu import Criu, reason_of
+from tests.fixtures.checkpoints import archive_of
 
 NODE_CRIU_OUTPUT = """\
 Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds
@@ -162,15 +163,6 @@ def test_a_failed_archive_leaves_nothing_behind(tmp_path: Path) -> None:
         archive.write(location, work)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.tar", "work"]
     assert os.listdir(location) == []
-
-
-def archive_of(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_a_restore_unpacks_images_and_changes_and_deletes_only_inside_the_root(tmp_path: Path) -> None:

@@ -17,55 +17,9 @@ from moorage.errors import FailedPrecondition, InvalidArgument
 from moorage.runtime import spec
 from moorage.runtime.spec import rootfs as rootfs_mod
 from moorage.runtime.spec import seccomp, security
+from tests.fixtures.spec import SC, inputs, make_rootfs
 
-SC = pb.LinuxContainerSecurityContext
 Profile = pb.SecurityProfile.ProfileType
-
-PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nweb:x:33:33::/var/www:/bin/false\n"
-GROUP = "root:x:0:\napp:x:1000:\nwww-data:x:33:\naudio:x:29:app,web\nvideo:x:44:app\n"
-
-
-def make_rootfs(root: Path, passwd: str = PASSWD, group: str = GROUP) -> Path:
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/passwd").write_text(passwd)
-    (root / "etc/group").write_text(group)
-    return root
-
-
-def inputs(
-    tmp_path: Path,
-    *,
-    command: tuple[str, ...] = ("/bin/true",),
-    args: tuple[str, ...] = (),
-    sc: pb.LinuxContainerSecurityContext | None = None,
-    resources: pb.LinuxContainerResources | None = None,
-    image_config: dict[str, Any] | None = None,
-    **container: Any,
-) -> spec.SpecInputs:
-    root = tmp_path / "rootfs"
-    if not root.exists():
-        make_rootfs(root)
-    cfg = pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name="app"),
-        command=list(command),
-        args=list(args),
-        linux=pb.LinuxContainerConfig(security_context=sc or SC(), resources=resources or pb.LinuxContainerResources()),
-        **container,
-    )
-    return spec.SpecInputs(
-        container=cfg,
-        sandbox=pb.PodSandboxConfig(
-            hostname="pod", metadata=pb.PodSandboxMetadata(name="web-0", namespace="prod", uid="u-1")
-        ),
-        image_config=image_config or {},
-        rootfs=root,
-        namespaces={"network": "/run/ns/net", "ipc": "/run/ns/ipc", "uts": "/run/ns/uts", "pid": ""},
-        cgroups_path="/kubepods/pod1/c1",
-        hostname="pod",
-        pod_files={"/etc/hostname": tmp_path / "hostname", "/dev/shm": tmp_path / "shm"},
-        oom_score_adj_floor=-500,
-        seccomp_root=tmp_path / "seccomp",
-    )
 
 
 def build(tmp_path: Path, **kw: Any) -> dict[str, Any]:
