@@ -477,31 +477,52 @@ def test_a_host_path_swapped_for_a_symlink_meanwhile_is_bound_as_it_was_resolved
     assert failures == []
 
 
-def test_an_idmapped_volume_has_the_mounts_under_its_host_path(pod: ConfiguredPod, tmp_path: Path) -> None:
-    """An idmapped volume is bound recursively, as a plain one (an rbind): a tmpfs mounted under the host path
-    is there in the container, idmapped too (its root-owned file is root's inside). A filesystem under it that
-    cannot be idmapped (proc): FAILED_PRECONDITION naming the mount's host path, nothing left mounted."""
+@pytest.fixture
+def volume_with_a_submount(tmp_path: Path) -> Iterator[Path]:
+    """A host directory with a tmpfs mounted at ``sub`` (a file of the host's root in it)."""
     volume = tmp_path / "volume"
     (volume / "sub").mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(volume / "sub")], check=True)
     try:
         (volume / "sub" / "in-sub").write_text("under it\n")
-        maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
-        mounts = [
-            pb.Mount(container_path="/plain", host_path=str(volume)),
-            pb.Mount(container_path="/mapped", host_path=str(volume), uidMappings=maps, gidMappings=maps),
-        ]
-        script = "cat /plain/sub/in-sub /mapped/sub/in-sub; stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub"
-        cid = pod.run("submounts", "sh", "-c", script, linux=ROOT, mounts=mounts)
-        assert pod.output(cid) == ["under it", "under it", "0:0", "65534:65534"]
-        (volume / "proc").mkdir()
-        subprocess.run(["mount", "-t", "proc", "proc", str(volume / "proc")], check=True)
-        try:
-            failure = rpc_error(lambda: pod.create("proc-under", "true", linux=ROOT, mounts=mounts))
-        finally:
-            subprocess.run(["umount", "-l", str(volume / "proc")], check=True)
-        assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert f"config.mounts[1].host_path: {volume} cannot be idmapped, or a filesystem" in failure.details
-        assert [m for m in pod.node.mounts() if "/bundles/" in m] == [m for m in pod.node.mounts() if cid in m]
+        yield volume
     finally:
         subprocess.run(["umount", "-l", str(volume / "sub")], check=True)
+
+
+def test_an_idmapped_volume_has_the_mounts_under_its_host_path(
+    pod: ConfiguredPod, volume_with_a_submount: Path, request: pytest.FixtureRequest
+) -> None:
+    """An idmapped volume is bound recursively by moorage, as a plain one is (an rbind): a tmpfs mounted under
+    the host path is there in the container, idmapped too (its root-owned file is root's inside). crun 1.8 binds
+    moorage's bind of a volume without its submounts in a pod's user namespace (plain ones too): still open."""
+    if request.node.callspec.params["pod"] == "crun":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="crun 1.8's bind of a volume is not recursive"))
+    volume = volume_with_a_submount
+    maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    mounts = [
+        pb.Mount(container_path="/plain", host_path=str(volume)),
+        pb.Mount(container_path="/mapped", host_path=str(volume), uidMappings=maps, gidMappings=maps),
+    ]
+    script = "cat /plain/sub/in-sub /mapped/sub/in-sub; stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub"
+    cid = pod.run("submounts", "sh", "-c", script, linux=ROOT, mounts=mounts)
+    assert pod.output(cid) == ["under it", "under it", "0:0", "65534:65534"]
+
+
+def test_a_volume_with_a_filesystem_under_it_that_cannot_be_idmapped_is_refused(
+    pod: ConfiguredPod, volume_with_a_submount: Path
+) -> None:
+    """The kernel idmaps a tree whole or not at all: with a proc mounted under the host path, FAILED_PRECONDITION
+    naming the mount's host path, nothing left mounted."""
+    volume = volume_with_a_submount
+    (volume / "proc").mkdir()
+    maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+    mounts = [pb.Mount(container_path="/mapped", host_path=str(volume), uidMappings=maps, gidMappings=maps)]
+    subprocess.run(["mount", "-t", "proc", "proc", str(volume / "proc")], check=True)
+    try:
+        failure = rpc_error(lambda: pod.create("proc-under", "true", linux=ROOT, mounts=mounts))
+    finally:
+        subprocess.run(["umount", "-l", str(volume / "proc")], check=True)
+    assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"config.mounts[0].host_path: {volume} cannot be idmapped, or a filesystem" in failure.details
+    assert not [m for m in pod.node.mounts() if "/bundles/" in m or "/containers/" in m]

@@ -150,9 +150,10 @@ def move_mount(tree: int, target: Path, what: str) -> None:
 
 def bind(source: Path | int, target: Path, userns: Path | None, *, readonly: bool = False) -> None:
     """Bind ``source`` at ``target`` (created as an empty file or directory like ``source`` when missing),
-    idmapped with ``userns`` when given (the top mount only: submounts of another filesystem might not allow
-    idmapping), else recursively, as an ``rbind``; ``readonly``: read-only (locked for the pod's namespaces).
-    ``target`` may be ``source`` itself: the idmapped copy is stacked over it.
+    recursively, as an ``rbind``: the mounts under ``source`` too, idmapped with ``userns`` when given (all of them
+    or none: the kernel refuses the whole tree, EINVAL, when one of its filesystems cannot be idmapped);
+    ``readonly``: read-only (locked for the pod's namespaces). ``target`` may be ``source`` itself: the idmapped
+    copy is stacked over it.
 
     ``source`` is resolved once: a path is opened (O_PATH) and the file it named then is the one whose type makes
     ``target`` and the one bound, whatever is renamed or swapped for a symlink meanwhile; a file descriptor (O_PATH,
@@ -170,10 +171,10 @@ def bind(source: Path | int, target: Path, userns: Path | None, *, readonly: boo
             target.mkdir(mode=0o755)
         else:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444))
-    tree = open_tree(source, recursive=userns is None)
+    tree = open_tree(source, recursive=True)
     try:
         if userns is not None or readonly:
-            set_attrs(tree, userns=userns, readonly=readonly, recursive=userns is None, what=what)
+            set_attrs(tree, userns=userns, readonly=readonly, recursive=True, what=f"{what} and the mounts under it")
         move_mount(tree, target, what)
     finally:
         os.close(tree)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -256,6 +257,14 @@ def prepare_mounts(
         try:
             base.mkdir(mode=0o711, exist_ok=True)
             idmap.bind(source, target, pod_userns if idmapped else None, readonly=mount.readonly)
+        except idmap.IdmapError as exc:
+            cause = exc.__cause__
+            if idmapped and isinstance(cause, OSError) and cause.errno == errno.EINVAL:
+                raise FailedPrecondition(
+                    f"config.mounts[{index}].host_path: {mount.host_path} cannot be idmapped, or a filesystem mounted "
+                    f"under it cannot (the kernel idmaps the whole tree or nothing): {exc.message}"
+                ) from exc
+            raise MoorageError(f"config.mounts[{index}]: {exc.message}") from exc
         except MoorageError as exc:
             raise MoorageError(f"config.mounts[{index}]: {exc.message}") from exc
         finally:
