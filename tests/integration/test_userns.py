@@ -526,3 +526,19 @@ def test_a_volume_with_a_filesystem_under_it_that_cannot_be_idmapped_is_refused(
     assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
     assert f"config.mounts[0].host_path: {volume} cannot be idmapped, or a filesystem" in failure.details
     assert not [m for m in pod.node.mounts() if "/bundles/" in m or "/containers/" in m]
+
+
+def test_a_container_asking_for_the_nodes_pid_namespace_is_refused(pod: ConfiguredPod) -> None:
+    """The pod cannot share the node's PID namespace, nor can a container of it: INVALID_ARGUMENT naming the
+    container's field, before anything is made."""
+    linux = pb.LinuxContainerConfig(
+        security_context=pb.LinuxContainerSecurityContext(
+            run_as_user=pb.Int64Value(value=0), namespace_options=pb.NamespaceOption(pid=pb.NamespaceMode.NODE)
+        )
+    )
+    failure = rpc_error(lambda: pod.create("host-pid", "sh", "-c", "ls /proc", linux=linux))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "config.linux.security_context.namespace_options.pid: NODE" in failure.details
+    assert not [m for m in pod.node.mounts() if "/bundles/" in m or "/containers/" in m]
+    with pod.node.client() as client:
+        assert not client.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers

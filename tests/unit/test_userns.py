@@ -136,3 +136,14 @@ def test_a_directory_others_cannot_search_is_named(tmp_path: Path) -> None:
         userns.check_reachable(closed / "inside" / "rootfs")
     closed.chmod(0o711)
     userns.check_reachable(Path("/usr/lib/os-release"))  # /, /usr and /usr/lib are 0755
+
+
+def test_a_container_of_such_a_pod_cannot_have_the_nodes_pid_namespace() -> None:
+    maps = UserNamespace(IdMap(0, 1000, 100000), IdMap(0, 1000, 100000))
+    config = pb.ContainerConfig()
+    for mode in (pb.NamespaceMode.POD, pb.NamespaceMode.CONTAINER):
+        config.linux.security_context.namespace_options.pid = mode
+        userns.check_container(config, maps)
+    config.linux.security_context.namespace_options.pid = pb.NamespaceMode.NODE
+    with pytest.raises(InvalidArgument, match=r"config.linux.security_context.namespace_options.pid: NODE"):
+        userns.check_container(config, maps)

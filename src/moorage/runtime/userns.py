@@ -209,6 +209,18 @@ def check_mounts(config: pb.ContainerConfig, pod_maps: UserNamespace) -> None:
         mount_maps(mount, index, pod_maps)
 
 
+def check_container(config: pb.ContainerConfig, pod_maps: UserNamespace) -> None:
+    """INVALID_ARGUMENT naming the field for a container of a pod in a user namespace that asks for the node's
+    PID namespace (the pod cannot have it, :func:`validate`; a container of it no more: its processes would see and
+    signal the node's, from a user namespace that owns nothing there), then :func:`check_mounts`."""
+    if config.linux.security_context.namespace_options.pid == pb.NamespaceMode.NODE:
+        raise InvalidArgument(
+            "config.linux.security_context.namespace_options.pid: NODE (the node's PID namespace) is not allowed "
+            f"for a container of a pod in a user namespace ({FIELD} is POD)"
+        )
+    check_mounts(config, pod_maps)
+
+
 def check_reachable(path: Path, gid: int | None = None) -> None:
     """FAILED_PRECONDITION naming the first directory above ``path`` that others (or group ``gid``, the host gid
     of the container's root) cannot search: the container's root (an unprivileged host uid) could not reach its

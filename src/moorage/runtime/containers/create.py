@@ -107,6 +107,8 @@ class Create(ContainerBase):
         rootfs = bundle / "rootfs"
         pod_userns = sandbox.status.namespaces.get("user")
         pod_maps = userns.of_pod(pod) if pod_userns else None
+        if pod_maps is not None:  # before anything is made
+            userns.check_container(config, pod_maps)
         bundle.mkdir(parents=True, mode=0o700)
         if pod_maps is not None:  # in a user namespace its root must pass, and only it
             userns.private_to_pod(bundle, pod_maps)
