@@ -236,10 +236,10 @@ def answer(workdir: Path) -> Answer:
         finally:
             _clear(workdir)
     except _Undecided as exc:
-        return Answer(f"{exc} (probed again at the next request)", definite=False)
+        return Answer(str(exc), definite=False)
     except (OSError, MoorageError) as exc:
         what = exc.message if isinstance(exc, MoorageError) else str(exc)
-        return Answer(f"the probe failed: {what} (probed again at the next request)", definite=False)
+        return Answer(f"the probe failed: {what}", definite=False)
 
 
 def _clear(workdir: Path) -> None:

@@ -82,7 +82,8 @@ async def _probe(root: Path) -> idmap.Answer:
         log.warning("user namespaces for pods: not supported on this node", reason=found.reason)
     else:
         log.warning(
-            "user namespaces for pods: the node's probe failed; not offered until it passes", reason=found.reason
+            "user namespaces for pods: the node's probe failed; not offered, probed again at the next request",
+            reason=found.reason,
         )
     return found
 
