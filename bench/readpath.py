@@ -10,6 +10,7 @@ docker-registry on 127.0.0.1 (each a distinct config over the same busybox layer
 Python gRPC client, one call at a time after a warm-up:
 
 - Version, the floor: a call that does no work (what the client, gRPC and the server's loop cost);
+- Status (non-verbose), which the kubelet calls every few seconds for the node's readiness;
 - ListPodSandbox and ListContainers (unfiltered, and filtered by pod id), the relist;
 - PodSandboxStatus and ContainerStatus (non-verbose), cycling over every pod and container;
 - PodSandboxStatus verbose (what critest -benchmark calls);
@@ -64,6 +65,7 @@ class Call:
 
 CALLS = (
     Call("Version (the floor: no work)", P50_GOAL, P99_GOAL),
+    Call("Status", P50_GOAL, P99_GOAL),
     Call("ListPodSandbox", P50_GOAL, P99_GOAL),
     Call("ListContainers", P50_GOAL, P99_GOAL),
     Call("ListContainers (by pod)", P50_GOAL, P99_GOAL),
@@ -120,6 +122,7 @@ class Workload:
         pods, containers, images = (itertools.cycle(x) for x in (self.made.pods, self.made.containers, self.names))
         return {
             "Version (the floor: no work)": lambda: rt.Version(pb.VersionRequest(), timeout=timeout),
+            "Status": lambda: rt.Status(pb.StatusRequest(), timeout=timeout),
             "ListPodSandbox": lambda: rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=timeout),
             "ListContainers": lambda: rt.ListContainers(pb.ListContainersRequest(), timeout=timeout),
             "ListContainers (by pod)": lambda: rt.ListContainers(

@@ -37,6 +37,9 @@ from moorage.state.events import Event, Overflow
 from moorage.state.models import CONTAINER_RUNNING, READY
 from moorage.streaming.server import StreamingServer
 
+_CONTAINERS_STATUSES_TAG = bytes([3 << 3 | 2])
+"""``PodSandboxStatusResponse.containers_statuses``' tag: field 3, length-delimited."""
+
 CGROUP_DRIVERS = {"systemd": pb.CgroupDriver.SYSTEMD, "cgroupfs": pb.CgroupDriver.CGROUPFS}
 
 
@@ -53,6 +56,8 @@ class RuntimeService(StatsRpcs):
         super().__init__(sandboxes, containers)
         self._pod_views = Views(sandboxes.index, pod_view)
         self._container_views = Views(containers.index, container_view)
+        self._statuses_by_pod: dict[str, bytes] = {}
+        self._statuses_generation = -1
         self._config = config
         self._pod_cidr = pod_cidr
         self._streaming = streaming
@@ -137,7 +142,7 @@ class RuntimeService(StatsRpcs):
         then takes them as the pod's containers, and without them starts the pod's containers again and again."""
         sandbox_id = await self._existing("sandboxes", request.pod_sandbox_id, "pod_sandbox_id")
         record = await self._sandboxes.get(sandbox_id)
-        rest = pb.PodSandboxStatusResponse(timestamp=time.time_ns(), containers_statuses=self._statuses_in(sandbox_id))
+        rest = pb.PodSandboxStatusResponse(timestamp=time.time_ns())
         if request.verbose:
             network = await self._sandboxes.network_check(record)  # the last CNI CHECK's, not waited for
             rest.info["info"] = json.dumps(
@@ -145,7 +150,23 @@ class RuntimeService(StatsRpcs):
                  "networkCheckedAt": network.at},
                 sort_keys=True,
             )  # fmt: skip
-        return self._pod_views.of(record).status_field + rest.SerializeToString()
+        return (
+            self._pod_views.of(record).status_field + self._encoded_statuses_in(sandbox_id) + rest.SerializeToString()
+        )
+
+    def _encoded_statuses_in(self, sandbox_id: str) -> bytes:
+        """The pod's containers' cached statuses as ``PodSandboxStatusResponse.containers_statuses`` entries,
+        encoded; every pod's are grouped once per change of the containers' index, not per call."""
+        generation = self._containers.index.generation
+        if self._statuses_generation != generation:
+            grouped: dict[str, list[bytes]] = {}
+            for view in self._container_views.all():  # oldest first, as _statuses_in
+                # ContainerStatusResponse.status (field 1) and containers_statuses (field 3) are both a length-
+                # delimited ContainerStatus: the same bytes under the other field's tag.
+                grouped.setdefault(view.record.sandbox_id, []).append(_CONTAINERS_STATUSES_TAG + view.status_field[1:])
+            self._statuses_by_pod = {pod: b"".join(entries) for pod, entries in grouped.items()}
+            self._statuses_generation = generation
+        return self._statuses_by_pod.get(sandbox_id, b"")
 
     async def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: Context

@@ -2,10 +2,15 @@
 
 The kubelet keeps a node NotReady while either is false and shows the reason and message to the operator,
 so each names what is missing and where moorage looked.
+
+The kubelet asks for Status every few seconds. Where each configured binary was found is remembered per
+config (a reloaded config starts afresh); each call only checks that the file found is still an executable
+file, and looks again (``$PATH``) when it is not, so a binary removed or installed later still shows at once.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from moorage.config import Config
@@ -23,13 +28,34 @@ class Condition:
     message: str = ""
 
 
+_found: dict[str, str] = {}
+"""Configured binary → the file it was found as, for :data:`_found_for` (the config it was found with)."""
+_found_for: list[Config] = []
+
+
+def _present(binary: str) -> bool:
+    """:func:`binaries.find_binary` finds ``binary``: the file found last time is checked, else it is looked up."""
+    known = _found.get(binary)
+    if known is not None and os.path.isfile(known) and os.access(known, os.X_OK):
+        return True
+    found = binaries.find_binary(binary)
+    if found is None:
+        _found.pop(binary, None)
+        return False
+    _found[binary] = str(found)
+    return True
+
+
 def runtime_condition(config: Config) -> Condition:
+    if not _found_for or _found_for[0] is not config:  # a reloaded config: every binary is looked up again
+        _found.clear()
+        _found_for[:] = [config]
     handler = config.runtime.default_handler
     wanted = {
         f"runtime.handlers.{handler}.path": config.runtime.handlers[handler].path,
         "runtime.conmon": config.runtime.conmon,
     }
-    missing = [f"{value} ({name})" for name, value in wanted.items() if binaries.find_binary(value) is None]
+    missing = [f"{value} ({name})" for name, value in wanted.items() if not _present(value)]
     if missing:
         return Condition(
             RUNTIME_READY, False, "RuntimeBinaryMissing", "not found or not executable: " + ", ".join(missing)

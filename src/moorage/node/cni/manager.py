@@ -38,7 +38,14 @@ from moorage.errors import FailedPrecondition, MoorageError, NotFound
 from moorage.node.cni.attachment import Attachment, AttachmentKey, AttachResult, capability_args, cni_args
 from moorage.node.cni.cache import AttachmentCache, CacheEntry
 from moorage.node.cni.chain import Chain, raise_first
-from moorage.node.cni.config import CONFIG_SUFFIXES, CniConfigError, NetworkConfig, load_network, with_pod_cidrs
+from moorage.node.cni.config import (
+    CONFIG_SUFFIXES,
+    CniConfigError,
+    NetworkConfig,
+    find_plugin,
+    load_network,
+    with_pod_cidrs,
+)
 from moorage.node.cni.result import parse_result
 
 log = structlog.get_logger(__name__)
@@ -70,6 +77,8 @@ class Cni:
         self._network: NetworkConfig | None = None
         self._error: CniConfigError | None = None
         self._locks: dict[AttachmentKey, tuple[asyncio.Lock, int]] = {}
+        self._usable: tuple[NetworkConfig, tuple[str, ...], NetworkConfig] | None = None
+        self._found_plugins: dict[str, str] = {}  # plugin type → the file status found it as
         self._rollbacks: set[asyncio.Future[None]] = set()  # strong refs: a rollback outlives a cancelled caller
 
     # --- the network config -------------------------------------------------------------------------------
@@ -138,7 +147,13 @@ class Cni:
     def usable_network(self) -> NetworkConfig | None:
         """:meth:`network` with the pod CIDR filled in where the config asks for it (see ``with_pod_cidrs``)."""
         network = self.network()
-        return None if network is None else with_pod_cidrs(network, self.pod_cidrs())
+        if network is None:
+            return None
+        cidrs = tuple(self.pod_cidrs())
+        made = self._usable
+        if made is None or made[0] is not network or made[1] != cidrs:  # once per config and pod CIDRs
+            made = self._usable = (network, cidrs, with_pod_cidrs(network, cidrs))
+        return made[2]
 
     def _require_network(self) -> NetworkConfig:
         network = self.usable_network()
@@ -267,11 +282,23 @@ class Cni:
             return False, f"no CNI network config (*.conflist, *.conf, *.json) in {self.conf_dir}"
         chain = Chain(network, self.bin_dirs, self.timeout, AttachmentKey("status"))
         try:
-            chain.require_plugins()
+            if not self._plugins_still_there(network):
+                chain.require_plugins()
+                self._found_plugins = {t: str(find_plugin(t, self.bin_dirs)) for t in network.plugin_types}
             await chain.status()
         except MoorageError as exc:
             return False, exc.message
         return True, ""
+
+    def _plugins_still_there(self, network: NetworkConfig) -> bool:
+        """Whether each plugin of ``network`` is still the executable file it was found as by the last status
+        (Status asks every few seconds: a file check each, not a search of every bin dir)."""
+        found = self._found_plugins
+        for plugin_type in network.plugin_types:
+            path = found.get(plugin_type)
+            if path is None or not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                return False
+        return True
 
     async def gc(self, valid: Iterable[AttachmentKey]) -> None:
         """DEL every cached attachment not in ``valid``, then (1.1 configs) send the plugins GC with ``valid``.

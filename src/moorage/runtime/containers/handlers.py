@@ -67,7 +67,9 @@ class Handlers:
 
     async def features(self, handler: str) -> OciFeatures:
         """What ``handler``'s OCI runtime supports ("" = the default handler), asked of it once per binary."""
-        path = (await asyncio.to_thread(self.runtime, handler)).path  # the first call may run `crun --version`
+        path = self._resolved(handler)  # Status asks every few seconds: no thread hop once the binary is known
+        if path is None:
+            path = (await asyncio.to_thread(self.runtime, handler)).path  # the first call may run `crun --version`
         if path not in self._features:
             self._features[path] = asyncio.ensure_future(oci_features.probe(path))
         features = await asyncio.shield(self._features[path])
@@ -75,6 +77,12 @@ class Handlers:
         # crun 1.8 can: whether pods may have one is the node's (its kernel's) answer.
         no_userns = await userns.support(Path(self._config().root))
         return dataclasses.replace(features, user_namespaces=no_userns is None)
+
+    def _resolved(self, handler: str) -> str | None:
+        """The binary :meth:`runtime` of ``handler`` runs, if known without looking for it (nor running it)."""
+        config = self._config().runtime
+        found = config.handlers.get(handler or config.default_handler)
+        return None if found is None else self._paths.get(found.path)
 
     def _executable(self, name: str, path: str) -> str:
         binary = binaries.resolve(path)
