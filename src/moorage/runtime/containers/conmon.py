@@ -174,8 +174,10 @@ async def wait_exited(paths: ConmonPaths, timeout: float) -> None:
     """Wait (at most ``timeout`` seconds) for the container's conmon to exit: it may write the ``oom`` file after
     the exit file, when the cgroup's OOM event reaches it late, and exits once both are written."""
     deadline = asyncio.get_running_loop().time() + timeout
+    interval = 0.001  # conmon exits within a few ms of writing the exit file: poll often at first
     while conmon_pid(paths) is not None and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, 0.02)
 
 
 async def create_container(
