@@ -3,13 +3,10 @@ and the listing, inspect, stop and remove loops that the pod and container comma
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import click
@@ -196,7 +193,10 @@ def load_config(path: str, message: M) -> M:
 
     Field names are the proto's, in snake_case or lowerCamelCase; a ``.json`` file is read as strict JSON, any
     other as YAML (of which JSON is a subset)."""
-    import yaml  # noqa: PLC0415 - only the commands that read a config file pay for these
+    import json  # noqa: PLC0415 - only the commands that read a config file pay for these
+    from pathlib import Path  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
     from google.protobuf import json_format  # noqa: PLC0415
 
     try:
@@ -213,6 +213,8 @@ def load_config(path: str, message: M) -> M:
 def _plain_env_values(data: dict[str, Any]) -> dict[str, Any]:
     """``envs`` values as plain text, as cri-api's KeyValue JSON has them (the proto field is bytes, whose
     protobuf JSON form would be base64)."""
+    import base64  # noqa: PLC0415
+
     envs = data.get("envs")
     if not isinstance(envs, list):
         return data
@@ -227,7 +229,9 @@ def _plain_env_values(data: dict[str, Any]) -> dict[str, Any]:
 
 def inspect_output(status: Message, info: Any) -> str:
     """crictl's inspect layout: the status message, then each verbose info entry parsed as JSON."""
-    from google.protobuf import json_format  # noqa: PLC0415 - only inspect commands pay for it
+    import json  # noqa: PLC0415 - only inspect commands pay for json and protobuf's json_format
+
+    from google.protobuf import json_format  # noqa: PLC0415
 
     out: dict[str, Any] = {"status": json_format.MessageToDict(status, always_print_fields_with_no_presence=True)}
     for name, value in info.items():

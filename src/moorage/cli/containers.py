@@ -20,7 +20,6 @@ from moorage.cli.common import (
     remove_each,
     stop_each,
 )
-from moorage.cli.pods import resolve_pod
 from moorage.cri import pb
 
 CONTAINER_STATES = {
@@ -81,7 +80,7 @@ def ps(
     if state or not all_:
         filter_.state.state = CONTAINER_STATES[state or "running"]
     with client_for(obj) as client:
-        pod_id = resolve_pod(client, pod) if pod else ""
+        pod_id = _resolve_pod(client, pod) if pod else ""
         found = [] if pod_id is None else call(partial(client.list_containers, filter_))
     print_listing(
         found,
@@ -90,6 +89,12 @@ def ps(
         header=HEADER,
         row=partial(_row, no_trunc=no_trunc),
     )
+
+
+def _resolve_pod(client: CriClient, ref: str) -> str | None:
+    from moorage.cli.pods import resolve_pod  # noqa: PLC0415 - only `ps --pod` needs the pods' module
+
+    return resolve_pod(client, ref)
 
 
 @click.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from functools import partial
@@ -18,9 +17,7 @@ from moorage.cli.common import client_for as _client
 from moorage.cli.common import config_option
 from moorage.cli.common import rpc_error as _rpc_error
 from moorage.cli.common import table as _table
-from moorage.cli.progress import PullDisplay, human_bytes
 from moorage.cri import pb
-from moorage.errors import ConfigError, StartupError, StoreError
 
 LAZY_COMMANDS = {
     **{name: f"moorage.cli.pods:{name}" for name in ("pods", "inspectp", "runp", "stopp", "rmp")},
@@ -80,6 +77,7 @@ def serve(
 ) -> None:
     """Run the daemon."""
     from moorage import daemon  # noqa: PLC0415 - the client commands need none of the daemon's parts
+    from moorage.errors import ConfigError, StartupError, StoreError  # noqa: PLC0415
 
     QUICK_EXIT.clear()  # the daemon ends the usual way, after its own shutdown
 
@@ -109,6 +107,7 @@ def config_default() -> None:
 def config_check(file: str) -> None:
     """Validate FILE; exit non-zero naming the first bad key."""
     from moorage import config as config_mod  # noqa: PLC0415
+    from moorage.errors import ConfigError  # noqa: PLC0415
 
     try:
         config_mod.load(file)
@@ -136,7 +135,9 @@ def info(obj: dict[str, Any]) -> None:
     with _client(obj) as client:
         status = _call(lambda: client.status(verbose=True))
         runtime_config = _call(client.runtime_config)
-    from google.protobuf import json_format  # noqa: PLC0415 - only the commands printing JSON pay for it
+    import json  # noqa: PLC0415 - only the commands printing JSON pay for json and protobuf's json_format
+
+    from google.protobuf import json_format  # noqa: PLC0415
 
     out: dict[str, Any] = {
         "status": json_format.MessageToDict(status.status, always_print_fields_with_no_presence=True),
@@ -159,6 +160,8 @@ def info(obj: dict[str, Any]) -> None:
 def pull(obj: dict[str, Any], image: str, creds: str | None, quiet: bool) -> None:
     """Pull IMAGE, showing each layer's progress, as docker pull does."""
     username, _, password = (creds or "").partition(":")
+    from moorage.cli.progress import PullDisplay  # noqa: PLC0415 - only pull shows progress
+
     display = PullDisplay(sys.stdout, sys.stdout.isatty())
     result: dict[str, Any] = {}
     with _client(obj) as client:
@@ -185,6 +188,8 @@ def pull(obj: dict[str, Any], image: str, creds: str | None, quiet: bool) -> Non
 @click.pass_obj
 def images(obj: dict[str, Any], image: str, quiet: bool, digests: bool, no_trunc: bool) -> None:
     """List images (those IMAGE names, if given), as crictl images does."""
+    from moorage.cli.progress import human_bytes  # noqa: PLC0415
+
     with _client(obj) as client:
         found = _call(lambda: client.list_images(image))
     if quiet:
@@ -230,6 +235,8 @@ def image_inspect(obj: dict[str, Any], image: str) -> None:
         response = _call(lambda: client.image_status(image, verbose=True))
     if not response.HasField("image"):
         raise click.ClickException(f"no such image: {image}")
+    import json  # noqa: PLC0415
+
     from google.protobuf import json_format  # noqa: PLC0415
 
     out: dict[str, Any] = {"status": json_format.MessageToDict(response.image)}
@@ -255,6 +262,8 @@ def image_fsinfo(obj: dict[str, Any]) -> None:
     """Show the image filesystem's usage as JSON, as crictl imagefsinfo does."""
     with _client(obj) as client:
         response = _call(client.image_fs_info)
+    import json  # noqa: PLC0415
+
     from google.protobuf import json_format  # noqa: PLC0415
 
     click.echo(json.dumps(json_format.MessageToDict(response), indent=2))
