@@ -1,10 +1,10 @@
 """A container's OCI runtime state is deleted when it exits, not when it is removed.
 
 containerd deletes the runtime's task as soon as the container exits; moorage does the same, in the
-background: ``<runtime> delete`` (a process spawn, about 7 ms of a 15 ms RemoveContainer) runs once the exit
-is recorded, so RemoveContainer usually finds nothing left to delete in the runtime. The cgroup of an exited
-container goes with it, as it does in containerd; nothing reads an exited container's cgroup (stats and
-metrics cover running containers only).
+background: ``<runtime> delete`` (a process spawn, about 7 ms of a 15 ms RemoveContainer) starts once the exit
+is read from conmon's files, while its record is saved, so RemoveContainer usually finds nothing left to
+delete in the runtime. The cgroup of an exited container goes with it, as it does in containerd; nothing reads
+an exited container's cgroup (stats and metrics cover running containers only).
 
 Crash safety does not depend on the background delete: the runtime's own state directory (``<root>/<id>``,
 runc's and crun's alike) is what counts. :meth:`RuntimeDeletes.settle` (RemoveContainer, undo, recovery) waits
@@ -17,7 +17,7 @@ deleted while nobody waits.
 
 Lifecycle example::
 
-    deletes.after_exit(runtime, cid)    # the exit is recorded: "runc delete cid" starts in the background
+    deletes.after_exit(runtime, cid)    # the exit is read: "runc delete cid" starts in the background
     await deletes.wait(cid)             # StopContainer: done when the runtime has forgotten the container
     ...
     await deletes.settle(runtime, cid)  # RemoveContainer: "runc delete --force" only if something is left
