@@ -28,6 +28,7 @@ from moorage.config import Config
 from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from moorage.runtime import conditions
+from moorage.runtime.containers.oci_features import OciFeatures
 from moorage.runtime.exec.execs import Execs
 from moorage.runtime.pods import pod_resources
 from moorage.runtime.pods.pod_cidr import PodCidr
@@ -84,9 +85,9 @@ class RuntimeService(StatsRpcs):
                     pb.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message) for c in conds
                 ]
             ),
-            runtime_handlers=[
-                pb.RuntimeHandler(name=name, features=await self._handler_features(name))
-                for name in ("", *config.runtime.handlers)  # "" is the default handler, as the kubelet asks
+            runtime_handlers=[  # "" is the default handler, as the kubelet asks
+                pb.RuntimeHandler(name=name, features=_handler_features(features))
+                for name, features in await self._containers.handlers.every_features()
             ],
             features=pb.RuntimeFeatures(
                 mount_options=True,  # noexec, nodev, nosuid on binds (spec/mounts.py)
@@ -103,14 +104,6 @@ class RuntimeService(StatsRpcs):
                 }
             )
         return response
-
-    async def _handler_features(self, handler: str) -> pb.RuntimeHandlerFeatures:
-        """From the handler's OCI runtime's own ``features`` (asked once): the kubelet asks for recursive
-        read-only mounts only on handlers that report them."""
-        features = await self._containers.handlers.features(handler)
-        return pb.RuntimeHandlerFeatures(
-            recursive_read_only_mounts=features.recursive_read_only, user_namespaces=features.user_namespaces
-        )
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Context) -> pb.RuntimeConfigResponse:
         driver = CGROUP_DRIVERS[self._config().cgroup_driver]
@@ -371,3 +364,11 @@ class RuntimeService(StatsRpcs):
         else:
             views = self._container_views.all()
         return [v for v in views if matches(spec, v.record.id, v.status)]
+
+
+def _handler_features(features: OciFeatures) -> pb.RuntimeHandlerFeatures:
+    """From the handler's OCI runtime's own ``features`` (asked once): the kubelet asks for recursive read-only
+    mounts only on handlers that report them."""
+    return pb.RuntimeHandlerFeatures(
+        recursive_read_only_mounts=features.recursive_read_only, user_namespaces=features.user_namespaces
+    )

@@ -52,6 +52,7 @@ class Handlers:
         self._host = host
         self._paths: dict[str, str] = {}
         self._features: dict[str, asyncio.Future[OciFeatures]] = {}
+        self._every: tuple[Config, str | None, list[tuple[str, OciFeatures]]] | None = None
 
     def runtime(self, handler: str) -> OciRuntime:
         """The runtime of ``handler`` ("" = the default handler)."""
@@ -67,16 +68,34 @@ class Handlers:
 
     async def features(self, handler: str) -> OciFeatures:
         """What ``handler``'s OCI runtime supports ("" = the default handler), asked of it once per binary."""
+        # Moorage makes the idmapped mounts and the runtime only joins the pod's user namespace, which runc 1.1 and
+        # crun 1.8 can: whether pods may have one is the node's (its kernel's) answer.
+        no_userns = await userns.support(Path(self._config().root))
+        return dataclasses.replace(await self._oci_features(handler), user_namespaces=no_userns is None)
+
+    async def every_features(self) -> list[tuple[str, OciFeatures]]:
+        """Each handler's :meth:`features`, the default handler ("") first, as Status reports them. Kept until the
+        config or the node's user namespace answer changes: a binary's are asked of it once anyway, and Status
+        is asked every few seconds."""
+        config = self._config()
+        no_userns = await userns.support(Path(config.root))
+        kept = self._every
+        if kept is not None and kept[0] is config and kept[1] == no_userns:
+            return kept[2]
+        answers = [
+            (name, dataclasses.replace(await self._oci_features(name), user_namespaces=no_userns is None))
+            for name in ("", *config.runtime.handlers)
+        ]
+        self._every = (config, no_userns, answers)
+        return answers
+
+    async def _oci_features(self, handler: str) -> OciFeatures:
         path = self._resolved(handler)  # Status asks every few seconds: no thread hop once the binary is known
         if path is None:
             path = (await asyncio.to_thread(self.runtime, handler)).path  # the first call may run `crun --version`
         if path not in self._features:
             self._features[path] = asyncio.ensure_future(oci_features.probe(path))
-        features = await asyncio.shield(self._features[path])
-        # Moorage makes the idmapped mounts and the runtime only joins the pod's user namespace, which runc 1.1 and
-        # crun 1.8 can: whether pods may have one is the node's (its kernel's) answer.
-        no_userns = await userns.support(Path(self._config().root))
-        return dataclasses.replace(features, user_namespaces=no_userns is None)
+        return await asyncio.shield(self._features[path])
 
     def _resolved(self, handler: str) -> str | None:
         """The binary :meth:`runtime` of ``handler`` runs, if known without looking for it (nor running it)."""
