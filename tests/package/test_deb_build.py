@@ -95,7 +95,7 @@ def test_the_venv_runs_from_its_installed_path(tree: Path) -> None:
     out = installed(tree, "/usr/lib/moorage/bin/moorage", "config", "check", str(tree / "etc/moorage/config.toml"))
     assert out.returncode == 0, out.stderr
     probe = (
-        "import sys, moorage.daemon, moorage.node.namespaces as n, moorage.runtime.pods.pause_image as p; "
+        "import sys, moorage.daemon, moorage.node.pin_helper as n, moorage.runtime.pods.pause_image as p; "
         "print(sys.prefix, n.PINNS, p.DEFAULT_BINARY, n.__file__)"
     )
     out = installed(tree, "/usr/lib/moorage/bin/python3", "-c", probe)
@@ -104,5 +104,5 @@ def test_the_venv_runs_from_its_installed_path(tree: Path) -> None:
         "/usr/lib/moorage",
         "/usr/lib/moorage/libexec/pinns",
         "/usr/lib/moorage/libexec/pause",
-        "/usr/lib/moorage/lib/python3.11/site-packages/moorage/node/namespaces.py",
+        "/usr/lib/moorage/lib/python3.11/site-packages/moorage/node/pin_helper.py",
     ]

@@ -63,6 +63,7 @@ class RuntimeService(StatsRpcs):
         self._pod_cidr = pod_cidr
         self._streaming = streaming
         self._execs = execs
+        self._runtime_condition = conditions.RuntimeCondition()
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -78,7 +79,7 @@ class RuntimeService(StatsRpcs):
         network = conditions.Condition(
             conditions.NETWORK_READY, ready, "" if ready else "NetworkPluginNotReady", reason
         )
-        conds = [conditions.runtime_condition(config), network]
+        conds = [self._runtime_condition(config), network]
         response = pb.StatusResponse(
             status=pb.RuntimeStatus(
                 conditions=[

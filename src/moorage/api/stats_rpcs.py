@@ -72,7 +72,7 @@ class StatsRpcs(RecordLookup):
 
     async def _container_stats(self, spec: pb.ContainerStatsFilter | None) -> list[pb.ContainerStats]:
         out = []
-        for record in await self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
+        for record in self._containers.all(spec.pod_sandbox_id if spec is not None else ""):
             if matches(spec, record.id, container_status(record)):
                 with contextlib.suppress(NotFound):  # removed meanwhile
                     out.append(await self._stats_of(record.id))
@@ -80,7 +80,7 @@ class StatsRpcs(RecordLookup):
 
     async def _pod_stats(self, spec: pb.PodSandboxStatsFilter | None) -> list[pb.PodSandboxStats]:
         out = []
-        for record in await self._sandboxes.all():
+        for record in self._sandboxes.all():
             if matches(spec, record.id, pod_status(record)):
                 with contextlib.suppress(NotFound):  # removed meanwhile
                     out.append(await self._pod_stats_of(record.id))
@@ -96,15 +96,15 @@ class StatsRpcs(RecordLookup):
         sandbox = await self._sandboxes.get(sandbox_id)
         pod = pb.PodSandboxConfig.FromString(sandbox.config)
         usage = self._containers.usage
-        containers = [await usage.container(record, pod) for record in await self._containers.all(sandbox_id)]
+        containers = [await usage.container(record, pod) for record in self._containers.all(sandbox_id)]
         return await usage.pod(sandbox, pod, containers)
 
     async def _metrics(self) -> list[pb.PodSandboxMetrics]:
         """Every ready pod with its running containers."""
         out = []
-        for sandbox in await self._sandboxes.all():
+        for sandbox in self._sandboxes.all():
             if sandbox.state == READY:
                 pod = pb.PodSandboxConfig.FromString(sandbox.config)
-                records = await self._containers.all(sandbox.id)
+                records = self._containers.all(sandbox.id)
                 out.append(await self._containers.usage.pod_metrics(sandbox, pod, records))
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from moorage.cri import pb
@@ -40,12 +40,12 @@ class UsageReader:
         self._rates.forget(key)
         self._disk.pop(key, None)
 
-    async def sync_disk(self, containers: Callable[[], Awaitable[list[ContainerRecord]]], period: float) -> None:
+    async def sync_disk(self, containers: Callable[[], list[ContainerRecord]], period: float) -> None:
         """Walk every container's writable layer each ``period`` seconds, for as long as the daemon runs: the
         walk reads every file's metadata, too slow to repeat on each stats call of a busy node."""
         while True:
             await asyncio.sleep(period)
-            records = await containers()
+            records = containers()
             for gone in self._disk.keys() - {r.id for r in records}:
                 del self._disk[gone]  # removed meanwhile: its walk must not linger
             for record in records:

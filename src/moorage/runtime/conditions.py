@@ -28,36 +28,39 @@ class Condition:
     message: str = ""
 
 
-_found: dict[str, str] = {}
-"""Configured binary → the file it was found as, for :data:`_found_for` (the config it was found with)."""
-_found_for: list[Config] = []
+class RuntimeCondition:
+    """RuntimeReady for one daemon: remembers where each configured binary was found, for the config it was
+    found with (owned by the service answering Status, so two daemons in one process never share it)."""
 
+    def __init__(self) -> None:
+        self._found: dict[str, str] = {}
+        """Configured binary → the file it was found as, with :attr:`_found_for`."""
+        self._found_for: Config | None = None
 
-def _present(binary: str) -> bool:
-    """:func:`binaries.find_binary` finds ``binary``: the file found last time is checked, else it is looked up."""
-    known = _found.get(binary)
-    if known is not None and os.path.isfile(known) and os.access(known, os.X_OK):
+    def _present(self, binary: str) -> bool:
+        """:func:`binaries.find_binary` finds ``binary``: the file found last time is checked, else it is looked up."""
+        known = self._found.get(binary)
+        if known is not None and os.path.isfile(known) and os.access(known, os.X_OK):
+            return True
+        found = binaries.find_binary(binary)
+        if found is None:
+            self._found.pop(binary, None)
+            return False
+        self._found[binary] = str(found)
         return True
-    found = binaries.find_binary(binary)
-    if found is None:
-        _found.pop(binary, None)
-        return False
-    _found[binary] = str(found)
-    return True
 
-
-def runtime_condition(config: Config) -> Condition:
-    if not _found_for or _found_for[0] is not config:  # a reloaded config: every binary is looked up again
-        _found.clear()
-        _found_for[:] = [config]
-    handler = config.runtime.default_handler
-    wanted = {
-        f"runtime.handlers.{handler}.path": config.runtime.handlers[handler].path,
-        "runtime.conmon": config.runtime.conmon,
-    }
-    missing = [f"{value} ({name})" for name, value in wanted.items() if not _present(value)]
-    if missing:
-        return Condition(
-            RUNTIME_READY, False, "RuntimeBinaryMissing", "not found or not executable: " + ", ".join(missing)
-        )
-    return Condition(RUNTIME_READY, True)
+    def __call__(self, config: Config) -> Condition:
+        if self._found_for is not config:  # a reloaded config: every binary is looked up again
+            self._found.clear()
+            self._found_for = config
+        handler = config.runtime.default_handler
+        wanted = {
+            f"runtime.handlers.{handler}.path": config.runtime.handlers[handler].path,
+            "runtime.conmon": config.runtime.conmon,
+        }
+        missing = [f"{value} ({name})" for name, value in wanted.items() if not self._present(value)]
+        if missing:
+            return Condition(
+                RUNTIME_READY, False, "RuntimeBinaryMissing", "not found or not executable: " + ", ".join(missing)
+            )
+        return Condition(RUNTIME_READY, True)

@@ -102,7 +102,7 @@ class ContainerBase:
     async def get(self, container_id: str) -> ContainerRecord:
         return await self.records.get(container_id)
 
-    async def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
+    def all(self, sandbox_id: str = "") -> list[ContainerRecord]:
         return self.records.all((lambda r: r.sandbox_id == sandbox_id) if sandbox_id else None)
 
     async def runtime_of(self, record: ContainerRecord) -> OciRuntime:

@@ -65,7 +65,7 @@ def read_start_time(paths: conmon.ConmonPaths) -> int | None:
 class Recovery(ContainerBase):
     async def recover(self) -> None:
         live: list[ContainerRecord] = []
-        for record in await self.all():
+        for record in self.all():
             if record.state == CONTAINER_CREATING:
                 sandbox = await self.pods.get(record.sandbox_id)
                 log.warning("removing a container a crash interrupted while it was made", container=record.id)
@@ -82,7 +82,7 @@ class Recovery(ContainerBase):
     async def _collect_strays(self) -> None:
         """What no container record and no pod (a pause container has its pod's id) owns: runtime containers,
         bundles, writable layers and conmon's files a failed or interrupted undo left."""
-        owned = {r.id for r in await self.all()} | {s.id for s in self.pods.all()}
+        owned = {r.id for r in self.all()} | {s.id for s in self.pods.all()}
         for handler in sorted(self.config().runtime.handlers):
             try:
                 runtime = self.runtime(handler)

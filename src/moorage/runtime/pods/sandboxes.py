@@ -173,7 +173,7 @@ class Sandboxes:
         """Stop the pod's containers (no grace period: the kubelet stopped them gracefully before) and release
         what a stopped pod no longer needs; stopping again is a no-op (api.proto)."""
         record = await self.get(sandbox_id)
-        for container in await self.containers.all(sandbox_id):
+        for container in self.containers.all(sandbox_id):
             await self.containers.stop(container.id, 0)
         if record.state == NOTREADY and record.status.stopped_at:
             return
@@ -189,7 +189,7 @@ class Sandboxes:
 
     async def remove(self, sandbox_id: str) -> None:
         """Remove the pod's containers (running ones are killed, as api.proto asks), then the pod."""
-        for container in await self.containers.all(sandbox_id):
+        for container in self.containers.all(sandbox_id):
             await self.containers.remove(container.id)
         await self._undo(sandbox_id, check=True)
         log.info("pod sandbox removed", sandbox=sandbox_id)
@@ -233,7 +233,7 @@ class Sandboxes:
         """CREATING: undone (its pause container too, started or not); READY without its namespaces: NOTREADY;
         READY whose pause container is not running (a StopPodSandbox the crash cut after killing it, or the
         pause died meanwhile): stopped, as StopPodSandbox would have finished it."""
-        for record in await self.all():
+        for record in self.all():
             if record.state == CREATING:
                 log.warning("removing a pod sandbox a crash interrupted while it was made", sandbox=record.id)
                 await self._undo(record.id)
@@ -287,7 +287,7 @@ class Sandboxes:
     async def get(self, sandbox_id: str) -> SandboxRecord:
         return await self.records.get(sandbox_id)
 
-    async def all(self) -> list[SandboxRecord]:
+    def all(self) -> list[SandboxRecord]:
         return self.records.all()
 
 
