@@ -101,6 +101,7 @@ bench: deps
 	PYTHONPATH=. $(PY) bench/pods.py
 	PYTHONPATH=. $(PY) bench/exec.py
 	PYTHONPATH=. $(PY) bench/readpath.py --pods 110 250
+	PYTHONPATH=. $(PY) bench/churn.py --minutes 10 --rate 5
 	$(MAKE) cri-tools
 	$(PY) -m tests.critest.run --benchmark --keep build/critest-bench
 

@@ -26,12 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.pods import RPC_TIMEOUT, SLEEP, Latency, Timer, attempt, container_config, pod_config, say, uninterrupted
+from bench.pods import (
+    RPC_TIMEOUT,
+    Latency,
+    Timer,
+    attempt,
+    container_config,
+    pod_config,
+    say,
+    serve_busybox,
+    uninterrupted,
+)
 from moorage.cli.client import CriClient
 from moorage.cri import pb
 from moorage.streaming.client import Local, Options, remote_command
 from tests.fixtures import cgroups
-from tests.fixtures import images as fixtures
 from tests.fixtures.registry import Registry
 from tests.integration.daemon import DaemonProcess
 
@@ -113,14 +122,12 @@ def main() -> None:
     node = DaemonProcess()
     node.log_level = "warning"
     try:
-        registry.start()
-        image = fixtures.image([fixtures.busybox_layer()], config={"Cmd": SLEEP})
-        fixtures.push(registry, "bench/busybox", "1", image)
+        image = serve_busybox(registry)
         node.trust_registry(registry.host)
         node.loopback_network()
         node.start()
         began = time.monotonic()
-        timer = measure(args, node, f"{registry.host}/bench/busybox:1", cgroup_parent, tmp)
+        timer = measure(args, node, image, cgroup_parent, tmp)
         say(f"measured in {time.monotonic() - began:.0f} s")
     finally:
         with uninterrupted():

@@ -265,6 +265,13 @@ def delete_all(binary: str, root: Path) -> None:
 # --- moorage ---------------------------------------------------------------------------------------------------
 
 
+def serve_busybox(registry: Registry) -> str:
+    """Start ``registry`` and push the benchmarks' busybox image (``sleep`` by default) to it; its name."""
+    registry.start()
+    fixtures.push(registry, "bench/busybox", "1", fixtures.image([fixtures.busybox_layer()], config={"Cmd": SLEEP}))
+    return f"{registry.host}/bench/busybox:1"
+
+
 def pod_config(index: int, cgroup_parent: str, logs: Path, share_pid: bool) -> pb.PodSandboxConfig:
     options = pb.NamespaceOption(
         network=pb.NamespaceMode.POD,
@@ -676,6 +683,26 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[tuple[Path, str, Registry]]:
+    """A temp dir, a cgroup parent name and a registry (not started) of a benchmark's own, all removed when it
+    ends; SIGTERM is an interrupt, and an interrupt exits 130 once they are."""
+    signal.signal(signal.SIGTERM, interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    cgroup_parent = f"/{prefix}-{secrets.token_hex(4)}"
+    registry = Registry()
+    try:
+        yield tmp, cgroup_parent, registry
+    except KeyboardInterrupt:
+        say("interrupted: cleaning up")
+        sys.exit(130)
+    finally:
+        with uninterrupted():
+            registry.close()
+            attempt("removing the benchmark's cgroups", lambda: cgroups.remove(cgroup_parent))
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     args = parse_args()
     binary = shutil.which(args.handler)
@@ -683,28 +710,13 @@ def main() -> None:
         sys.exit(f"the {args.handler} binary is not in PATH (the floor runs it directly)")
     if os.geteuid() != 0:
         sys.exit("run as root: pods need namespaces, mounts and cgroups")
-    signal.signal(signal.SIGTERM, interrupt)
     load = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
-    cgroup_parent = f"/moorage-bench-{secrets.token_hex(4)}"
-    registry = Registry()
-    try:
-        registry.start()
-        image = fixtures.image([fixtures.busybox_layer()], config={"Cmd": SLEEP})
-        fixtures.push(registry, "bench/busybox", "1", image)
-        bench = MoorageBench(args, registry, f"{registry.host}/bench/busybox:1", f"{cgroup_parent}/pods", tmp)
+    with scratch("moorage-bench") as (tmp, cgroup_parent, registry):
+        bench = MoorageBench(args, registry, serve_busybox(registry), f"{cgroup_parent}/pods", tmp)
         pods = bench.run()
         with uninterrupted():
             registry.close()
         floor = RuncBench(args, binary, f"{cgroup_parent}/{args.handler}", tmp).run()
-    except KeyboardInterrupt:
-        say("interrupted: cleaned up")
-        sys.exit(130)
-    finally:
-        with uninterrupted():
-            registry.close()
-            attempt("removing the benchmark's cgroups", lambda: cgroups.remove(cgroup_parent))
-            shutil.rmtree(tmp, ignore_errors=True)
     env = environment(args, binary, load)
     table = render(env, pods, floor)
     if args.json:
