@@ -5,6 +5,7 @@ cannot do to the node, and exec, logs and stats as usual."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from moorage.cri import pb
 from moorage.node import apparmor, idmap, namespaces
 from tests.fixtures import cgroups
 from tests.fixtures.cgroups import MIB, OWN_MEMORY_LIMIT
+from tests.fixtures.checkpoints import archive_of
 from tests.fixtures.clientgo import clientgo as clientgo  # noqa: PLC0414 (the fixture)
 from tests.fixtures.clientgo import run, run_echo_server
 from tests.fixtures.crictl import CRICTL
@@ -542,3 +544,34 @@ def test_a_container_asking_for_the_nodes_pid_namespace_is_refused(pod: Configur
     assert not [m for m in pod.node.mounts() if "/bundles/" in m or "/containers/" in m]
     with pod.node.client() as client:
         assert not client.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+
+
+def test_a_container_in_a_user_namespace_is_neither_checkpointed_nor_restored(
+    pod: ConfiguredPod, busybox: PushedImage, tmp_path: Path
+) -> None:
+    """Refused before anything is made, as containerd and CRI-O refuse what they cannot do: moorage's idmapped
+    mounts are not in what the runtime's checkpoint saves, and CRIU 3.17 cannot restore into the pod's user
+    namespace. The container keeps running; nothing is left at the location or in the pod."""
+    cid = pod.run("sleeper", "sleep", "1000", linux=ROOT)
+    location = tmp_path / "checkpoint.tar"
+    with pod.node.client() as client:
+        request = pb.CheckpointContainerRequest(container_id=cid, location=str(location), timeout=30)
+        failure = rpc_error(lambda: client.runtime.CheckpointContainer(request, timeout=60))
+    assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.details.startswith(f"container {cid} is in a pod with a user namespace (hostUsers: false)")
+    assert not location.exists()
+    assert pod.status(cid).state == pb.ContainerState.CONTAINER_RUNNING
+    archive = archive_of(
+        location,
+        {
+            "config.dump": json.dumps({"rootfsImageRef": busybox.image.config_digest}).encode(),
+            "spec.dump": b"{}",
+            "checkpoint/inventory.img": b"not a real image",
+        },
+    )
+    failure = rpc_error(lambda: pod.create("restored", image=str(archive)))
+    assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.details.startswith(f"config.image.image {archive} is in a pod with a user namespace")
+    with pod.node.client() as client:
+        listed = client.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers
+    assert [c.id for c in listed if c.pod_sandbox_id == pod.id] == [cid]

@@ -22,7 +22,7 @@ from moorage.node import apparmor_default, binaries
 from moorage.runtime import userns
 from moorage.runtime.containers import conmon, image_volumes, signals, writable
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
-from moorage.runtime.containers.checkpoint import restore
+from moorage.runtime.containers.checkpoint import dump, restore
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
 from moorage.state.models import (
     CONTAINER_CREATED,
@@ -55,6 +55,8 @@ class Create(ContainerBase):
                 f"config.linux.security_context.privileged: no privileged container allowed in sandbox {sandbox_id}: "
                 "the pod is not privileged (its linux.security_context.privileged is false)"
             )
+        if restoring is not None and "user" in sandbox.status.namespaces:
+            raise FailedPrecondition(dump.USERNS_REFUSAL.format(what=f"config.image.image {restoring[1].archive}"))
         volumes = await image_volumes.resolve(config.mounts, self.images.find)
         meta = pod.metadata
         image_doc = config_json(image)

@@ -5,7 +5,9 @@ What CRI-O does (``internal/lib/checkpoint.go``), in order, each refusal before 
 1. the container must be running and the archive's directory must exist (FAILED_PRECONDITION), its OCI
    runtime must have a ``checkpoint`` command (crun only has one when built with CRIU) and CRIU must work on
    this node (``criu check``, asked once); either refusal is FAILED_PRECONDITION with the runtime's or CRIU's
-   reason;
+   reason; a container of a pod in a user namespace (hostUsers: false) is refused likewise (FAILED_PRECONDITION):
+   its root filesystem and volumes are idmapped mounts moorage makes, which the runtime's checkpoint neither
+   saves nor restores, and CRIU 3.17 cannot restore into a user namespace it did not make;
 2. the container is paused (the cgroup freezer), so its files do not change between the dump and the copy of
    its writable layer, then dumped by ``<runtime> checkpoint --leave-running`` into a work directory under
    the state root, its writable layer's changes copied beside, and resumed whatever happened;
@@ -31,6 +33,12 @@ from moorage.runtime.containers.checkpoint.criu import Criu, node_criu
 from moorage.runtime.containers.oci import OciRuntime
 from moorage.state.models import CONTAINER_RUNNING, ContainerRecord
 
+USERNS_REFUSAL = (
+    "{what} is in a pod with a user namespace (hostUsers: false): checkpoint and restore are not supported there "
+    "(the idmapped root filesystem and volumes moorage makes are not in what the OCI runtime's checkpoint saves "
+    "or restores)"
+)
+
 RESUME_TIMEOUT = 30.0
 """Seconds a paused container's resume may take, after the request's own deadline passed or not."""
 
@@ -50,7 +58,9 @@ class Checkpoint(ContainerBase):
         """Write the checkpoint archive of running container ``container_id`` to ``target`` (an absolute path)
         within ``timeout`` seconds (0: no limit of moorage's own)."""
         location = Path(target)
-        await self._check_running(container_id)
+        record = await self._check_running(container_id)
+        if "user" in (await self.pods.get(record.sandbox_id)).status.namespaces:
+            raise FailedPrecondition(USERNS_REFUSAL.format(what=f"container {container_id}"))
         if not location.parent.is_dir():
             raise FailedPrecondition(f"location {location}: directory {location.parent} does not exist")
         runtime = await self.runtime_of(await self.get(container_id))
