@@ -493,22 +493,29 @@ def volume_with_a_submount(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_an_idmapped_volume_has_the_mounts_under_its_host_path(
-    pod: ConfiguredPod, volume_with_a_submount: Path, request: pytest.FixtureRequest
+    pod: ConfiguredPod, volume_with_a_submount: Path, tmp_path: Path
 ) -> None:
     """An idmapped volume is bound recursively by moorage, as a plain one is (an rbind): a tmpfs mounted under
     the host path is there in the container, idmapped too (its root-owned file is root's inside). crun 1.8 binds
-    moorage's bind of a volume without its submounts in a pod's user namespace (plain ones too): still open."""
-    if request.node.callspec.params["pod"] == "crun":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="crun 1.8's bind of a volume is not recursive"))
+    a volume without its submounts in a pod's user namespace, so each submount is a mount of its own in the
+    spec; a mount the config names at a submount's path still wins over it."""
     volume = volume_with_a_submount
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "in-sub").write_text("the config's own\n")
     maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
     mounts = [
         pb.Mount(container_path="/plain", host_path=str(volume)),
         pb.Mount(container_path="/mapped", host_path=str(volume), uidMappings=maps, gidMappings=maps),
+        pb.Mount(container_path="/named", host_path=str(volume)),
+        pb.Mount(container_path="/named/sub", host_path=str(other)),
     ]
-    script = "cat /plain/sub/in-sub /mapped/sub/in-sub; stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub"
+    script = (
+        "cat /plain/sub/in-sub /mapped/sub/in-sub /named/sub/in-sub;"
+        " stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub"
+    )
     cid = pod.run("submounts", "sh", "-c", script, linux=ROOT, mounts=mounts)
-    assert pod.output(cid) == ["under it", "under it", "0:0", "65534:65534"]
+    assert pod.output(cid) == ["under it", "under it", "the config's own", "0:0", "65534:65534"]
 
 
 def test_a_volume_with_a_filesystem_under_it_that_cannot_be_idmapped_is_refused(

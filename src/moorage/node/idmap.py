@@ -245,7 +245,7 @@ def answer(workdir: Path) -> Answer:
 def _clear(workdir: Path) -> None:
     """Unmount everything under ``workdir`` (deepest first, stacked mounts too) and remove it."""
     for _ in range(16):
-        mounted = _mounts_under(workdir)
+        mounted = mounts_under(workdir)
         if not mounted:
             break
         for point in sorted(mounted, key=lambda p: len(p.parts), reverse=True):
@@ -260,7 +260,8 @@ def _clear(workdir: Path) -> None:
         raise _Undecided(f"cannot remove {workdir}, left by an earlier probe")
 
 
-def _mounts_under(directory: Path) -> list[Path]:
+def mounts_under(directory: Path) -> list[Path]:
+    """The mount points at ``directory`` and below it, as /proc/self/mountinfo lists them (parents first)."""
     prefix = os.fsencode(directory)
     found = []
     with open("/proc/self/mountinfo", "rb") as table:

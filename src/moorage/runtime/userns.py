@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import posixpath
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -256,6 +257,7 @@ def prepare_mounts(
     mounts at ``mapped`` (image volumes: overlays over idmapped layers, which cannot be idmapped again) are bound
     as they are. :func:`remove_mounts` undoes it, also after a failure half-way."""
     base = bundle / MOUNTS_DIR
+    under: list[pb.Mount] = []
     for index, mount in enumerate(config.mounts):
         idmapped = mount_maps(mount, index, pod_maps) and index not in mapped
         if not mount.host_path:
@@ -285,6 +287,25 @@ def prepare_mounts(
         mount.host_path = str(target)
         del mount.uidMappings[:]
         del mount.gidMappings[:]
+        under += _submounts(mount, target)
+    explicit = {m.container_path.rstrip("/") for m in config.mounts}
+    config.mounts.extend(m for m in under if m.container_path not in explicit)
+
+
+def _submounts(mount: pb.Mount, target: Path) -> list[pb.Mount]:
+    """A mount of its own for each filesystem mounted under the bind at ``target``, parents first: crun 1.8 binds
+    a volume without its submounts in a user namespace (runc's rbind has them already; the same mount stacked
+    on one changes nothing). A mount the config names at the same path wins over these."""
+    found = []
+    for point in idmap.mounts_under(target):
+        if point == target:
+            continue
+        sub = pb.Mount()
+        sub.CopyFrom(mount)
+        sub.container_path = posixpath.join(mount.container_path, str(point.relative_to(target)))
+        sub.host_path = str(point)
+        found.append(sub)
+    return found
 
 
 def remove_mounts(bundle: Path) -> None:
