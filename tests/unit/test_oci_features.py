@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 
 import pytest
 
-from moorage.runtime.containers.oci_features import OciFeatures, kernel_has_mount_setattr, known_without_features, parse
+from moorage.runtime.containers.oci_features import (
+    OciFeatures,
+    kernel_has_mount_setattr,
+    known_without_features,
+    parse,
+    probe,
+)
 
 RUNC_1_1 = json.dumps({"ociVersionMin": "1.0.0", "mountOptions": ["bind", "ro", "rro", "rrw", "nosuid"]}).encode()
 
@@ -45,3 +53,14 @@ def test_kernel_release(release: str, has: bool) -> None:
 )
 def test_a_crun_without_the_features_command_is_known_by_its_version(version: bytes, options: set[str]) -> None:
     assert known_without_features(version) == options
+
+
+@pytest.mark.parametrize(("runtime", "locks"), [("runc", True), ("crun", False)])
+def test_only_the_crun_without_a_features_command_leaves_read_only_binds_unlocked_in_a_user_namespace(
+    runtime: str, locks: bool
+) -> None:
+    """Asked of the node's own binaries: runc 1.1.5 (a features command) and crun 1.8.1 (none)."""
+    binary = shutil.which(runtime)
+    if binary is None:
+        pytest.skip(f"{runtime} is not installed")
+    assert asyncio.run(probe(binary)).locks_readonly_in_userns is locks

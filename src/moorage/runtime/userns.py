@@ -33,7 +33,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import structlog
 
 from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError
-from moorage.node import idmap
+from moorage.node import apparmor_default, idmap
 from moorage.node.namespaces import IdMap, UserNamespace
 from moorage.state.models import CREATING, READY, SandboxRecord
 
@@ -221,6 +221,26 @@ def check_container(config: pb.ContainerConfig, pod_maps: UserNamespace) -> None
             f"for a container of a pod in a user namespace ({FIELD} is POD)"
         )
     check_mounts(config, pod_maps)
+
+
+def check_readonly_locked(config: pb.ContainerConfig, spec: Mapping[str, Any], handler: str) -> None:
+    """FAILED_PRECONDITION for a container with CAP_SYS_ADMIN and a read-only volume, on a runtime that binds
+    volumes into the pod's user namespace without locking their read-only flag (crun 1.8): root could remount
+    the volume read-write, as the host uid its mapping names. The default AppArmor profile denies mount, so a
+    container confined by it may."""
+    process = spec.get("process") or {}
+    if "CAP_SYS_ADMIN" not in (process.get("capabilities") or {}).get("bounding", []):
+        return
+    if process.get("apparmorProfile") == apparmor_default.NAME:
+        return
+    for index, mount in enumerate(config.mounts):
+        if mount.readonly:
+            raise FailedPrecondition(
+                f"config.mounts[{index}]: the read-only volume at {mount.container_path} would not stay read-only: "
+                f"the container has CAP_SYS_ADMIN in a pod with a user namespace, and its runtime handler {handler!r} "
+                "(crun before 1.9) binds volumes there without locking the read-only flag; drop CAP_SYS_ADMIN or "
+                "run the pod on a runc handler"
+            )
 
 
 def check_reachable(path: Path, gid: int | None = None) -> None:

@@ -144,6 +144,7 @@ class Create(ContainerBase):
             namespaces["pid"] = f"/proc/{sandbox.status.infra_pid}/ns/pid"  # the pod's, held by its pause process
         else:
             namespaces["pid"] = ""  # a PID namespace of its own (or, for the pause container, the pod's new one)
+        features = await self.handlers.features(sandbox.status.runtime_handler)
         spec = build(
             SpecInputs(
                 container=config,
@@ -161,13 +162,15 @@ class Create(ContainerBase):
                 nofile_ceiling=nofile_ceiling(),
                 cgroup_namespace=self.cgroup_host.unified,
                 hugetlb=self.cgroup_host.hugetlb,
-                recursive_read_only=(await self.handlers.features(sandbox.status.runtime_handler)).recursive_read_only,
+                recursive_read_only=features.recursive_read_only,
                 apparmor=self.apparmor,
             )
         )
         if self.apparmor is not None and spec["process"].get("apparmorProfile") == apparmor_default.NAME:
             await self.apparmor.ensure_loaded(apparmor_default.NAME, apparmor_default.PROFILE)
         if pod_maps is not None:
+            if not features.locks_readonly_in_userns:
+                userns.check_readonly_locked(config, spec, sandbox.status.runtime_handler)
             spec["linux"].update(userns.spec_fragment(pod_maps))
         (bundle / "config.json").write_text(json.dumps(spec))
         if restoring is not None:  # no process until StartContainer restores it

@@ -29,6 +29,7 @@ PROBE_TIMEOUT_SECONDS = 10.0
 MOUNT_SETATTR_KERNEL = (5, 12)
 CRUN_RRO = (1, 8)
 """The oldest crun known here to apply ``rro`` (it predates crun's ``features`` command)."""
+CRUN_VERSION = re.compile(rb"crun version (\d+)\.(\d+)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class OciFeatures:
     # Whether pods on it may have a user namespace: the node's answer (moorage makes the idmapped mounts), set by
     # moorage.runtime.containers.handlers.Handlers.features.
     user_namespaces: bool = False
+    # Whether a read-only volume it binds into a pod's user namespace has its read-only flag locked there (root
+    # with CAP_SYS_ADMIN in the pod cannot remount it read-write): runc 1.1 binds inside the pod's mount
+    # namespace, where the flag of moorage's read-only bind is locked; crun 1.8 (the crun without a ``features``
+    # command) attaches a fresh bind of its own, where it is not.
+    locks_readonly_in_userns: bool = True
 
     @property
     def recursive_read_only(self) -> bool:
@@ -61,7 +67,7 @@ def parse(output: bytes, kernel_release: str) -> OciFeatures:
 def known_without_features(version_output: bytes) -> frozenset[str]:
     """The mount options of a runtime that has no ``features`` command, from its ``--version``: ``rro`` for crun
     1.8 or later, nothing for anything else."""
-    match = re.match(rb"crun version (\d+)\.(\d+)", version_output.strip())
+    match = CRUN_VERSION.match(version_output.strip())
     if match is not None and (int(match[1]), int(match[2])) >= CRUN_RRO:
         return frozenset({"rro"})
     return frozenset()
@@ -97,9 +103,14 @@ async def probe(binary: str) -> OciFeatures:
         return OciFeatures(kernel_mount_setattr=kernel_has_mount_setattr(release))
     if proc.returncode != 0:
         reason = stderr.decode(errors="replace").strip()[:200]
-        options = known_without_features(await _version(binary))
+        version = await _version(binary)
+        options = known_without_features(version)
         log.info("the OCI runtime has no features command", runtime=binary, reason=reason, known=sorted(options))
-        return OciFeatures(mount_options=options, kernel_mount_setattr=kernel_has_mount_setattr(release))
+        return OciFeatures(
+            mount_options=options,
+            kernel_mount_setattr=kernel_has_mount_setattr(release),
+            locks_readonly_in_userns=CRUN_VERSION.match(version.strip()) is None,
+        )
     features = parse(stdout, release)
     log.info("OCI runtime features", runtime=binary, recursive_read_only=features.recursive_read_only)
     return features
