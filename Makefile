@@ -95,7 +95,7 @@ docs: deps
 	$(PY) scripts/update-readme-config
 
 bench: deps
-	$(PY) bench/startup.py
+	PYTHONPATH=. $(PY) bench/startup.py
 	PYTHONPATH=. $(PY) bench/unpack.py
 	PYTHONPATH=. $(PY) bench/pull.py
 	PYTHONPATH=. $(PY) bench/pods.py

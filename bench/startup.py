@@ -1,6 +1,7 @@
 """Benchmark: daemon cold start to first answer, idle memory, and the latency of the RPCs the kubelet polls.
 
-Run by hand (`make bench`); figures go in README.md. Not a test: nothing here asserts a time.
+Run by hand (`make bench`, or `PYTHONPATH=. .venv/bin/python bench/startup.py`); figures go in README.md.
+Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ from pathlib import Path
 
 import grpc
 
+from bench.pods import pss_kib, rss_kib
 from moorage.cli.client import CriClient
 
 STARTS = 10
 CALLS = 2000
 START_GOAL_MS = 500  # issue 18: ready on the socket in 0.5 s
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+IDLE_PSS_GOAL_MIB = 45.0  # issue 18
 
 
 def start(tmp: Path) -> tuple[subprocess.Popen[bytes], float]:
@@ -78,7 +74,11 @@ def main() -> None:
                         f"{label:14} p50 {percentile(times, 0.5):.3f} ms  p99 {percentile(times, 0.99):.3f} ms "
                         f"({CALLS} calls)"
                     )
+            time.sleep(2.0)  # settled after the calls
+            pss = pss_kib(proc.pid) / 1024
             print(f"{'idle RSS':14} {rss_kib(proc.pid) / 1024:.1f} MiB")
+            met = "met" if pss <= IDLE_PSS_GOAL_MIB else "NO"
+            print(f"{'idle PSS':14} {pss:.1f} MiB; goal {IDLE_PSS_GOAL_MIB} MiB: {met}")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
