@@ -66,6 +66,8 @@ async def support(root: Path) -> str | None:
     if root not in _support:
         _support[root] = asyncio.ensure_future(_probe(root))
     probing = _support[root]
+    if probing.done() and not probing.cancelled() and probing.exception() is None and probing.result().definite:
+        return probing.result().reason  # the kernel's answer, kept: Status asks for it every few seconds
     try:
         found = await asyncio.shield(probing)
     except Exception as exc:  # a bug in the probe: not an answer either
