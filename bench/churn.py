@@ -89,7 +89,7 @@ class Churn:
         self.bench = bench
         self.args = args
         self.timer = Timer()
-        self.timer_lock = threading.Lock()
+        self.lock = threading.Lock()
         self.alive: queue.Queue[tuple[float, str, str] | None] = queue.Queue()
         self.started = 0
         self.removed = 0
@@ -99,7 +99,7 @@ class Churn:
     def timed(self, step: str, fn: Callable[[], T]) -> T:
         began = time.perf_counter()
         result = fn()
-        with self.timer_lock:
+        with self.lock:
             self.timer.add(step, (time.perf_counter() - began) * 1e3)
         return result
 
@@ -108,21 +108,25 @@ class Churn:
         while not self.stop.is_set():
             if (wait := began + index / self.args.rate - time.monotonic()) > 0 and self.stop.wait(wait):
                 break
-            try:
-                self.alive.put((time.monotonic(), *self.start(client, index)))
-            except Exception as exc:  # counted and reported: a churn must run to its end
-                self.failures[f"start: {type(exc).__name__}: {str(exc)[:120]}"] += 1
+            self.start(client, index)
             index += 1
-            self.started = index
         self.alive.put(None)
 
-    def start(self, client: CriClient, index: int) -> tuple[str, str]:
+    def start(self, client: CriClient, index: int) -> None:
+        """One pod with its container; whatever of it was made goes to the remover, a failure too."""
         config = pod_config(index, self.bench.cgroup_parent, self.bench.logs, False)
-        pod_id = self.timed("RunPodSandbox", lambda: client.run_pod(config, self.args.handler))
-        spec = container_config(self.bench.image)
-        cid = self.timed("CreateContainer", lambda: client.create_container(pod_id, spec, config))
-        self.timed("StartContainer", lambda: client.start_container(cid))
-        return pod_id, cid
+        pod_id = cid = ""
+        try:
+            pod_id = self.timed("RunPodSandbox", lambda: client.run_pod(config, self.args.handler))
+            spec = container_config(self.bench.image)
+            cid = self.timed("CreateContainer", lambda: client.create_container(pod_id, spec, config))
+            self.timed("StartContainer", lambda: client.start_container(cid))
+            with self.lock:
+                self.started += 1
+        except Exception as exc:  # counted and reported: a churn must run to its end
+            self.fail("start", exc)
+        if pod_id:
+            self.alive.put((time.monotonic(), pod_id, cid))
 
     def remove_loop(self, client: CriClient) -> None:
         while (item := self.alive.get()) is not None:
@@ -133,13 +137,22 @@ class Churn:
 
     def remove(self, client: CriClient, pod_id: str, cid: str) -> None:
         try:
-            self.timed("StopContainer", lambda: client.stop_container(cid, 0))
-            self.timed("RemoveContainer", lambda: client.remove_container(cid))
+            if cid:
+                self.timed("StopContainer", lambda: client.stop_container(cid, 0))
+                self.timed("RemoveContainer", lambda: client.remove_container(cid))
+        except Exception as exc:
+            self.fail("remove", exc)
+        try:  # the pod goes whatever happened to its container
             self.timed("StopPodSandbox", lambda: client.stop_pod(pod_id))
             self.timed("RemovePodSandbox", lambda: client.remove_pod(pod_id))
-            self.removed += 1
+            with self.lock:
+                self.removed += 1
         except Exception as exc:
-            self.failures[f"remove: {type(exc).__name__}: {str(exc)[:120]}"] += 1
+            self.fail("remove", exc)
+
+    def fail(self, step: str, exc: Exception) -> None:
+        with self.lock:
+            self.failures[f"{step}: {type(exc).__name__}: {str(exc)[:120]}"] += 1
 
     def run(self, pid: int) -> list[Sample]:
         samples: list[Sample] = []

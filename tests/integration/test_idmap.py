@@ -127,3 +127,39 @@ def test_moorage_check_reports_it_from_the_roots_filesystem(tmp_path: Path) -> N
     if expected is not None:
         assert expected.split(" (")[0] in result.detail
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_submounts_a_path_walk_sees_and_a_descriptor_beneath_that_follows_no_symlink(tmp_path: Path) -> None:
+    """Under a bind: a tmpfs at ``a`` with one at ``a/b``, then a second tmpfs stacked at ``a`` (hiding the
+    first and its ``b``) with ``c`` under it; ``d``'s tmpfs is mounted, then its directory made a symlink's
+    target elsewhere. What a walk sees is ``a`` and ``a/c``; opening beneath refuses the symlink."""
+    volume, bound = tmp_path / "volume", tmp_path / "bound"
+    (volume / "a").mkdir(parents=True)
+    mounted = []
+
+    def tmpfs(path: Path) -> None:
+        path.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+
+    try:
+        tmpfs(volume / "a")
+        tmpfs(volume / "a" / "b")
+        tmpfs(volume / "a")
+        tmpfs(volume / "a" / "c")
+        (volume / "outside").mkdir()
+        (volume / "link").symlink_to(volume / "outside")
+        idmap.bind(volume, bound, None)
+        mounted.append(bound)
+        assert idmap.visible_submounts(bound) == ["a", "a/c"]
+        directory = os.open(bound, os.O_PATH | os.O_DIRECTORY)
+        try:
+            os.close(idmap.open_beneath(directory, "a/c"))
+            for escape in ("link", "../volume", "/etc"):
+                with pytest.raises(idmap.IdmapError):
+                    os.close(idmap.open_beneath(directory, escape))
+        finally:
+            os.close(directory)
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", "-l", str(path)], check=False)

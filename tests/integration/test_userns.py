@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from moorage.cri import pb
-from moorage.node import apparmor, idmap, namespaces
+from moorage.node import idmap, namespaces
 from tests.fixtures import cgroups
 from tests.fixtures.cgroups import MIB, OWN_MEMORY_LIMIT
 from tests.fixtures.checkpoints import archive_of
@@ -190,7 +190,7 @@ def test_a_read_only_volume_stays_read_only_for_root_with_every_capability(
     """The host-side bind of a read-only volume is read-only itself, so on runc the flag is locked in the pod's
     mount namespace: root with CAP_SYS_ADMIN (and no AppArmor here) cannot remount it read-write, plain or
     idmapped. crun 1.8 binds it afresh inside that namespace, where the flag is not locked: there such a container
-    is refused before anything is made, unless the default AppArmor profile (which denies mount) confines it."""
+    is refused, and nothing it made is left."""
     maps = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
     mounts = []
     for name, mapped in (("plain", False), ("mapped", True)):
@@ -209,7 +209,7 @@ def test_a_read_only_volume_stays_read_only_for_root_with_every_capability(
         f" || echo {name}-refused"
         for name in ("plain", "mapped")
     )
-    if request.node.callspec.params["pod"] == "crun" and not apparmor.enabled():
+    if request.node.callspec.params["pod"] == "crun":  # AppArmor's deny mount would not see mount_setattr(2)
         failure = rpc_error(lambda: pod.run("remount", "sh", "-c", script, linux=linux, mounts=mounts))
         assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
         assert failure.details.startswith("config.mounts[0]: the read-only volume at /plain would not stay read-only")
@@ -495,8 +495,12 @@ def volume_with_a_submount(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(volume / "sub")], check=True)
     try:
         (volume / "sub" / "in-sub").write_text("under it\n")
+        (volume / "sub" / "deeper").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(volume / "sub" / "deeper")], check=True)
+        (volume / "sub" / "deeper" / "in-deeper").write_text("deeper\n")
         yield volume
     finally:
+        subprocess.run(["umount", "-l", str(volume / "sub" / "deeper")], check=False)
         subprocess.run(["umount", "-l", str(volume / "sub")], check=True)
 
 
@@ -506,7 +510,8 @@ def test_an_idmapped_volume_has_the_mounts_under_its_host_path(
     """An idmapped volume is bound recursively by moorage, as a plain one is (an rbind): a tmpfs mounted under
     the host path is there in the container, idmapped too (its root-owned file is root's inside). crun 1.8 binds
     a volume without its submounts in a pod's user namespace, so each submount is a mount of its own in the
-    spec; a mount the config names at a submount's path still wins over it."""
+    spec, bound from a descriptor resolved beneath the volume; a mount the config names at a submount's path still
+    wins over it and over what is under that submount (nothing is made in its directory)."""
     volume = volume_with_a_submount
     other = tmp_path / "other"
     other.mkdir()
@@ -519,10 +524,15 @@ def test_an_idmapped_volume_has_the_mounts_under_its_host_path(
         pb.Mount(container_path="/named/sub", host_path=str(other)),
     ]
     script = (
-        "cat /plain/sub/in-sub /mapped/sub/in-sub /named/sub/in-sub; stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub"
+        "cat /plain/sub/in-sub /mapped/sub/in-sub /named/sub/in-sub /plain/sub/deeper/in-deeper"
+        " /mapped/sub/deeper/in-deeper; stat -c %u:%g /mapped/sub/in-sub /plain/sub/in-sub; ls /named/sub"
     )
     cid = pod.run("submounts", "sh", "-c", script, linux=ROOT, mounts=mounts)
-    assert pod.output(cid) == ["under it", "under it", "the config's own", "0:0", "65534:65534"]
+    assert pod.output(cid) == [
+        *["under it", "under it", "the config's own", "deeper", "deeper"],
+        *["0:0", "65534:65534", "in-sub"],
+    ]
+    assert sorted(p.name for p in other.iterdir()) == ["in-sub"]
 
 
 def test_a_volume_with_a_filesystem_under_it_that_cannot_be_idmapped_is_refused(

@@ -56,11 +56,13 @@ def test_a_crun_without_the_features_command_is_known_by_its_version(version: by
 
 
 @pytest.mark.parametrize(("runtime", "locks"), [("runc", True), ("crun", False)])
-def test_only_the_crun_without_a_features_command_leaves_read_only_binds_unlocked_in_a_user_namespace(
+def test_crun_is_known_to_bind_volumes_into_a_user_namespace_unlocked_and_without_submounts(
     runtime: str, locks: bool
 ) -> None:
     """Asked of the node's own binaries: runc 1.1.5 (a features command) and crun 1.8.1 (none)."""
     binary = shutil.which(runtime)
     if binary is None:
         pytest.skip(f"{runtime} is not installed")
-    assert asyncio.run(probe(binary)).locks_readonly_in_userns is locks
+    features = asyncio.run(probe(binary))
+    assert features.locks_readonly_in_userns is locks
+    assert features.rbinds_in_userns is locks

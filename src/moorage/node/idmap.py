@@ -45,6 +45,9 @@ from moorage.node import namespaces
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_MOUNT_SETATTR = 442
+SYS_OPENAT2 = 437
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
@@ -178,6 +181,61 @@ def bind(source: Path | int, target: Path, userns: Path | None, *, readonly: boo
         move_mount(tree, target, what)
     finally:
         os.close(tree)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_beneath(directory: int, relative: str) -> int:
+    """An O_PATH descriptor of ``relative`` under the open ``directory``, resolved by the kernel without leaving it
+    and without following any symlink (openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS): a name swapped for a
+    symlink by whoever can write there fails (ELOOP) rather than reach outside."""
+    # No O_NOFOLLOW: with it, a last component that is a symlink would be opened itself rather than refused.
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+    path = ctypes.c_char_p(os.fsencode(relative))
+    size = ctypes.c_size_t(ctypes.sizeof(how))
+    return _check(
+        _libc.syscall(SYS_OPENAT2, directory, path, ctypes.byref(how), size),
+        f"open {relative} beneath {_name(directory)}",
+    )
+
+
+def visible_submounts(target: Path) -> list[str]:
+    """The mount points under the mount at ``target`` that a path walk sees, relative to it, parents first: a mount
+    hidden by another stacked at the same point is left out with everything under it, and so is a mount point
+    whose directory was deleted."""
+    entries = []
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            fields = line.split(b" ")
+            entries.append((int(fields[0]), int(fields[1]), _unescape(fields[4])))
+    point = os.fsencode(target)
+    tops = [mount_id for mount_id, _, at in entries if at == point]
+    if not tops:
+        return []
+    children: dict[int, list[tuple[int, bytes]]] = {}
+    for mount_id, parent, at in entries:
+        children.setdefault(parent, []).append((mount_id, at))
+    found: list[str] = []
+
+    def walk(mount_id: int, at: bytes) -> None:
+        below = children.get(mount_id, [])
+        stacked = [child for child in below if child[1] == at]
+        if stacked:  # hidden under the last mount stacked on it: only that one is seen
+            walk(*stacked[-1])
+            return
+        if at != point:
+            if at.endswith(b"//deleted"):
+                return
+            found.append(os.fsdecode(at[len(point) + 1 :]))
+        for index, child in enumerate(below):
+            later = below[index + 1 :]  # mounted after it: one at a directory above it hides it
+            if not any(child[1].startswith(other[1] + b"/") for other in later):
+                walk(*child)
+
+    walk(tops[-1], point)
+    return found
 
 
 def detach_all(target: Path, limit: int = 16) -> None:

@@ -41,7 +41,7 @@ import structlog
 
 from moorage.cri import pb
 from moorage.errors import FailedPrecondition, InvalidArgument, MoorageError
-from moorage.node import apparmor_default, idmap
+from moorage.node import idmap
 from moorage.node.namespaces import IdMap, UserNamespace
 from moorage.state.models import CREATING, READY, SandboxRecord
 
@@ -227,20 +227,18 @@ def check_container(config: pb.ContainerConfig, pod_maps: UserNamespace) -> None
 
 def check_readonly_locked(config: pb.ContainerConfig, spec: Mapping[str, Any], handler: str) -> None:
     """FAILED_PRECONDITION for a container with CAP_SYS_ADMIN and a read-only volume, on a runtime that binds
-    volumes into the pod's user namespace without locking their read-only flag (crun 1.8): root could remount
-    the volume read-write, as the host uid its mapping names. The default AppArmor profile denies mount, so a
-    container confined by it may."""
+    volumes into the pod's user namespace without locking their read-only flag (crun): root could remount
+    the volume read-write, as the host uid its mapping names. AppArmor's ``deny mount`` is no answer: it does not
+    see mount_setattr(2), which clears the flag as well."""
     process = spec.get("process") or {}
     if "CAP_SYS_ADMIN" not in (process.get("capabilities") or {}).get("bounding", []):
-        return
-    if process.get("apparmorProfile") == apparmor_default.NAME:
         return
     for index, mount in enumerate(config.mounts):
         if mount.readonly:
             raise FailedPrecondition(
                 f"config.mounts[{index}]: the read-only volume at {mount.container_path} would not stay read-only: "
                 f"the container has CAP_SYS_ADMIN in a pod with a user namespace, and its runtime handler {handler!r} "
-                "(crun before 1.9) binds volumes there without locking the read-only flag; drop CAP_SYS_ADMIN or "
+                "(crun) binds volumes there without locking the read-only flag; drop CAP_SYS_ADMIN or "
                 "run the pod on a runc handler"
             )
 
@@ -273,13 +271,21 @@ def prepare_mounts(
     pod_userns: Path,
     pod_maps: UserNamespace,
     mapped: Collection[int] = (),
+    *,
+    submounts_apart: bool = False,
+    reserved: Collection[str] = (),
 ) -> None:
     """Bind each of ``config``'s mounts under ``<bundle>/mounts/<index>`` and point the mount there (idmapped with
     the pod's user namespace when it has mappings, which are then cleared: the runtime gets a plain bind). The
     mounts at ``mapped`` (image volumes: overlays over idmapped layers, which cannot be idmapped again) are bound
-    as they are. :func:`remove_mounts` undoes it, also after a failure half-way."""
+    as they are. With ``submounts_apart`` (a runtime that binds a volume into a user namespace without its
+    submounts: crun), each filesystem mounted under a volume is bound at ``<bundle>/mounts/<index>.<n>`` too and
+    added as a mount of its own (:func:`_submounts`); ``reserved``: the destinations the spec mounts besides the
+    config's (/dev/pts, /dev/shm, /etc/hosts...), which such a mount may not replace. :func:`remove_mounts` undoes
+    it, also after a failure half-way."""
     base = bundle / MOUNTS_DIR
     under: list[pb.Mount] = []
+    taken = {posixpath.normpath(p) for p in reserved} | {posixpath.normpath(m.container_path) for m in config.mounts}
     for index, mount in enumerate(config.mounts):
         idmapped = mount_maps(mount, index, pod_maps) and index not in mapped
         if not mount.host_path:
@@ -309,24 +315,45 @@ def prepare_mounts(
         mount.host_path = str(target)
         del mount.uidMappings[:]
         del mount.gidMappings[:]
-        under += _submounts(mount, target)
-    explicit = {m.container_path.rstrip("/") for m in config.mounts}
-    config.mounts.extend(m for m in under if m.container_path not in explicit)
+        if submounts_apart and target.is_dir():
+            under += _submounts(mount, index, target, taken)
+    config.mounts.extend(under)
 
 
-def _submounts(mount: pb.Mount, target: Path) -> list[pb.Mount]:
-    """A mount of its own for each filesystem mounted under the bind at ``target``, parents first: crun 1.8 binds
-    a volume without its submounts in a user namespace (runc's rbind has them already; the same mount stacked
-    on one changes nothing). A mount the config names at the same path wins over these."""
+def _submounts(mount: pb.Mount, index: int, target: Path, taken: Collection[str]) -> list[pb.Mount]:
+    """A mount of its own for each filesystem mounted under the volume bound at ``target``, parents first, each
+    bound beside it at ``<target>.<n>`` from a descriptor the kernel resolved beneath ``target`` with no symlink
+    followed (a container writing to the volume cannot send the bind elsewhere). One that another mount would
+    cover (a destination in ``taken`` below the volume's, at or above its own) is left out, as it would be
+    hidden in the container anyway."""
+    volume = posixpath.normpath(mount.container_path)
+    inner = [t for t in taken if t.startswith(volume.rstrip("/") + "/")]
     found = []
-    for point in idmap.mounts_under(target):
-        if point == target:
-            continue
-        sub = pb.Mount()
-        sub.CopyFrom(mount)
-        sub.container_path = posixpath.join(mount.container_path, str(point.relative_to(target)))
-        sub.host_path = str(point)
-        found.append(sub)
+    directory = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for n, relative in enumerate(idmap.visible_submounts(target)):
+            destination = posixpath.normpath(posixpath.join(volume, relative))
+            if any(destination == t or destination.startswith(t + "/") for t in inner):
+                continue
+            bound = target.with_name(f"{target.name}.{n}")
+            try:
+                source = idmap.open_beneath(directory, relative)
+                try:
+                    idmap.bind(source, bound, None, readonly=mount.readonly)
+                finally:
+                    os.close(source)
+            except idmap.IdmapError as exc:
+                raise FailedPrecondition(
+                    f"config.mounts[{index}].host_path: {relative}, a filesystem mounted under it, cannot be bound "
+                    f"for the container: {exc.message}"
+                ) from exc
+            sub = pb.Mount()
+            sub.CopyFrom(mount)
+            sub.container_path = destination
+            sub.host_path = str(bound)
+            found.append(sub)
+    finally:
+        os.close(directory)
     return found
 
 

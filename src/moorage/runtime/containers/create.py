@@ -8,6 +8,7 @@ becomes CREATED once the runtime holds it; a failure undoes what was made, a cra
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import signal
@@ -24,6 +25,7 @@ from moorage.runtime.containers import conmon, image_volumes, signals, writable
 from moorage.runtime.containers.base import KILL_WAIT_SECONDS, ContainerBase, log, send_signal, wait_for
 from moorage.runtime.containers.checkpoint import dump, restore
 from moorage.runtime.spec import SpecInputs, build, current_capabilities, nofile_ceiling, resources
+from moorage.runtime.spec.mounts import default_mounts
 from moorage.state.models import (
     CONTAINER_CREATED,
     CONTAINER_CREATING,
@@ -128,10 +130,23 @@ class Create(ContainerBase):
                 image_volumes.mount, self.images.layers.snapshots.root, volumes, bundle, layers_ns
             )
             config = image_volumes.as_binds(config, sources)
+        features = await self.handlers.features(sandbox.status.runtime_handler)
         if pod_userns and pod_maps:  # undone by the teardown (userns.remove_mounts)
             config = pb.ContainerConfig.FromString(config.SerializeToString())
             mapped = {v.index for v in volumes}  # image volumes: idmapped already, bound as they are
-            await asyncio.to_thread(userns.prepare_mounts, config, bundle, Path(pod_userns), pod_maps, mapped)
+            reserved = [m["destination"] for m in default_mounts(privileged=False)] + list(sandbox.status.files)
+            await asyncio.to_thread(
+                functools.partial(
+                    userns.prepare_mounts,
+                    config,
+                    bundle,
+                    Path(pod_userns),
+                    pod_maps,
+                    mapped,
+                    submounts_apart=not features.rbinds_in_userns,
+                    reserved=reserved,
+                )
+            )
         image_doc = config_json(image)
         namespaces = dict(sandbox.status.namespaces)
         pid_modes = (
@@ -144,7 +159,6 @@ class Create(ContainerBase):
             namespaces["pid"] = f"/proc/{sandbox.status.infra_pid}/ns/pid"  # the pod's, held by its pause process
         else:
             namespaces["pid"] = ""  # a PID namespace of its own (or, for the pause container, the pod's new one)
-        features = await self.handlers.features(sandbox.status.runtime_handler)
         spec = build(
             SpecInputs(
                 container=config,

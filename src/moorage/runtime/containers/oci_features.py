@@ -16,6 +16,7 @@ only asks for recursive read-only mounts on handlers that report it), and what C
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -42,11 +43,12 @@ class OciFeatures:
     # Whether pods on it may have a user namespace: the node's answer (moorage makes the idmapped mounts), set by
     # moorage.runtime.containers.handlers.Handlers.features.
     user_namespaces: bool = False
-    # Whether a read-only volume it binds into a pod's user namespace has its read-only flag locked there (root
-    # with CAP_SYS_ADMIN in the pod cannot remount it read-write): runc 1.1 binds inside the pod's mount
-    # namespace, where the flag of moorage's read-only bind is locked; crun 1.8 (the crun without a ``features``
-    # command) attaches a fresh bind of its own, where it is not.
+    # How it binds a volume into a pod's user namespace. runc 1.1 binds inside the pod's mount namespace, where the
+    # read-only flag of moorage's read-only bind is locked (root with CAP_SYS_ADMIN in the pod cannot clear it)
+    # and the bind is recursive. crun 1.8 attaches a fresh bind of its own, where the flag is not locked, and
+    # without the volume's submounts. Newer crun is taken to do the same until shown otherwise.
     locks_readonly_in_userns: bool = True
+    rbinds_in_userns: bool = True
 
     @property
     def recursive_read_only(self) -> bool:
@@ -101,19 +103,17 @@ async def probe(binary: str) -> OciFeatures:
         await proc.wait()
         log.warning("the OCI runtime's features command hung; assuming no optional features", runtime=binary)
         return OciFeatures(kernel_mount_setattr=kernel_has_mount_setattr(release))
+    version = await _version(binary)
+    crun = CRUN_VERSION.match(version.strip()) is not None
     if proc.returncode != 0:
         reason = stderr.decode(errors="replace").strip()[:200]
-        version = await _version(binary)
         options = known_without_features(version)
         log.info("the OCI runtime has no features command", runtime=binary, reason=reason, known=sorted(options))
-        return OciFeatures(
-            mount_options=options,
-            kernel_mount_setattr=kernel_has_mount_setattr(release),
-            locks_readonly_in_userns=CRUN_VERSION.match(version.strip()) is None,
-        )
-    features = parse(stdout, release)
-    log.info("OCI runtime features", runtime=binary, recursive_read_only=features.recursive_read_only)
-    return features
+        features = OciFeatures(mount_options=options, kernel_mount_setattr=kernel_has_mount_setattr(release))
+    else:
+        features = parse(stdout, release)
+        log.info("OCI runtime features", runtime=binary, recursive_read_only=features.recursive_read_only)
+    return dataclasses.replace(features, locks_readonly_in_userns=not crun, rbinds_in_userns=not crun)
 
 
 async def _version(binary: str) -> bytes:
