@@ -127,6 +127,38 @@ def test_a_mirror_never_gets_the_primarys_credentials(
         assert primary.paths() == []
 
 
+def test_a_registrys_session_cookie_is_never_sent_back(
+    plain_node: DaemonProcess, private: Registry, app: fixtures.Image
+) -> None:
+    """The HTTP clients are shared by every pull over one TLS setting: a cookie one pull's answer set must not
+    carry its authorisation to the next pull, made without credentials."""
+    with FaultProxy(private) as proxy:
+        proxy.set_cookie = "sid=alice-session; Path=/"
+        plain_node.registries_conf.write_text(f'[[registry]]\nlocation = "{proxy.host}"\ninsecure = true\n')
+        ref = f"{proxy.host}/team/app:1"
+        with plain_node.client() as client:
+            assert client.pull_image(ref, auth=ALICE) == app.config_digest
+            client.remove_image(ref)
+            failure = rpc_error(lambda: client.pull_image(ref))
+        assert failure.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), failure
+        assert proxy.request_headers
+        assert not [h for h in proxy.request_headers if "cookie" in h]
+
+
+def test_a_pin_by_a_digest_that_cannot_be_verified_is_refused_before_any_request(
+    plain_node: DaemonProcess, private: Registry
+) -> None:
+    """Only sha256, sha384 and sha512 pins are pulled (each checked against what the registry sends): a pin of
+    another algorithm could not be checked, so any mirror could serve any image for it."""
+    with FaultProxy(private) as proxy:
+        plain_node.registries_conf.write_text(f'[[registry]]\nlocation = "{proxy.host}"\ninsecure = true\n')
+        with plain_node.client() as client:
+            failure = rpc_error(lambda: client.pull_image(f"{proxy.host}/team/app@blake3:{'a' * 64}", auth=ALICE))
+        assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'blake3' cannot be verified" in failure.details
+        assert proxy.paths("GET") == [p for p in proxy.paths("GET") if "/manifests/" not in p]
+
+
 def test_credentials_go_only_to_the_search_registry_they_name(
     plain_node: DaemonProcess, private: Registry, app: fixtures.Image
 ) -> None:

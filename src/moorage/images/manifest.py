@@ -204,6 +204,8 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidImage(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[... nested deeper than the parser goes: no manifest is
+        raise InvalidImage(f"{what} is JSON nested too deep") from None
     if not isinstance(doc, dict):
         raise InvalidImage(f"{what} is not a JSON object")
     return doc

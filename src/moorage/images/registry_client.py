@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.cookiejar
 import random
 import re
 import ssl
@@ -35,6 +36,7 @@ import structlog
 from moorage.errors import (
     DataLoss,
     FailedPrecondition,
+    InvalidArgument,
     InvalidImage,
     MoorageError,
     NotFound,
@@ -53,6 +55,8 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 10.0
 CHUNK = 256 << 10
 EXCERPT_CHARS = 160
+VERIFIABLE_DIGESTS = ("sha256", "sha384", "sha512")
+"""The algorithms a manifest named by digest is checked with (the OCI image spec's registered ones)."""
 _ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)")
 TRANSPORT_ERRORS = (httpx.TransportError, ssl.SSLError)
 """A refused TLS handshake (a client certificate the server rejects) can surface as a bare SSLError on read."""
@@ -78,6 +82,9 @@ class HttpClients:
         client = self._clients.get(key)
         if client is None:
             client = httpx.AsyncClient(
+                # No cookie is ever kept: the client is shared by every pull over this TLS setting, whatever its
+                # credentials, and a registry's session cookie would carry one pull's authorisation to the next.
+                cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
                 verify=certs.context(host_certs, verify=verify),
                 timeout=httpx.Timeout(30.0, read=self.read_timeout),
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
@@ -130,15 +137,21 @@ class RegistryClient:
     async def manifest(self, reference: str) -> ManifestBody:
         """The manifest or index ``reference`` (a tag or a digest) names, verified when named by digest."""
         where = f"{self.host}/{self.repository}:{reference}"
+        algorithm = reference.partition(":")[0] if ":" in reference else None  # a tag has no ":"
+        if algorithm is not None and algorithm not in VERIFIABLE_DIGESTS:
+            raise InvalidArgument(
+                f"image {where}: a digest of algorithm {algorithm!r} cannot be verified (one of "
+                f"{', '.join(VERIFIABLE_DIGESTS)})"
+            )
         headers = {"Accept": mf.ACCEPT}
         response = await self._request("GET", f"manifests/{reference}", headers, what=f"manifest {where}")
         try:
             body = await _read_capped(response, mf.MAX_MANIFEST_BYTES, f"manifest of {where}")
         finally:
             await response.aclose()
+        if algorithm is not None and f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}" != reference:
+            raise DataLoss(f"manifest {where}: the registry sent content that does not hash to that digest")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
-            raise DataLoss(f"manifest {where}: the registry sent content that hashes to {digest}")
         return ManifestBody(body, response.headers.get("content-type", ""), digest)
 
     async def small_blob(self, digest: str, size: int) -> bytes:

@@ -34,7 +34,9 @@ from moorage.images.decompress import Compression, corrupt, decompressed, detect
 
 __all__ = ["Compression", "Member", "TarReader", "detect_compression", "open_layer", "show_name"]
 
-EXT_HEADER_MAX = 16 << 20  # largest PAX or GNU long-name record accepted (xattrs included)
+EXT_HEADER_MAX = 1 << 20
+"""Most bytes of PAX and GNU long-name records before one member, together (xattrs included): Go's archive/tar,
+which containerd unpacks with, takes no special file over 1 MiB either; many chained records must not add up."""
 
 _ZERO_BLOCK = bytes(512)
 _XATTR_PREFIX = b"SCHILY.xattr."
@@ -190,6 +192,7 @@ class TarReader:
             self._left = 0
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
+        extended = 0  # bytes of the extended headers read for this member
         while True:
             offset = self._base + self._pos
             header = self._read(512)
@@ -205,8 +208,12 @@ class TarReader:
             typeflag = header[156]
             if typeflag in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
                 size = _number(header[124:136], offset)
-                if size > EXT_HEADER_MAX:
-                    raise InvalidImage(f"layer header at offset {offset}: {size} byte extended header is too large")
+                extended += size
+                if extended > EXT_HEADER_MAX:
+                    raise InvalidImage(
+                        f"layer header at offset {offset}: extended headers of {extended} bytes for one member "
+                        f"(at most {EXT_HEADER_MAX})"
+                    )
                 data = self._read(size)
                 if len(data) < size:
                     raise corrupt(f"the stream ends inside the extended header at offset {offset}")
