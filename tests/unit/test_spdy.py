@@ -26,17 +26,43 @@ def syn_stream(stream_id: int, headers: dict[str, str], deflate: zlib._Compress)
     return struct.pack(">HHB", 0x8003, spdy.SYN_STREAM, 0) + len(body).to_bytes(3, "big") + body
 
 
-def test_frames_arrive_whole_however_the_bytes_are_cut() -> None:
+def test_control_frames_arrive_whole_and_data_as_it_comes_however_the_bytes_are_cut() -> None:
+    """A data frame's payload is passed on in the pieces the socket gave (FIN on the last), never held whole."""
     deflate = zlib.compressobj(zdict=spdy.DICTIONARY)
     wire = syn_stream(1, {"streamtype": "stdout"}, deflate) + syn_stream(3, {"streamType": "error"}, deflate)
-    wire += spdy.Encoder().data(3, b"payload", fin=True)
+    wire += spdy.Encoder().data(3, b"payload", fin=True) + spdy.Encoder().data(1, b"", fin=True)
     decoder, frames = spdy.Decoder(), []
     for i in range(len(wire)):
         frames += decoder.feed(wire[i : i + 1])
-    assert [type(f).__name__ for f in frames] == ["ControlFrame", "ControlFrame", "DataFrame"]
-    assert frames[0].headers == {"streamtype": ["stdout"]}  # type: ignore[union-attr]
-    assert frames[1].headers == {"streamtype": ["error"]}  # type: ignore[union-attr]  # names lowered
-    assert frames[2] == spdy.DataFrame(3, b"payload", fin=True)
+    controls = [f for f in frames if isinstance(f, spdy.ControlFrame)]
+    assert [f.headers for f in controls] == [{"streamtype": ["stdout"]}, {"streamtype": ["error"]}]  # names lowered
+    data = [f for f in frames if isinstance(f, spdy.DataFrame)]
+    assert [(f.stream_id, f.data, f.fin) for f in data if f.stream_id == 3] == [
+        *[(3, bytes([c]), False) for c in b"payloa"],
+        (3, b"d", True),
+    ]
+    assert [(f.data, f.fin) for f in data if f.stream_id == 1] == [(b"", True)]
+
+
+def test_a_huge_data_frame_is_never_buffered_whole() -> None:
+    head = struct.pack(">IB", 5, 0) + (16 * 1024 * 1024 - 1).to_bytes(3, "big")
+    decoder = spdy.Decoder()
+    frames = decoder.feed(head + b"x" * 65536)
+    assert [len(f.data) for f in frames if isinstance(f, spdy.DataFrame)] == [65536]
+    assert len(decoder._buffer) == 0
+
+
+def test_oversized_control_frames_and_header_blocks_are_protocol_errors() -> None:
+    too_long = struct.pack(">I", 0x80000000 | spdy.VERSION << 16 | spdy.SYN_STREAM) + b"\0"
+    too_long += (spdy.MAX_CONTROL_FRAME + 1).to_bytes(3, "big")
+    with pytest.raises(spdy.ProtocolError, match="control frame"):
+        spdy.Decoder().feed(too_long)
+    deflate = zlib.compressobj(zdict=spdy.DICTIONARY)
+    with pytest.raises(spdy.ProtocolError, match="header names and values"):
+        spdy.Decoder().feed(syn_stream(1, {"x": "\0" * 10000}, deflate))
+    many = {f"h{i}": "v" for i in range(spdy.MAX_HEADER_VALUES)}
+    with pytest.raises(spdy.ProtocolError, match="header names and values"):
+        spdy.Decoder().feed(syn_stream(1, many, zlib.compressobj(zdict=spdy.DICTIONARY)))
 
 
 def test_our_replies_decode_with_the_spec_dictionary() -> None:

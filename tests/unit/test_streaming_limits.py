@@ -3,10 +3,13 @@ stream's decoder."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from moorage.streaming import remotecommand
+from moorage.streaming import channel, remotecommand
 from moorage.streaming.admission import Admission
+from moorage.streaming.channel import INBOX_BYTES, Inbox
 
 
 def test_connections_without_a_token_are_bounded_per_peer_and_in_all() -> None:
@@ -66,3 +69,55 @@ def test_a_resize_that_never_ends_is_refused_once_past_the_bound() -> None:
 def test_what_is_not_a_terminal_size_is_refused(junk: bytes) -> None:
     with pytest.raises(ValueError, match="not a terminal size"):
         remotecommand.ResizeDecoder().feed(junk)
+
+
+def test_a_stream_nobody_reads_ends_the_connection_after_its_stall_timeout() -> None:
+    """The connection is not read while a stream's inbox is full, so neither idleness nor a hang-up shows: a
+    wait longer than the stall timeout ends it, and the connection going meanwhile ends the wait."""
+
+    async def scenario() -> None:
+        inbox = Inbox(stall_timeout=0.2)
+        await inbox._received(b"x" * INBOX_BYTES)
+        with pytest.raises(ConnectionError, match=r"not read for 0\.2 s"):
+            await inbox._received(b"more")
+        other = Inbox(stall_timeout=30)
+        await other._received(b"x" * INBOX_BYTES)
+        waiting = asyncio.create_task(other._received(b"more"))
+        await asyncio.sleep(0.05)
+        other._ended()  # the connection went away
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_that_stops_reading_is_reset_once_the_close_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real loopback socket whose peer never reads: the closing drain cannot finish, so the connection is
+    reset after CLOSE_TIMEOUT and its descriptor freed."""
+    monkeypatch.setattr(channel, "CLOSE_TIMEOUT", 0.3)
+
+    async def scenario() -> None:
+        accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set_result(writer)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, client = await asyncio.open_connection("127.0.0.1", port)  # never reads
+        writer = await accepted
+        writer.write(b"x" * (64 << 20))  # far more than the socket buffers hold
+
+        async def closing() -> None:
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        began = asyncio.get_running_loop().time()
+        await channel.close_within(writer, closing())
+        assert asyncio.get_running_loop().time() - began < 5
+        assert writer.transport.is_closing()  # reset: the drain never finished, so close() was never reached
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())

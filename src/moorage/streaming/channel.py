@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from typing import Protocol
 
 import structlog
@@ -22,6 +23,8 @@ import structlog
 log = structlog.get_logger(__name__)
 
 INBOX_BYTES = 1 << 20
+CLOSE_TIMEOUT = 10.0
+"""How long closing a connection may wait for the peer to take what is still buffered for it, before a reset."""
 
 
 class ByteReader(Protocol):
@@ -38,6 +41,11 @@ class ByteWriter(Protocol):
     def close(self) -> None: ...
 
     async def wait_closed(self) -> None: ...
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The socket's transport (``abort`` drops the connection at once, whatever is buffered for the peer)."""
+        ...
 
 
 class Duplex(Protocol):
@@ -61,14 +69,19 @@ class Duplex(Protocol):
 class Inbox:
     """What the peer sent on one stream, until read. Past :data:`INBOX_BYTES` waiting, :meth:`_received` waits
     until it is read (the transport's reader stops reading the connection meanwhile), so TCP pushes back on a
-    peer that sends faster than the command reads. Call :meth:`discard` on a stream nobody will read."""
+    peer that sends faster than the command reads. Call :meth:`discard` on a stream nobody will read.
 
-    def __init__(self) -> None:
+    While it waits, the connection is not read, so neither its idle timeout nor the peer's hanging up can be
+    seen: a wait longer than ``stall_timeout`` (the connection's idle timeout) ends the connection
+    (ConnectionError), as the command did not read for that long."""
+
+    def __init__(self, stall_timeout: float | None = None) -> None:
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._buffered = 0
         self._drained = asyncio.Event()
         self._discarding = False
         self.remote_closed = False
+        self.stall_timeout = stall_timeout or None
 
     async def read(self) -> bytes:
         if self.remote_closed and self._inbox.empty():
@@ -87,9 +100,14 @@ class Inbox:
 
     async def _received(self, data: bytes, fin: bool = False) -> None:
         if data and not self._discarding and not self.remote_closed:
-            while self._buffered >= INBOX_BYTES and not self._discarding:
+            while self._buffered and self._buffered + len(data) > INBOX_BYTES and not self._discarding:
                 self._drained.clear()
-                await self._drained.wait()
+                try:
+                    await asyncio.wait_for(self._drained.wait(), self.stall_timeout)
+                except TimeoutError:
+                    raise ConnectionError(f"a stream was not read for {self.stall_timeout:g} s") from None
+                if self.remote_closed:
+                    return  # the connection is gone meanwhile
             if not self._discarding:
                 self._buffered += len(data)
                 self._inbox.put_nowait(data)
@@ -100,6 +118,7 @@ class Inbox:
         if not self.remote_closed:
             self.remote_closed = True
             self._inbox.put_nowait(b"")
+            self._drained.set()  # a reader of the connection waiting for room goes on (and drops what it had)
             self._on_remote_close()
 
     def _on_remote_close(self) -> None:
@@ -114,6 +133,10 @@ class IdleReader:
         self._reader = reader
         self._idle_timeout = idle_timeout
         self._active = time.monotonic()
+
+    @property
+    def timeout(self) -> float:
+        return self._idle_timeout
 
     def active(self) -> None:
         self._active = time.monotonic()
@@ -134,6 +157,16 @@ class IdleReader:
                 continue  # what we sent meanwhile counts as activity: look again
         self.active()
         return data
+
+
+async def close_within(writer: ByteWriter, closing: Awaitable[None]) -> None:
+    """Await ``closing`` (a close handshake, the last writes, ``wait_closed``) for :data:`CLOSE_TIMEOUT` at most;
+    then reset the connection: a peer that stopped reading would otherwise hold it, and its descriptor, for good."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.info("streaming peer did not take its last bytes; resetting the connection", timeout=CLOSE_TIMEOUT)
+        writer.transport.abort()
 
 
 async def socket_to_stream(reader: asyncio.StreamReader, stream: Duplex) -> None:

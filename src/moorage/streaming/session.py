@@ -21,7 +21,7 @@ import contextlib
 import structlog
 
 from moorage.streaming import spdy
-from moorage.streaming.channel import ByteReader, ByteWriter, IdleReader, Inbox
+from moorage.streaming.channel import ByteReader, ByteWriter, IdleReader, Inbox, close_within
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +121,11 @@ class Session:
             self._gone()
 
     async def close(self) -> None:
+        """GOAWAY, then the socket; reset if the peer does not take what is buffered for it in time."""
+        await close_within(self._writer, self._close())
+        self._gone()
+
+    async def _close(self) -> None:
         if not self.closed:
             await self.send(self.encoder.goaway(self._last_id))
         self._gone()
@@ -160,6 +165,7 @@ class Session:
             await self.send(self.encoder.rst_stream(frame.stream_id, spdy.REFUSED_STREAM))
             return
         stream = Stream(self, frame.stream_id, frame.headers)
+        stream.stall_timeout = self._reader.timeout or None
         self._streams[frame.stream_id] = stream
         self._last_id = max(self._last_id, frame.stream_id)
         await self.send(self.encoder.syn_reply(frame.stream_id))

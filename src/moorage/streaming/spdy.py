@@ -29,7 +29,9 @@ PROTOCOL_ERROR, INVALID_STREAM, REFUSED_STREAM, CANCEL, INTERNAL_ERROR = 1, 2, 3
 STREAM_IN_USE, STREAM_ALREADY_CLOSED = 8, 9
 
 MAX_FRAME_LENGTH = (1 << 24) - 1
-MAX_HEADER_BLOCK = 1 << 20  # decompressed; a header block bigger than this is an attack, not a request
+MAX_HEADER_BLOCK = 1 << 16  # decompressed; Kubernetes' streams carry a few short headers: bigger is an attack
+MAX_HEADER_VALUES = 64  # names and NUL-separated values in one block, likewise
+MAX_CONTROL_FRAME = MAX_HEADER_BLOCK  # compressed headers are no bigger than what they decompress to, roughly
 
 
 class ProtocolError(Exception):
@@ -89,17 +91,38 @@ Frame = DataFrame | ControlFrame
 
 
 class Decoder:
-    """Bytes in, frames out: ``feed`` what the socket gave, then take every complete frame from ``frames``."""
+    """Bytes in, frames out: ``feed`` what the socket gave, and take the frames it returns. A data frame comes out
+    in pieces as its bytes arrive (``fin`` on the last), so a peer's 16 MiB frame is never held whole; a control
+    frame longer than :data:`MAX_CONTROL_FRAME` is a protocol error."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._inflate = zlib.decompressobj(zdict=DICTIONARY)
+        self._data: tuple[int, int, bool] | None = None  # the data frame being received: stream, bytes left, FIN
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buffer += data
         out: list[Frame] = []
-        while len(self._buffer) >= 8:
-            length = int.from_bytes(self._buffer[5:8], "big")
+        while True:
+            if self._data is not None:
+                stream_id, left, fin = self._data
+                piece = bytes(self._buffer[:left])
+                if not piece and left:
+                    break
+                del self._buffer[: len(piece)]
+                left -= len(piece)
+                self._data = (stream_id, left, fin) if left else None
+                out.append(DataFrame(stream_id, piece, fin and not left))
+                continue
+            if len(self._buffer) < 8:
+                break
+            first, length = int.from_bytes(self._buffer[:4], "big"), int.from_bytes(self._buffer[5:8], "big")
+            if not first & 0x80000000:  # a data frame: its payload is passed on as it comes
+                self._data = (first & 0x7FFFFFFF, length, bool(self._buffer[4] & FLAG_FIN))
+                del self._buffer[:8]
+                continue
+            if length > MAX_CONTROL_FRAME:
+                raise ProtocolError(f"control frame of {length} bytes (at most {MAX_CONTROL_FRAME})")
             if len(self._buffer) < 8 + length:
                 break
             head, body = bytes(self._buffer[:8]), bytes(self._buffer[8 : 8 + length])
@@ -159,7 +182,10 @@ class Decoder:
                 name, offset = raw[offset + 4 : offset + 4 + size].decode().lower(), offset + 4 + size
                 (size,) = struct.unpack(">I", raw[offset : offset + 4])
                 value, offset = raw[offset + 4 : offset + 4 + size].decode(), offset + 4 + size
-                headers.setdefault(name, []).extend(value.split("\0"))
+                values = headers.setdefault(name, [])
+                values.extend(value.split("\0", MAX_HEADER_VALUES))
+                if len(headers) + sum(map(len, headers.values())) > MAX_HEADER_VALUES:
+                    raise ProtocolError(f"more than {MAX_HEADER_VALUES} header names and values in one block")
         except (struct.error, UnicodeDecodeError) as exc:
             raise ProtocolError(f"malformed header block: {exc}") from exc
         return headers

@@ -26,7 +26,7 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessa
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from moorage.streaming.channel import ByteWriter, IdleReader
+from moorage.streaming.channel import ByteWriter, IdleReader, close_within
 
 log = structlog.get_logger(__name__)
 
@@ -94,8 +94,22 @@ class WebSocket:
             self._peer_closed.set()
             self.closed = True
 
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self._writer.transport
+
+    @property
+    def idle_timeout(self) -> float:
+        return self._reader.timeout
+
     async def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Our close frame, the peer's answer (for a short while), then the socket."""
+        """Our close frame, the peer's answer (for a short while), then the socket; reset if the peer does not
+        take what is buffered for it within :data:`channel.CLOSE_TIMEOUT`."""
+        await close_within(self._writer, self._close(code, reason))
+        self.closed = True
+        self._peer_closed.set()
+
+    async def _close(self, code: int, reason: str) -> None:
         if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             await self._send(CloseConnection(code=code, reason=reason))
             with contextlib.suppress(TimeoutError):

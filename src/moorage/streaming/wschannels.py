@@ -15,6 +15,7 @@ Lifecycle::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class Channel(Inbox):
     connection's close ends the client's reads, as with the kubelet)."""
 
     def __init__(self, mux: Channels, number: int) -> None:
-        super().__init__()
+        super().__init__(mux._ws.idle_timeout)
         self.number = number
         self._mux = mux
         self.local_closed = False
@@ -145,7 +146,7 @@ class Tunnel(Inbox):
     makes of it on the other side): binary messages carry the bytes, in order, whatever their boundaries."""
 
     def __init__(self, ws: WebSocket) -> None:
-        super().__init__()
+        super().__init__(ws.idle_timeout)
         self._ws = ws
         self._pending = bytearray()
 
@@ -165,6 +166,10 @@ class Tunnel(Inbox):
 
     def close(self) -> None:
         """The session is done: :meth:`wait_closed` closes the WebSocket."""
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self._ws.transport
 
     async def wait_closed(self) -> None:
         await self._ws.close()
