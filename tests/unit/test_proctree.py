@@ -85,3 +85,18 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def test_a_pid_is_the_commands_only_if_its_process_started_before_the_pid_was_written() -> None:
+    """What an exec's kill checks: a process started after its pid file was written holds a reused pid."""
+    before = time.time() - 1.0
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.1)
+        written = time.time()
+        assert proctree.started_by(child.pid, written)
+        assert not proctree.started_by(child.pid, before)  # "written" a second before it started: a reused pid
+    finally:
+        child.kill()
+        child.wait()
+    assert not proctree.started_by(child.pid, written)  # gone

@@ -78,6 +78,21 @@ def tree(pid: int, table: dict[int, ProcInfo], *, also: set[int] | None = None, 
     return found
 
 
+def started_by(pid: int, moment: float, proc: Path = PROC) -> bool:
+    """Whether process ``pid`` exists and was started no later than ``moment`` (wall-clock seconds, e.g. the
+    mtime of the file its pid was written to): a pid the command's exit freed and the kernel gave to a newer
+    process fails this, so it is never killed in the command's place. The start time has the resolution of the
+    clock tick (10 ms), allowed for."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except (OSError, ValueError):
+        return False
+    ticks = int(text[text.rfind(")") + 2 :].split()[19])  # field 22, starttime: clock ticks after boot
+    started = ticks / os.sysconf("SC_CLK_TCK")
+    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME) - (time.time() - moment)
+    return started <= since_boot + 2 / os.sysconf("SC_CLK_TCK")
+
+
 def kill_tree(pid: int, proc: Path = PROC, *, keep: frozenset[int] = frozenset()) -> set[int]:
     """SIGKILL ``pid``, its descendants and its session, stopping them all first (see the module docstring),
     sparing ``keep`` (the runtime's client, which reaps ``pid``). Returns the pids that were signalled."""

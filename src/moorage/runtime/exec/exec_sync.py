@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 
 from moorage.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MoorageError, NotFound
+from moorage.node import proctree
 from moorage.node.proctree import kill_tree
 from moorage.runtime.containers.oci import OciRuntime, parse_runtime_stderr
 
@@ -144,6 +145,9 @@ def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + PID_FILE_WAIT
     while (pid := _read_pid(pid_file)) is None and proc.returncode is None and time.monotonic() < deadline:
         time.sleep(0.01)  # the runtime is still starting the command
+    if pid is not None and not proctree.started_by(pid, _mtime(pid_file)):
+        log.info("exec'd command gone before its kill; its pid is not killed", pid=pid)
+        pid = None
     if pid is not None:
         # The runtime's client is the command's parent: left alive, it reaps the killed command and exits. Killed
         # first, it would leave the command a zombie of the container's init, which may never reap it (critest's
@@ -155,6 +159,13 @@ def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _read_pid(pid_file: Path) -> int | None:
