@@ -280,19 +280,19 @@ class RegistryClient:
                 headers = {"Authorization": creds.basic()} if (creds.username or creds.password) else {}
                 response = await self._client.get(realm, params=query, headers=headers, follow_redirects=False)
         except TRANSPORT_ERRORS as exc:
-            raise Unavailable(f"{what}: token server {realm}: {_describe(exc)}") from None
+            raise Unavailable(f"{what}: token server {_excerpt(realm)}: {_describe(exc)}") from None
         if response.status_code in (401, 403):
             who = f"the credentials of {creds.username!r}" if creds else "anonymous access"
-            raise Unauthenticated(f"{what}: token server {realm} refused {who} ({_status(response)})")
+            raise Unauthenticated(f"{what}: token server {_excerpt(realm)} refused {who} ({_status(response)})")
         if response.status_code >= 300:
-            raise Unavailable(f"{what}: token server {realm} answered {_status(response)}")
+            raise Unavailable(f"{what}: token server {_excerpt(realm)} answered {_status(response)}")
         try:
             doc = response.json()
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise Unauthenticated(f"{what}: token server {realm} returned no token")
+            raise Unauthenticated(f"{what}: token server {_excerpt(realm)} returned no token")
         return token
 
 
@@ -326,7 +326,7 @@ def _status(response: httpx.Response) -> str:
     """``404 MANIFEST_UNKNOWN: manifest unknown``: the status with the server's own error, as a short excerpt.
 
     The body is the remote's text: only a bounded, printable excerpt of it reaches logs and the kubelet."""
-    text = f"{response.status_code} {response.reason_phrase}".strip()
+    text = f"{response.status_code} {_excerpt(response.reason_phrase, 60)}".strip()
     try:
         doc = response.json()
     except (ValueError, httpx.ResponseNotRead):
