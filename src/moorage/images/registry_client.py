@@ -55,6 +55,8 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 10.0
 CHUNK = 256 << 10
 EXCERPT_CHARS = 160
+SMALL_BODY_MAX = 64 << 10
+"""Most bytes read of an error's or a token server's answer."""
 VERIFIABLE_DIGESTS = ("sha256", "sha384", "sha512")
 """The algorithms a manifest named by digest is checked with (the OCI image spec's registered ones)."""
 _ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|.)")
@@ -213,8 +215,7 @@ class RegistryClient:
             status = response.status_code
             if status < 300:
                 return response
-            await response.aread()
-            await response.aclose()
+            response = await _small(response)
             if status == 401 and not authorized:
                 await self._authorize(response, what)
                 authorized = True
@@ -243,7 +244,8 @@ class RegistryClient:
             self._scheme = "https"
             if self.insecure:
                 try:
-                    await self._client.get(f"https://{self.host}/v2/", timeout=10.0)
+                    probe = self._client.build_request("GET", f"https://{self.host}/v2/", timeout=10.0)
+                    await _small(await self._client.send(probe, stream=True))
                 except TRANSPORT_ERRORS as exc:
                     log.info(
                         "insecure registry does not answer HTTPS; using HTTP", host=self.host, error=_describe(exc)
@@ -275,10 +277,11 @@ class RegistryClient:
         try:
             if creds.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": "moorage"}
-                response = await self._client.post(realm, data={**form, **query}, follow_redirects=False)
+                request = self._client.build_request("POST", realm, data={**form, **query})
             else:
                 headers = {"Authorization": creds.basic()} if (creds.username or creds.password) else {}
-                response = await self._client.get(realm, params=query, headers=headers, follow_redirects=False)
+                request = self._client.build_request("GET", realm, params=query, headers=headers)
+            response = await _small(await self._client.send(request, stream=True, follow_redirects=False))
         except TRANSPORT_ERRORS as exc:
             raise Unavailable(f"{what}: token server {_excerpt(realm)}: {_describe(exc)}") from None
         if response.status_code in (401, 403):
@@ -294,6 +297,28 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise Unauthenticated(f"{what}: token server {_excerpt(realm)} returned no token")
         return token
+
+
+async def _small(response: httpx.Response) -> httpx.Response:
+    """A streamed answer that is not content (an error, a token) read whole, if at most :data:`SMALL_BODY_MAX`
+    bytes as they came (more are not read) and not content-encoded (an encoded one is dropped rather than
+    inflated: a small gzip body can decode to gigabytes); the connection is released."""
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > SMALL_BODY_MAX:
+                del body[SMALL_BODY_MAX:]
+                break
+    finally:
+        await response.aclose()
+    encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+    headers = [
+        (k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")
+    ]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"" if encoded else bytes(body), request=response.request
+    )
 
 
 async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
