@@ -1,4 +1,4 @@
-"""The SPDY/3 codec, the streaming tokens and the remote command protocol's pieces, without sockets (the
+"""The SPDY/3 codec, the streaming tokens and the remote command protocol's pieces, mostly without sockets (the
 integration tests drive them with moby/spdystream)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from moorage.cri import pb
 from moorage.streaming import remotecommand, spdy
 from moorage.streaming import tokens as streaming_tokens
+from moorage.streaming.session import Session
 
 
 def syn_stream(stream_id: int, headers: dict[str, str], deflate: zlib._Compress) -> bytes:
@@ -165,3 +166,37 @@ def test_resizes_are_read_across_frame_boundaries() -> None:
         return [size async for size in remotecommand.resizes(stream)]
 
     assert asyncio.run(collect()) == [(80, 24), (120, 40)]
+
+
+def test_once_the_server_has_its_streams_a_new_one_is_refused() -> None:
+    """An exec's session after its channels are taken: a stream the client opens is reset (REFUSED_STREAM),
+    not answered and kept, so none holds room or memory in the session. Over a real loopback socket."""
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        sessions: asyncio.Queue[Session] = asyncio.Queue()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            session = Session(reader, writer)
+            await sessions.put(session)
+            await session.run()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        deflate, decoder = zlib.compressobj(zdict=spdy.DICTIONARY), spdy.Decoder()
+        seen: list[tuple[int, int, int]] = []
+        session = await sessions.get()
+        writer.write(syn_stream(1, {"streamType": "error"}, deflate))
+        assert (await asyncio.wait_for(session.next_stream(), 5)) is not None
+        session.stop_accepting()
+        writer.write(syn_stream(3, {"streamType": "stdin"}, deflate))
+        while len(seen) < 2:
+            for frame in decoder.feed(await asyncio.wait_for(reader.read(4096), 5)):
+                if isinstance(frame, spdy.ControlFrame):
+                    seen.append((frame.type, frame.stream_id, frame.status))
+        writer.close()
+        await session.close()
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    assert asyncio.run(scenario()) == [(spdy.SYN_REPLY, 1, 0), (spdy.RST_STREAM, 3, spdy.REFUSED_STREAM)]

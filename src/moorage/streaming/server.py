@@ -205,6 +205,7 @@ class StreamingServer:
             except remotecommand.StreamsMissing as exc:
                 log.warning("exec stream not used", container=pending.container_id, error=str(exc))
                 return
+            session.stop_accepting()
             await self._remote_command(pending, channels, protocol, runner)
         finally:
             await session.close()

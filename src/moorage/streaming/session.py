@@ -71,7 +71,21 @@ class Session:
         self._last_id = 0
         self._next_own_id = 1  # a client's streams have odd ids
         self._replies: dict[int, asyncio.Future[None]] = {}
+        self._accepting = True
         self.closed = False
+
+    def stop_accepting(self) -> None:
+        """The server has every stream it will use (an exec's or attach's): a stream the client opens from now on
+        is refused (RST_STREAM), and one opened but not taken yet is dropped, so none holds room in the session."""
+        self._accepting = False
+        while not self._new.empty():
+            stream = self._new.get_nowait()
+            if stream is not None:
+                stream.discard()
+                self._streams.pop(stream.id, None)
+            else:
+                self._new.put_nowait(None)  # the connection's end stays for whoever asks next
+                break
 
     async def next_stream(self) -> Stream | None:
         """The next stream the client opens (already answered), or None once the connection is gone."""
@@ -161,7 +175,8 @@ class Session:
         if frame.stream_id <= self._last_id or frame.stream_id % 2 == 0:  # ids only grow (SPDY/3 §2.3.2)
             await self.send(self.encoder.rst_stream(frame.stream_id, spdy.PROTOCOL_ERROR))
             return
-        if len(self._streams) >= MAX_STREAMS:
+        if len(self._streams) >= MAX_STREAMS or not self._accepting:
+            self._last_id = max(self._last_id, frame.stream_id)
             await self.send(self.encoder.rst_stream(frame.stream_id, spdy.REFUSED_STREAM))
             return
         stream = Stream(self, frame.stream_id, frame.headers)
