@@ -64,6 +64,8 @@ class Mount:
     mount_point: str
     fstype: str
     super_options: tuple[str, ...]
+    mount_id: int = 0
+    parent_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ def parse_mountinfo(text: str) -> list[Mount]:
                 mount_point=_unescape(fields[4]),
                 fstype=fields[sep + 1],
                 super_options=tuple(fields[sep + 3].split(",")),
+                mount_id=int(fields[0]),
+                parent_id=int(fields[1]),
             )
         )
     return mounts

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from moorage.errors import MoorageError
 from moorage.node import namespaces
+from moorage.node.cgroupinfo import Mount, parse_mountinfo
 
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
@@ -205,36 +206,33 @@ def visible_submounts(target: Path) -> list[str]:
     """The mount points under the mount at ``target`` that a path walk sees, relative to it, parents first: a mount
     hidden by another stacked at the same point is left out with everything under it, and so is a mount point
     whose directory was deleted."""
-    entries = []
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            fields = line.split(b" ")
-            entries.append((int(fields[0]), int(fields[1]), _unescape(fields[4])))
-    point = os.fsencode(target)
-    tops = [mount_id for mount_id, _, at in entries if at == point]
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        mounts = parse_mountinfo(table.read())
+    point = str(target)
+    tops = [m for m in mounts if m.mount_point == point]
     if not tops:
         return []
-    children: dict[int, list[tuple[int, bytes]]] = {}
-    for mount_id, parent, at in entries:
-        children.setdefault(parent, []).append((mount_id, at))
+    children: dict[int, list[Mount]] = {}
+    for mount in mounts:
+        children.setdefault(mount.parent_id, []).append(mount)
     found: list[str] = []
 
-    def walk(mount_id: int, at: bytes) -> None:
-        below = children.get(mount_id, [])
-        stacked = [child for child in below if child[1] == at]
+    def walk(mount: Mount) -> None:
+        below = children.get(mount.mount_id, [])
+        stacked = [child for child in below if child.mount_point == mount.mount_point]
         if stacked:  # hidden under the last mount stacked on it: only that one is seen
-            walk(*stacked[-1])
+            walk(stacked[-1])
             return
-        if at != point:
-            if at.endswith(b"//deleted"):
+        if mount.mount_point != point:
+            if mount.mount_point.endswith("//deleted"):
                 return
-            found.append(os.fsdecode(at[len(point) + 1 :]))
+            found.append(mount.mount_point[len(point) + 1 :])
         for index, child in enumerate(below):
             later = below[index + 1 :]  # mounted after it: one at a directory above it hides it
-            if not any(child[1].startswith(other[1] + b"/") for other in later):
-                walk(*child)
+            if not any(child.mount_point.startswith(other.mount_point + "/") for other in later):
+                walk(child)
 
-    walk(tops[-1], point)
+    walk(tops[-1])
     return found
 
 
